@@ -1,0 +1,412 @@
+"""The typed configuration tree: defaults, YAML files with ``base:`` inheritance, ``key=value`` overrides.
+
+Every key has a default, a type and a one-line meaning (the field's docstring-comment below). A YAML file
+holds only what differs from the defaults and may name a ``base`` file (relative to itself) to start from.
+Command-line overrides use dotted keys (``optim.lr=0.05``, ``eval.benchmarks=[hq,tinyface]``), their
+values parsed as YAML scalars or lists, as with hydra. Values derived from the config (world batch,
+total steps) are computed elsewhere and never written back.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from qgface.atomic import atomic_write_text
+
+
+class ConfigError(ValueError):
+    """A config file or override names an unknown key or gives a value of the wrong type."""
+
+
+@dataclass
+class DataConfig:
+    root: str = ""
+    """training data: a folder with train.rec/.idx (InsightFace) or <identity>/<image> folders; empty = synthetic"""
+    synthetic_dir: str = "logs/synthetic"
+    """where the synthetic mixed-quality dataset is generated and cached when root is empty"""
+    synthetic_identities: int = 300
+    """identities in the synthetic training set"""
+    synthetic_images_per_identity: int = 20
+    """images per identity in the synthetic training set"""
+    synthetic_seed: int = 0
+    """seed of the synthetic dataset (identities, variations, degradations)"""
+    synthetic_eval_identities: int = 100
+    """identities in each synthetic evaluation set (disjoint from the training identities)"""
+    batch_size: int = 64
+    """source images per rank and step; the backbone sees 2x this many with two views"""
+    num_workers: int = 2
+    """DataLoader worker processes per rank (0 = load in the training process)"""
+    views: str = "lh"
+    """view recipe (METHOD.md §2): lh = QGFace L/H pairing, adaface = AdaFace augmentation (A-C), flip = baseline"""
+    lowres_range: list[float] = field(default_factory=lambda: [0.1, 0.5])
+    """lh: side ratio range of the random rescale of the L view"""
+    jpeg_quality: int = 75
+    """lh: JPEG quality of the L view's compression round trip"""
+    crop_p: float = 0.2
+    """lh: probability of a random resized crop of the L view"""
+    photometric_p: float = 0.2
+    """lh: probability of brightness/contrast/saturation jitter of the L view"""
+    rotation_p: float = 0.0
+    """lh: probability of a random rotation up to 45 degrees of the L view"""
+    adaface_p: float = 0.2
+    """adaface: probability of each of crop, low-resolution rescale and colour jitter"""
+
+    def __post_init__(self) -> None:
+        _check_choice("data.views", self.views, ("lh", "adaface", "flip"))
+        _check_range("data.lowres_range", self.lowres_range, 0.0, 1.0)
+        for key in ("crop_p", "photometric_p", "rotation_p", "adaface_p"):
+            _check_probability(f"data.{key}", getattr(self, key))
+        _check_positive("data.batch_size", self.batch_size)
+
+
+@dataclass
+class ModelConfig:
+    backbone: str = "ir50"
+    """backbone: ir18, ir34, ir50, ir101, ir_se_50, ir_se_101, or ir_tiny for CPU tests and demos"""
+
+
+@dataclass
+class HeadConfig:
+    kind: str = "adaface"
+    """margin head: adaface, arcface or cosface (METHOD.md §3)"""
+    m: float = 0.4
+    """margin"""
+    h: float = 0.333
+    """AdaFace margin-scaler concentration h"""
+    s: float = 64.0
+    """logit scale"""
+    t_alpha: float = 0.01
+    """momentum of the running feature-norm statistics"""
+    quality_scale: float = 0.0
+    """QS threshold tau_q on the classification logits; 0 disables the quality scaler"""
+    quality_scale_warmup: bool = False
+    """ramp tau_q linearly from 0 over the first contrast.joint_point epochs"""
+
+    def __post_init__(self) -> None:
+        _check_choice("head.kind", self.kind, ("adaface", "arcface", "cosface"))
+
+
+@dataclass
+class ContrastConfig:
+    enabled: bool = True
+    """add the quality-guided contrastive loss (METHOD.md §4); needs two views (data.views lh or adaface)"""
+    weight: float = 1.0
+    """w in L = L_cls + w * L_con"""
+    queue_size: int = 16384
+    """K, embeddings kept in the queue"""
+    queue: str = "proxy"
+    """proxy = keys moved by their class proxy's drift (default), fifo = plain queue"""
+    s: float = 64.0
+    """logit scale of the contrastive loss"""
+    threshold: float = 0.5
+    """tau_c: pairs whose quality t is below it get factor s1, the others s2"""
+    method: str = "sgn"
+    """quality factor shape: sgn, linear or cos"""
+    scale_range: str = "half"
+    """half = high-quality pairs get no gradient, whole = they get s2"""
+    select: str = "low"
+    """pair quality from the two views: low (min), mean or high (max)"""
+    margin_mode: str = "none"
+    """margin on the positive: none, static (contrast.margin) or dynamic (EMA of positive - hardest negative)"""
+    margin: float = 0.0
+    """static margin on the positive cosine"""
+    mask_same_class: bool = True
+    """mask queue entries of the sample's identity (else only its own views)"""
+    detach_pos: bool = False
+    """detach the partner in the positive cosine"""
+    rescale: bool = True
+    """rescale the loss by log(129)/log(K+1) so it does not depend on K"""
+    later_joint: bool = False
+    """contrast weight is 0 before epoch joint_point"""
+    joint_point: int = 0
+    """epoch where joint training starts (later_joint, quality-scale warm-up, progressive queue)"""
+    progressive: bool = False
+    """grow the effective queue from the batch size to K between joint_point and the last epoch"""
+
+    def __post_init__(self) -> None:
+        _check_choice("contrast.queue", self.queue, ("proxy", "fifo"))
+        _check_choice("contrast.method", self.method, ("sgn", "linear", "cos"))
+        _check_choice("contrast.scale_range", self.scale_range, ("half", "whole"))
+        _check_choice("contrast.select", self.select, ("low", "mean", "high"))
+        _check_choice("contrast.margin_mode", self.margin_mode, ("none", "static", "dynamic"))
+        _check_positive("contrast.queue_size", self.queue_size)
+        if not 0.0 < self.threshold < 1.0:
+            raise ConfigError(f"contrast.threshold must lie in (0, 1), got {self.threshold!r}")
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 0.1
+    """SGD learning rate"""
+    momentum: float = 0.9
+    """SGD momentum"""
+    weight_decay: float = 5e-4
+    """weight decay on all non-BN parameters and the class proxies (none on BN)"""
+    epochs: int = 26
+    """training epochs"""
+    milestones: list[int] = field(default_factory=lambda: [12, 20, 24])
+    """MultiStepLR epochs where lr is multiplied by gamma"""
+    gamma: float = 0.1
+    """MultiStepLR factor"""
+    grad_clip: float = 0.0
+    """clip the global gradient norm to this value; 0 = no clipping"""
+
+    def __post_init__(self) -> None:
+        _check_positive("optim.epochs", self.epochs)
+
+
+@dataclass
+class TrainConfig:
+    precision: str = "bf16"
+    """autocast dtype of the backbone on GPU: bf16, fp16 or fp32 (CPU always runs fp32)"""
+    max_steps: int = 0
+    """stop after this many optimiser steps in total; 0 = run all epochs"""
+    steps_per_epoch: int = 0
+    """cap on steps per epoch (small demos and tests); 0 = the whole dataset"""
+    checkpoint_every: int = 500
+    """save last.pt every this many steps (and always at each epoch end)"""
+    log_every: int = 20
+    """write TensorBoard scalars every this many steps"""
+    resume: str = "auto"
+    """auto = continue from <run>/checkpoints/last.pt when it exists, none = start fresh, or a checkpoint path"""
+    max_restarts: int = 3
+    """torchrun restarts of failed workers (each resumes from last.pt)"""
+    deterministic: bool = False
+    """use deterministic algorithms (slower on GPU; exact-resume tests on CPU do not need it)"""
+
+    def __post_init__(self) -> None:
+        _check_choice("train.precision", self.precision, ("bf16", "fp16", "fp32"))
+        _check_choice_or_path("train.resume", self.resume, ("auto", "none"))
+
+
+@dataclass
+class EvalConfig:
+    benchmarks: list[str] = field(
+        default_factory=lambda: ["hq", "crlfw", "tinyface", "scface", "ijbb", "ijbc"]
+    )
+    """benchmarks evaluated after training, one array task each"""
+    data_root: str = ""
+    """folder holding every benchmark's data (hq .bin files, tinyface/, scface/, IJBB/, IJBC/); empty = synthetic"""
+    batch_size: int = 128
+    """images per embedding batch"""
+    num_workers: int = 2
+    """DataLoader workers that decode evaluation images"""
+    rec_dir: str = ""
+    """where compressed benchmarks (<name>.rec/.idx/.manifest.json) go; empty = beside the benchmark's data"""
+    tinyface_aligned_dir: str = "aligned_pad_0.1_pad_high"
+    """TinyFace: folder under data_root with the aligned Probe/, Gallery_Match/, Gallery_Distractor/ images"""
+    scface_aligned_dir: str = "scface/aligned"
+    """SCface: folder under data_root with the aligned NNN_camK_D.jpg probes and NNN_frontal.jpg mugshots"""
+    checkpoint: str = "last.pt"
+    """checkpoint of the run evaluated after training"""
+
+
+@dataclass
+class ClusterConfig:
+    partition: str = ""
+    """Slurm partition; empty = the cluster's default"""
+    nodes: int = 1
+    """nodes of the training job (one Slurm task per node running torchrun)"""
+    gpus_per_node: int = 0
+    """GPUs per node = torchrun workers per node; 0 = CPU training with one worker per node (gloo)"""
+    cpus_per_task: int = 0
+    """CPUs per node task; 0 = Slurm's default"""
+    mem: str = ""
+    """memory per node, e.g. 64G; empty = Slurm's default"""
+    time_min: int = 60
+    """time limit of the training job in minutes"""
+    eval_time_min: int = 60
+    """time limit of each evaluation task in minutes"""
+    account: str = ""
+    """Slurm account; empty = none"""
+    qos: str = ""
+    """Slurm QOS; empty = none"""
+    constraint: str = ""
+    """Slurm node constraint; empty = none"""
+    max_requeues: int = 10
+    """how often a preempted or timed-out training job is requeued"""
+
+    def __post_init__(self) -> None:
+        _check_positive("cluster.nodes", self.nodes)
+
+
+@dataclass
+class Config:
+    name: str = "qgface"
+    """run name; the run directory is <output_root>/<name>-<timestamp> when launched"""
+    run_dir: str = ""
+    """the run's output folder; empty = <output_root>/<name>"""
+    output_root: str = "logs"
+    """folder that holds every run directory and the synthetic data cache"""
+    seed: int = 0
+    """seed of model initialisation, sampling and augmentation"""
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    head: HeadConfig = field(default_factory=HeadConfig)
+    contrast: ContrastConfig = field(default_factory=ContrastConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
+
+    def resolved_run_dir(self) -> Path:
+        return Path(self.run_dir) if self.run_dir else Path(self.output_root) / self.name
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def load_config(path: str | Path | None = None, overrides: typing.Sequence[str] = ()) -> Config:
+    """Defaults, then the YAML chain of ``path`` (base first), then ``key=value`` overrides."""
+    values: dict[str, Any] = {}
+    if path is not None:
+        _merge(values, _read_yaml_chain(Path(path), seen=()))
+    for item in overrides:
+        _merge(values, _parse_override(item))
+    return from_dict(values, source=str(path) if path else "overrides")
+
+
+def from_dict(values: dict[str, Any], source: str = "config") -> Config:
+    """Build a validated ``Config`` from a nested dict (unknown keys and wrong types raise ConfigError)."""
+    return _build(Config, values, prefix="", source=source)
+
+
+def save_config(cfg: Config, path: str | Path) -> None:
+    """Write the resolved config as YAML (atomically), loadable again with ``load_config``."""
+    atomic_write_text(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+
+
+def config_keys(cls: type = Config, prefix: str = "") -> list[str]:
+    """Every dotted key of the tree, for error messages and documentation."""
+    keys = []
+    for f in dataclasses.fields(cls):
+        dotted = f"{prefix}{f.name}"
+        if dataclasses.is_dataclass(f.type if isinstance(f.type, type) else _hint(cls, f.name)):
+            keys.extend(config_keys(_hint(cls, f.name), dotted + "."))
+        else:
+            keys.append(dotted)
+    return keys
+
+
+def _read_yaml_chain(path: Path, seen: tuple[Path, ...]) -> dict[str, Any]:
+    path = path.resolve()
+    if path in seen:
+        raise ConfigError(f"{path}: 'base' files form a cycle: {' -> '.join(map(str, seen + (path,)))}")
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of keys, got {type(data).__name__}")
+    base = data.pop("base", None)
+    merged: dict[str, Any] = {}
+    if base is not None:
+        merged = _read_yaml_chain(path.parent / str(base), seen + (path,))
+    _merge(merged, data)
+    return merged
+
+
+def _parse_override(item: str) -> dict[str, Any]:
+    key, sep, raw = item.partition("=")
+    if not sep or not key:
+        raise ConfigError(f"override {item!r} is not of the form key=value (e.g. optim.lr=0.05)")
+    try:
+        value = yaml.safe_load(raw) if raw else ""
+    except yaml.YAMLError:
+        value = raw
+    nested: dict[str, Any] = {}
+    node = nested
+    *parents, leaf = key.split(".")
+    for part in parents:
+        node = node.setdefault(part, {})
+    node[leaf] = value
+    return nested
+
+
+def _merge(into: dict[str, Any], new: dict[str, Any]) -> None:
+    for key, value in new.items():
+        if isinstance(value, dict) and isinstance(into.get(key), dict):
+            _merge(into[key], value)
+        else:
+            into[key] = value
+
+
+def _hint(cls: type, name: str) -> Any:
+    return typing.get_type_hints(cls)[name]
+
+
+def _build(cls: type, values: dict[str, Any], prefix: str, source: str) -> Any:
+    if not isinstance(values, dict):
+        raise ConfigError(f"{source}: {prefix.rstrip('.') or 'config'} must be a mapping, got {values!r}")
+    names = {f.name for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in values.items():
+        dotted = f"{prefix}{key}"
+        if key not in names:
+            raise ConfigError(f"{source}: unknown key {dotted!r}{_closest(dotted)}")
+        hint = _hint(cls, key)
+        if dataclasses.is_dataclass(hint):
+            kwargs[key] = _build(hint, value, dotted + ".", source)
+        else:
+            kwargs[key] = _coerce(dotted, hint, value, source)
+    try:
+        return cls(**kwargs)
+    except ConfigError as err:
+        raise ConfigError(f"{source}: {err}") from None
+
+
+def _coerce(key: str, hint: Any, value: Any, source: str) -> Any:
+    origin = typing.get_origin(hint)
+    if origin is list:
+        (item_type,) = typing.get_args(hint)
+        if not isinstance(value, list):
+            raise ConfigError(f"{source}: {key} expects a list of {item_type.__name__}, got {value!r}")
+        return [_coerce(f"{key}[{i}]", item_type, v, source) for i, v in enumerate(value)]
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if hint is str and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(value)
+    if isinstance(hint, type) and isinstance(value, hint) and not (hint is int and isinstance(value, bool)):
+        return value
+    name = hint.__name__ if isinstance(hint, (type, types.GenericAlias)) else str(hint)
+    raise ConfigError(f"{source}: {key} expects {name}, got {value!r} ({type(value).__name__})")
+
+
+def _closest(key: str) -> str:
+    match = difflib.get_close_matches(key, config_keys(), n=1, cutoff=0.5)
+    return f"; did you mean {match[0]!r}?" if match else "; run `python -m qgface.config` to list the valid keys"
+
+
+def _check_choice(key: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ConfigError(f"{key} must be one of {', '.join(choices)}; got {value!r}")
+
+
+def _check_choice_or_path(key: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices and not value.endswith((".pt", ".pth", ".ckpt")):
+        raise ConfigError(f"{key} must be one of {', '.join(choices)} or a checkpoint path; got {value!r}")
+
+
+def _check_probability(key: str, value: float) -> None:
+    if not 0.0 <= value <= 1.0:
+        raise ConfigError(f"{key} is a probability and must lie in [0, 1]; got {value!r}")
+
+
+def _check_positive(key: str, value: int) -> None:
+    if value <= 0:
+        raise ConfigError(f"{key} must be positive; got {value!r}")
+
+
+def _check_range(key: str, value: list[float], low: float, high: float) -> None:
+    if len(value) != 2 or not low < value[0] <= value[1] <= high:
+        raise ConfigError(f"{key} must be [min, max] with {low} < min <= max <= {high}; got {value!r}")
