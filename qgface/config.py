@@ -9,8 +9,10 @@ total steps) are computed elsewhere and never written back.
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import difflib
+import inspect
 import types
 import typing
 from dataclasses import dataclass, field
@@ -284,16 +286,37 @@ def save_config(cfg: Config, path: str | Path) -> None:
     atomic_write_text(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
 
 
-def config_keys(cls: type = Config, prefix: str = "") -> list[str]:
-    """Every dotted key of the tree, for error messages and documentation."""
-    keys = []
+def config_keys() -> list[str]:
+    """Every dotted key of the tree, for error messages."""
+    return [key for key, _, _ in describe_keys()]
+
+
+def describe_keys(cls: type = Config, prefix: str = "") -> list[tuple[str, str, str]]:
+    """(dotted key, default as YAML, meaning) for every key; the meaning is the string under each field."""
+    meanings = _field_docstrings(cls)
+    rows = []
+    defaults = cls()
     for f in dataclasses.fields(cls):
-        dotted = f"{prefix}{f.name}"
-        if dataclasses.is_dataclass(f.type if isinstance(f.type, type) else _hint(cls, f.name)):
-            keys.extend(config_keys(_hint(cls, f.name), dotted + "."))
+        hint = _hint(cls, f.name)
+        if dataclasses.is_dataclass(hint):
+            rows.extend(describe_keys(hint, f"{prefix}{f.name}."))
         else:
-            keys.append(dotted)
-    return keys
+            default = yaml.safe_dump(getattr(defaults, f.name), default_flow_style=True).strip()
+            rows.append((f"{prefix}{f.name}", default.removesuffix("\n...").strip(), meanings.get(f.name, "")))
+    return rows
+
+
+def _field_docstrings(cls: type) -> dict[str, str]:
+    body = ast.parse(inspect.getsource(cls)).body[0].body
+    docs = {}
+    for field_node, doc_node in zip(body, body[1:]):
+        if (
+            isinstance(field_node, ast.AnnAssign)
+            and isinstance(doc_node, ast.Expr)
+            and isinstance(doc_node.value, ast.Constant)
+        ):
+            docs[field_node.target.id] = str(doc_node.value.value)
+    return docs
 
 
 def _read_yaml_chain(path: Path, seen: tuple[Path, ...]) -> dict[str, Any]:
@@ -410,3 +433,8 @@ def _check_positive(key: str, value: int) -> None:
 def _check_range(key: str, value: list[float], low: float, high: float) -> None:
     if len(value) != 2 or not low < value[0] <= value[1] <= high:
         raise ConfigError(f"{key} must be [min, max] with {low} < min <= max <= {high}; got {value!r}")
+
+
+if __name__ == "__main__":
+    for key, default, meaning in describe_keys():
+        print(f"{key} = {default}\n    {meaning}")
