@@ -1,0 +1,201 @@
+"""Margin classification heads: AdaFace (default), ArcFace, CosFace, with the quality scaler (METHOD.md §3).
+
+Only the target logit is changed: the target cosine is gathered from the cosine matrix
+(``gather(1, y)``), the margin is applied to that [N, 1] column, and the result is scattered back
+in place. No dense [N, C] one-hot or margin matrix exists, and acos/cos run on [N, 1] only.
+
+Memory: the loss is one fused autograd function (:class:`_MarginCrossEntropy`) that walks the rows
+in chunks of at most ``chunk_elems`` logits. Forward keeps only the per-row log-sum-exp; backward
+recomputes a chunk's logits in one buffer and turns them in place into the gradient. So the only
+full-size tensor backward allocates is the kernel gradient [D, C]; no [N, C] matrix is ever live
+(C is 85k for MS1MV2, 617k for WebFace12M). ``tools/bench_heads.py`` prints the figures.
+
+Margin choices for the swapped heads (METHOD.md §3 "same head with the margin function swapped"):
+- ArcFace: ``cos(clip(θ + m, ε, π-ε))``, the same angle clipping as AdaFace's angular margin and
+  no "easy margin" / threshold fallback, so the target logit is non-increasing in θ up to π-ε
+  (its gradient is 0 for θ > π-m-ε, where cos(θ+m) would otherwise turn back up).
+- CosFace: ``cos - m``.
+
+Feature-norm statistics (μ, σ) are buffers starting at 0 as METHOD.md §3 says (AdaFace itself
+starts at 20/100). The ``ε`` in ``(σ + ε)`` is METHOD.md's: it keeps ĝ finite while σ is still 0
+(an untrained head, the first step). They are updated only in training mode, under no_grad,
+*before* ĝ is computed (AdaFace's order). With DDP the two buffers are broadcast from rank 0 at
+every forward (``broadcast_buffers=True``), so rank 0's statistics are the ones used and saved.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+MARGIN_KINDS = ("adaface", "arcface", "cosface")
+EPS = 1e-3
+_LO, _HI = -1.0 + EPS, 1.0 - EPS
+
+
+def margin_scaler(norms: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, h: float) -> torch.Tensor:
+    """ĝ = clip(h·(n' - μ)/(σ + ε), -1, 1) with n' = clip(n, 0.001, 100), detached (METHOD.md §3)."""
+    safe = norms.detach().clamp(0.001, 100.0)
+    return (h * (safe - mean) / (std + EPS)).clamp(-1.0, 1.0)
+
+
+def target_logit(kind: str, cos_y: torch.Tensor, g_hat: torch.Tensor, m: float) -> torch.Tensor:
+    """Margin-modified target cosine cos'_y of a column of target cosines (METHOD.md §3)."""
+    if kind == "adaface":
+        theta = torch.acos(cos_y).sub(m * g_hat).clamp(EPS, math.pi - EPS)
+        return torch.cos(theta) - (m + m * g_hat)
+    if kind == "arcface":
+        return torch.cos(torch.acos(cos_y).add(m).clamp(EPS, math.pi - EPS))
+    if kind == "cosface":
+        return cos_y - m
+    raise ValueError(f"unknown margin head kind {kind!r}; valid: {', '.join(MARGIN_KINDS)}")
+
+
+def quality_scale_factor(g_hat: torch.Tensor, tau_q: float, s: float) -> torch.Tensor:
+    """QS factor sigmoid(s·(ĝ + 2(0.5 - τ_q))) per sample (METHOD.md §3); only used when τ_q != 0."""
+    return torch.sigmoid(s * (g_hat + 2.0 * (0.5 - tau_q)))
+
+
+def _target_and_slope(kind: str, cos_y: torch.Tensor, g_hat: torch.Tensor, m: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos'_y and d cos'_y / d cos_y on an [R, 1] column (autograd on the small column only)."""
+    with torch.enable_grad():
+        c = cos_y.detach().requires_grad_()
+        t = target_logit(kind, c, g_hat, m)
+        (slope,) = torch.autograd.grad(t.sum(), c)
+    return t.detach(), slope
+
+
+class _MarginCrossEntropy(torch.autograd.Function):
+    """mean_i CE(z_i, y_i), z = row_scale · (clamped cos with the target replaced by cos'_y).
+
+    Inputs: e [N, D], kernel W [D, C] (unnormalised; cos uses W_c/||W_c||), y [N, 1] long,
+    g_hat [N, 1] and row_scale [N, 1] (s, times the QS factor) constant.
+    """
+
+    @staticmethod
+    def forward(ctx, e, w, y, g_hat, row_scale, kind, m, chunk_rows):  # type: ignore[override]
+        inv = w.norm(dim=0).clamp_min(1e-12).reciprocal()
+        lse = e.new_empty(e.shape[0])
+        z_y = e.new_empty(e.shape[0], 1)
+        for r in _chunks(e.shape[0], chunk_rows):
+            z = (e[r] @ w).mul_(inv).clamp_(_LO, _HI)
+            t = target_logit(kind, z.gather(1, y[r]), g_hat[r], m)
+            z.scatter_(1, y[r], t).mul_(row_scale[r])
+            lse[r] = torch.logsumexp(z, dim=1)
+            z_y[r] = t * row_scale[r]
+        ctx.save_for_backward(e, w, y, g_hat, row_scale, inv, lse)
+        ctx.kind, ctx.m, ctx.chunk_rows = kind, m, chunk_rows
+        return (lse - z_y.squeeze(1)).mean()
+
+    @staticmethod
+    def backward(ctx, grad_out):  # type: ignore[override]
+        e, w, y, g_hat, row_scale, inv, lse = ctx.saved_tensors
+        n = e.shape[0]
+        grad_e = torch.empty_like(e)
+        grad_w = torch.zeros_like(w)
+        for r in _chunks(n, ctx.chunk_rows):
+            buf = (e[r] @ w).mul_(inv)  # cos before clamping
+            keep = (buf >= _LO) & (buf <= _HI)  # clamp passes the gradient only inside
+            buf.clamp_(_LO, _HI)
+            t, slope = _target_and_slope(ctx.kind, buf.gather(1, y[r]), g_hat[r], ctx.m)
+            rs = row_scale[r]
+            buf.scatter_(1, y[r], t).mul_(rs).sub_(lse[r].unsqueeze(1)).exp_()  # softmax p
+            d_zy = buf.gather(1, y[r]).sub_(1.0)  # dCE/dz_y = p_y - 1
+            buf.mul_(rs * (grad_out / n))  # dL/dcos off the target (dz/dcos = row_scale)
+            buf.scatter_(1, y[r], d_zy * rs * (grad_out / n) * slope)  # target: through cos'_y(cos_y)
+            buf.mul_(keep).mul_(inv)  # dL/d(e @ W): undo the column normalisation
+            grad_e[r] = buf @ w.t()
+            grad_w.addmm_(e[r].t(), buf)
+        # ||W_c|| depends on W_c too: dL/dW += -W_c · inv_c² · (W_c · A_c), A = e^T dL/d(e @ W)
+        col_dot = torch.zeros_like(inv)
+        for r in _chunks(w.shape[0], max(1, ctx.chunk_rows)):
+            col_dot += (w[r] * grad_w[r]).sum(0)
+        grad_w.addcmul_(w, (-(inv * inv) * col_dot).unsqueeze(0))
+        return grad_e, grad_w, None, None, None, None, None, None
+
+
+def _chunks(n: int, size: int) -> list[slice]:
+    return [slice(i, min(i + size, n)) for i in range(0, n, size)]
+
+
+class MarginHead(nn.Module):
+    """Class proxies + margin softmax loss (METHOD.md §3).
+
+    ``forward(embeddings [N, D], norms [N, 1], labels [N]) -> (loss, margin_scaler [N, 1] detached)``.
+    ``quality_scale`` (τ_q) is a plain attribute the trainer may change (warm-up ramp); 0 disables QS.
+    ``chunk_elems`` bounds the logits held at once (rows per chunk = chunk_elems // C, at least 1).
+    """
+
+    def __init__(
+        self,
+        kind: str,
+        num_classes: int,
+        embedding_size: int = 512,
+        m: float = 0.4,
+        h: float = 0.333,
+        s: float = 64.0,
+        t_alpha: float = 0.01,
+        quality_scale: float = 0.0,
+        chunk_elems: int = 1 << 24,
+    ) -> None:
+        super().__init__()
+        if kind not in MARGIN_KINDS:
+            raise ValueError(f"unknown margin head kind {kind!r}; valid: {', '.join(MARGIN_KINDS)}")
+        self.kind, self.m, self.h, self.s, self.t_alpha = kind, m, h, s, t_alpha
+        self.quality_scale = float(quality_scale)
+        self.chunk_elems = chunk_elems
+        kernel = torch.empty(embedding_size, num_classes).uniform_(-1.0, 1.0)
+        kernel.renorm_(2, 1, 1e-5).mul_(1e5)  # every column (class proxy) to unit L2 norm
+        self.kernel = nn.Parameter(kernel)
+        self.register_buffer("batch_mean", torch.zeros(1))
+        self.register_buffer("batch_std", torch.zeros(1))
+
+    def extra_repr(self) -> str:
+        d, c = self.kernel.shape
+        return f"kind={self.kind}, classes={c}, dim={d}, m={self.m}, h={self.h}, s={self.s}, quality_scale={self.quality_scale}"
+
+    @torch.no_grad()
+    def _update_stats(self, norms: torch.Tensor) -> None:
+        safe = norms.detach().float().clamp(0.001, 100.0)
+        a = self.t_alpha
+        self.batch_mean.mul_(1 - a).add_(a * safe.mean())
+        if safe.numel() > 1:  # the unbiased std of one sample is NaN and would poison σ for good
+            self.batch_std.mul_(1 - a).add_(a * safe.std())
+
+    def _row_scale(self, g_hat: torch.Tensor) -> torch.Tensor:
+        if self.quality_scale == 0.0:
+            return torch.full_like(g_hat, self.s)
+        return self.s * quality_scale_factor(g_hat, self.quality_scale, self.s)
+
+    def margin_scaler(self, norms: torch.Tensor) -> torch.Tensor:
+        """ĝ [N, 1] from the current running statistics (no update)."""
+        return margin_scaler(norms.float().reshape(-1, 1), self.batch_mean, self.batch_std, self.h)
+
+    @torch.no_grad()
+    def logits(self, embeddings: torch.Tensor, labels: torch.Tensor, g_hat: torch.Tensor) -> torch.Tensor:
+        """The dense scaled logits z [N, C] the loss sees (for inspection; allocates [N, C])."""
+        dtype = torch.promote_types(embeddings.dtype, torch.float32)
+        w = F.normalize(self.kernel.to(dtype), dim=0)
+        y = labels.reshape(-1, 1).long()
+        z = (embeddings.to(dtype) @ w).clamp_(_LO, _HI)
+        z.scatter_(1, y, target_logit(self.kind, z.gather(1, y), g_hat.to(dtype), self.m))
+        return z.mul_(self._row_scale(g_hat.to(dtype)))
+
+    def forward(
+        self, embeddings: torch.Tensor, norms: torch.Tensor, labels: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        with torch.autocast(device_type=embeddings.device.type, enabled=False):
+            dtype = torch.promote_types(embeddings.dtype, torch.float32)  # fp32, or fp64 for gradcheck
+            norms = norms.to(dtype).reshape(-1, 1)
+            if self.training:
+                self._update_stats(norms)
+            g_hat = margin_scaler(norms, self.batch_mean.to(dtype), self.batch_std.to(dtype), self.h)
+            rows = max(1, self.chunk_elems // self.kernel.shape[1])
+            loss = _MarginCrossEntropy.apply(
+                embeddings.to(dtype), self.kernel.to(dtype), labels.reshape(-1, 1).long(),
+                g_hat, self._row_scale(g_hat), self.kind, self.m, rows,
+            )
+        return loss, g_hat

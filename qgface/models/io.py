@@ -1,0 +1,131 @@
+"""Load a backbone from a checkpoint file (METHOD.md §1), safely and strictly.
+
+Three layouts are recognised:
+
+(a) this project's training checkpoints: ``{"model": <backbone state_dict>, "backbone": <name>, ...}``
+    (other keys such as head/optimizer are ignored);
+(b) a bare backbone state_dict (``name`` is then required);
+(c) AdaFace/QGFace PyTorch-Lightning ``.ckpt``: ``{"state_dict": {"model.<param>": ..., "head.kernel": ...}}``;
+    ``model.`` is stripped, ``head.*`` ignored, and the name is inferred from the state dict
+    (number of body units, presence of SE keys) when not given.
+
+Files are always read with ``torch.load(weights_only=True)``: a file that needs arbitrary
+unpickling (custom classes) is refused with a :class:`CheckpointError`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+import re
+from collections.abc import Mapping
+
+import torch
+from torch import nn
+
+from qgface.models.iresnet import BACKBONES, IResNet, backbone_has_se, backbone_units
+
+log = logging.getLogger(__name__)
+
+_BODY_UNIT = re.compile(r"^body\.(\d+)\.")
+_MAX_LISTED = 5
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file cannot be loaded (unsafe pickle, unknown layout, key/shape mismatch)."""
+
+
+def _read(path: str | os.PathLike) -> object:
+    if not os.path.isfile(path):
+        raise CheckpointError(f"checkpoint {os.fspath(path)!r} does not exist or is not a file")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise CheckpointError(
+            f"checkpoint {os.fspath(path)!r} needs arbitrary unpickling (it stores Python objects other "
+            f"than tensors and plain containers) and is refused for safety. If you trust the file, "
+            f"extract its backbone state_dict with torch.load(..., weights_only=False) elsewhere and "
+            f"save that dict with torch.save. Loader said: {str(exc).splitlines()[0]}"
+        ) from exc
+    except (RuntimeError, EOFError, OSError) as exc:
+        raise CheckpointError(f"checkpoint {os.fspath(path)!r} cannot be read by torch.load: {exc}") from exc
+
+
+def _is_state_dict(obj: object) -> bool:
+    return isinstance(obj, Mapping) and len(obj) > 0 and all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()
+    )
+
+
+def infer_backbone_name(state_dict: Mapping[str, torch.Tensor]) -> str:
+    """Backbone name from a state dict: depth from the number of body units, SE from se_block keys."""
+    units = {int(m.group(1)) for k in state_dict if (m := _BODY_UNIT.match(k))}
+    se = any(".se_block." in k for k in state_dict)
+    for name in BACKBONES:
+        if backbone_units(name) == len(units) and backbone_has_se(name) == se:
+            return name
+    raise CheckpointError(
+        f"cannot infer the backbone from a state dict with {len(units)} body units "
+        f"({'with' if se else 'without'} SE); pass name= one of {', '.join(BACKBONES)}"
+    )
+
+
+def _split(obj: object, path: str, name: str | None) -> tuple[dict[str, torch.Tensor], str]:
+    """Return (backbone state_dict, backbone name) for any of the three layouts."""
+    if isinstance(obj, Mapping) and "model" in obj and _is_state_dict(obj["model"]):
+        saved = obj.get("backbone")
+        if name is not None and saved is not None and saved != name:
+            raise CheckpointError(f"checkpoint {path!r} holds backbone {saved!r}, but name={name!r} was asked for")
+        name = name if name is not None else saved
+        if name is None:
+            raise CheckpointError(f"checkpoint {path!r} has no 'backbone' key; pass name=")
+        return dict(obj["model"]), str(name)
+    if isinstance(obj, Mapping) and "state_dict" in obj and isinstance(obj["state_dict"], Mapping):
+        full = obj["state_dict"]
+        sd = {k[len("model."):]: v for k, v in full.items() if k.startswith("model.")}
+        if not sd:
+            raise CheckpointError(f"checkpoint {path!r}: 'state_dict' has no 'model.*' keys (Lightning layout expected)")
+        if name is None:
+            name = infer_backbone_name(sd)
+            log.info("checkpoint %s: backbone %r inferred from its state dict", path, name)
+        return sd, name
+    if _is_state_dict(obj):
+        if name is None:
+            raise CheckpointError(f"checkpoint {path!r} is a bare state dict: pass name= (one of {', '.join(BACKBONES)})")
+        return dict(obj), name
+    keys = sorted(obj)[:_MAX_LISTED] if isinstance(obj, Mapping) else type(obj).__name__
+    raise CheckpointError(
+        f"checkpoint {path!r} has an unknown layout (top-level: {keys}); expected a dict with 'model' + "
+        f"'backbone', a Lightning dict with 'state_dict', or a bare backbone state dict"
+    )
+
+
+def _check_keys(model: nn.Module, sd: Mapping[str, torch.Tensor], path: str, name: str) -> None:
+    own = model.state_dict()
+    missing = [k for k in own if k not in sd]
+    unexpected = [k for k in sd if k not in own]
+    wrong = [k for k in own if k in sd and tuple(own[k].shape) != tuple(sd[k].shape)]
+    if not (missing or unexpected or wrong):
+        return
+    parts = []
+    if missing:
+        parts.append(f"{len(missing)} missing: " + ", ".join(f"{k} {tuple(own[k].shape)}" for k in missing[:_MAX_LISTED]))
+    if unexpected:
+        parts.append(f"{len(unexpected)} unexpected: " + ", ".join(f"{k} {tuple(sd[k].shape)}" for k in unexpected[:_MAX_LISTED]))
+    if wrong:
+        parts.append(f"{len(wrong)} with a wrong shape: " + ", ".join(
+            f"{k} file {tuple(sd[k].shape)} vs model {tuple(own[k].shape)}" for k in wrong[:_MAX_LISTED]))
+    raise CheckpointError(f"checkpoint {path!r} does not match backbone {name!r}: " + "; ".join(parts))
+
+
+def load_backbone(path: str | os.PathLike, name: str | None = None) -> IResNet:
+    """Build the backbone and load its weights strictly from ``path``; returned in eval mode."""
+    path_s = os.fspath(path)
+    sd, name = _split(_read(path_s), path_s, name)
+    if name not in BACKBONES:
+        raise CheckpointError(f"checkpoint {path_s!r}: unknown backbone {name!r}; valid names: {', '.join(BACKBONES)}")
+    model = IResNet(name)
+    _check_keys(model, sd, path_s, name)
+    model.load_state_dict(sd, strict=True)
+    return model.eval()
