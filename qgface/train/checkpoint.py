@@ -1,0 +1,135 @@
+"""Training checkpoints: format, atomic save, strict load, RNG capture, resume resolution (contracts.md).
+
+A checkpoint is one ``torch.save`` dict, loadable with ``torch.load(weights_only=True)``, so every
+value is a tensor, a number, a string, None or a list/dict of those:
+
+- ``format_version`` (1), ``backbone`` (model name), ``model`` / ``head`` / ``queue`` (state dicts,
+  the queue None without the contrastive loss), ``optimizer``, ``scheduler``, ``scaler``;
+- ``epoch`` (the epoch to continue in, 0-based), ``batch_in_epoch`` (batches of it already done),
+  ``step`` (optimiser steps done in total);
+- ``rng``: one entry per rank (rank order) with the torch, CUDA, numpy and Python states, so a
+  resumed rank continues its own streams (dropout draws, anything seeded per rank); the data views
+  need no entry here because the data pipeline seeds them from (seed, epoch, index);
+- ``config`` (``cfg.to_dict()``), ``finished`` (training completed).
+
+Writes go through ``qgface.atomic.atomic_open``: ``last.pt`` is always the complete previous or the
+complete new file, never a partial one.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from qgface.atomic import atomic_open
+from qgface.config import Config
+from qgface.models import CheckpointError
+
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+KEYS = (
+    "format_version", "backbone", "model", "head", "queue", "optimizer", "scheduler", "scaler",
+    "epoch", "step", "batch_in_epoch", "rng", "config", "finished",
+)
+
+
+def checkpoint_dir(cfg: Config) -> Path:
+    return cfg.resolved_run_dir() / "checkpoints"
+
+
+def save_checkpoint(path: str | Path, state: Mapping[str, Any]) -> None:
+    """Write ``state`` (exactly ``KEYS``) atomically to ``path``."""
+    _check_keys(state, str(path))
+    with atomic_open(path, "wb") as f:
+        torch.save(dict(state), f)
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Read a training checkpoint with ``weights_only=True`` and check its keys and version."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {str(path)!r} does not exist; check train.resume")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # corrupt file, foreign pickle: one message naming the file
+        raise CheckpointError(f"checkpoint {str(path)!r} cannot be loaded: {exc}") from exc
+    if not isinstance(state, dict):
+        raise CheckpointError(f"checkpoint {str(path)!r} is not a training checkpoint (top level {type(state).__name__})")
+    _check_keys(state, str(path))
+    if state["format_version"] != FORMAT_VERSION:
+        raise CheckpointError(
+            f"checkpoint {str(path)!r} has format_version {state['format_version']!r}; this qgface reads {FORMAT_VERSION}"
+        )
+    return state
+
+
+def _check_keys(state: Mapping[str, Any], path: str) -> None:
+    missing = [k for k in KEYS if k not in state]
+    extra = [k for k in state if k not in KEYS]
+    if missing:
+        raise CheckpointError(f"checkpoint {path!r} lacks key {missing[0]!r} (all missing: {missing})")
+    if extra:
+        raise CheckpointError(f"checkpoint {path!r} has unexpected key {extra[0]!r} (all unexpected: {extra})")
+
+
+def load_module_state(module: nn.Module, state: Mapping[str, torch.Tensor], path: str | Path, part: str) -> None:
+    """``module.load_state_dict(state, strict=True)`` with an error naming the file, part and key."""
+    own = module.state_dict()
+    missing = [k for k in own if k not in state]
+    extra = [k for k in state if k not in own]
+    if missing or extra:
+        what = f"lacks key {part}.{missing[0]}" if missing else f"has unexpected key {part}.{extra[0]}"
+        raise CheckpointError(
+            f"checkpoint {str(path)!r} {what} (missing {len(missing)}, unexpected {len(extra)}); "
+            f"was it written with a different model.backbone, head or contrast setting?"
+        )
+    try:
+        module.load_state_dict(state, strict=True)
+    except RuntimeError as exc:  # shape mismatch, e.g. another number of classes
+        raise CheckpointError(f"checkpoint {str(path)!r}: '{part}' does not fit this run: {exc}") from exc
+
+
+def capture_rng() -> dict[str, Any]:
+    """This process's RNG states as weights_only-loadable values."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state(legacy=True)
+    version, mt, py_gauss = random.getstate()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state() if torch.cuda.is_available() else None,
+        "numpy": {"kind": kind, "keys": [int(x) for x in keys], "pos": int(pos),
+                  "has_gauss": int(has_gauss), "gauss": float(gauss)},
+        "python": [version, list(mt), py_gauss],
+    }
+
+
+def restore_rng(state: Mapping[str, Any]) -> None:
+    """Inverse of ``capture_rng``."""
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+    n = state["numpy"]
+    np.random.set_state((n["kind"], np.asarray(n["keys"], dtype=np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
+    version, mt, gauss = state["python"]
+    random.setstate((version, tuple(mt), gauss))
+
+
+def resume_path(cfg: Config) -> Path | None:
+    """The checkpoint to continue from: ``train.resume`` auto (``last.pt`` if present), none, or a path."""
+    mode = cfg.train.resume
+    if mode == "none":
+        return None
+    if mode == "auto":
+        last = checkpoint_dir(cfg) / "last.pt"
+        return last if last.is_file() else None
+    path = Path(mode)
+    if not path.is_file():
+        raise CheckpointError(f"train.resume={mode!r}: no such checkpoint file")
+    return path

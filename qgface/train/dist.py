@@ -1,0 +1,109 @@
+"""Distributed set-up for the trainer (METHOD.md §5: DDP, one process per device).
+
+``init_distributed()`` reads torchrun's variables (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR,
+MASTER_PORT) and returns a frozen ``DistInfo``; without them it describes one process. NCCL and
+``cuda:<local_rank>`` when CUDA is available, else gloo on the CPU. Nothing happens at import and
+nothing is written onto the config. The helpers below are no-ops without a process group, so the
+same trainer code runs as one process and under torchrun.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    """Where this process sits in the job (computed once, read everywhere)."""
+
+    rank: int
+    local_rank: int
+    world_size: int
+    device: torch.device
+    is_main: bool
+    backend: str
+    """'nccl', 'gloo', or '' for a single process without a process group"""
+
+
+def init_distributed(env: Mapping[str, str] | None = None) -> DistInfo:
+    """Join the torchrun process group described by ``env`` (default ``os.environ``)."""
+    env = os.environ if env is None else env
+    world_size = int(env.get("WORLD_SIZE", "1"))
+    rank = int(env.get("RANK", "0"))
+    local_rank = int(env.get("LOCAL_RANK", "0"))
+    if torch.cuda.is_available():
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+        backend = "nccl"
+    else:
+        device = torch.device("cpu")
+        backend = "gloo"
+    if world_size > 1:
+        if not dist.is_initialized():
+            # env:// reads MASTER_ADDR/MASTER_PORT set by torchrun; a long timeout tolerates a slow
+            # first batch (synthetic data generation) on one rank
+            dist.init_process_group(
+                backend=backend, rank=rank, world_size=world_size, timeout=datetime.timedelta(minutes=30)
+            )
+    else:
+        backend = ""
+    return DistInfo(rank, local_rank, world_size, device, rank == 0, backend)
+
+
+def destroy() -> None:
+    """Leave the process group (safe to call when there is none)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def _active() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def all_reduce_mean(value: torch.Tensor) -> torch.Tensor:
+    """Mean of ``value`` over ranks (a new tensor; for logging, not for gradients)."""
+    value = value.detach().clone()
+    if _active():
+        dist.all_reduce(value, op=dist.ReduceOp.SUM)
+        value /= dist.get_world_size()
+    return value
+
+
+def any_rank(flag: bool, device: torch.device) -> bool:
+    """True when ``flag`` is true on any rank, so every rank takes the same branch."""
+    if not _active():
+        return flag
+    # int32 so that NCCL can reduce it; one element costs one tiny collective per call
+    t = torch.tensor([int(flag)], dtype=torch.int32, device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())
+
+
+def broadcast_object(obj: Any, src: int = 0) -> Any:
+    """``obj`` of rank ``src`` on every rank."""
+    if not _active():
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=src)
+    return box[0]
+
+
+def gather_objects(obj: Any) -> list[Any]:
+    """Every rank's ``obj`` in rank order (on every rank)."""
+    if not _active():
+        return [obj]
+    out: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def barrier() -> None:
+    if _active():
+        dist.barrier()
