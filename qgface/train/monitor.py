@@ -1,0 +1,112 @@
+"""Training monitoring: one metrics sink interface, TensorBoard on rank 0, a null sink elsewhere.
+
+The run keeps ONE ``<run>/tb/`` folder, so a requeued job continues the same curves; on resume the
+writer is opened with ``purge_step`` = the first step that will be redone, so TensorBoard drops any
+events the interrupted job wrote after its last checkpoint and no step appears twice.
+The renderers turn a batch into images: L/H sample pairs and the norm x similarity heatmap.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+import torch
+
+log = logging.getLogger(__name__)
+
+
+class Monitor:
+    """The sink interface; this base class drops everything (non-main ranks)."""
+
+    def log(self, scalars: Mapping[str, float], step: int) -> None:
+        """Scalars under namespaced tags (``train/loss``) at optimiser step ``step``."""
+
+    def histogram(self, tag: str, values: torch.Tensor, step: int) -> None:
+        """Distribution of ``values`` (any shape)."""
+
+    def image(self, tag: str, image: np.ndarray, step: int) -> None:
+        """An HxWx3 uint8 RGB image."""
+
+    def close(self) -> None:
+        """Flush and release files (idempotent)."""
+
+
+class TensorBoardMonitor(Monitor):
+    def __init__(self, log_dir: str | Path, purge_step: int | None = None) -> None:
+        from torch.utils.tensorboard import SummaryWriter
+
+        self._writer: SummaryWriter | None = SummaryWriter(str(log_dir), purge_step=purge_step)
+
+    def log(self, scalars: Mapping[str, float], step: int) -> None:
+        if self._writer is not None:
+            for tag, value in scalars.items():
+                self._writer.add_scalar(tag, float(value), step)
+
+    def histogram(self, tag: str, values: torch.Tensor, step: int) -> None:
+        if self._writer is not None and values.numel() > 0:
+            self._writer.add_histogram(tag, values.detach().float().cpu().reshape(-1), step)
+
+    def image(self, tag: str, image: np.ndarray, step: int) -> None:
+        if self._writer is not None:
+            self._writer.add_image(tag, image, step, dataformats="HWC")
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+
+
+def build_monitor(run_dir: str | Path, is_main: bool, resume_step: int = 0) -> Monitor:
+    """TensorBoard in ``<run_dir>/tb`` on the main rank, a null sink elsewhere.
+
+    ``resume_step`` is the step of the checkpoint the run continues from (0 for a fresh run); events
+    at later steps, written by an interrupted job before it stopped, are purged.
+    """
+    if not is_main:
+        return Monitor()
+    return TensorBoardMonitor(Path(run_dir) / "tb", purge_step=resume_step + 1 if resume_step else None)
+
+
+def pair_grid(views: torch.Tensor, max_pairs: int = 8) -> np.ndarray:
+    """Samples as rows, views as columns (L left of H), denormalised and BGR->RGB for display.
+
+    ``views`` is a loader batch [B, V, 3, H, W] normalised as (x/255 - 0.5)/0.5 (METHOD.md
+    conventions); view 0 is H and view 1 is L, so the columns are reversed to read "L -> H".
+    """
+    x = views[:max_pairs].detach().float().cpu().flip(1)  # [b, V, 3, H, W], L first
+    b, v, c, h, w = x.shape
+    pixels = ((x * 0.5 + 0.5).clamp(0, 1) * 255).round().to(torch.uint8)
+    rgb = pixels.flip(2)  # BGR -> RGB
+    grid = rgb.permute(0, 3, 1, 4, 2).reshape(b * h, v * w, c)  # rows of samples, views side by side
+    return np.ascontiguousarray(grid.numpy())
+
+
+def norm_similarity_heatmap(norms: torch.Tensor, cosines: torch.Tensor, bins: int = 32) -> np.ndarray:
+    """2-D histogram of feature norm (x) vs positive-pair cosine (y) rendered to an RGB image."""
+    # a Figure on an explicit Agg canvas: no pyplot, no global backend switch
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    n = norms.detach().float().cpu().reshape(-1).numpy()
+    c = cosines.detach().float().cpu().reshape(-1).numpy()
+    fig = Figure(figsize=(4, 3.2), dpi=80)
+    canvas = FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    counts, xedges, yedges = np.histogram2d(n, c, bins=bins, range=[[0.0, max(float(n.max()), 1e-3)], [-1.0, 1.0]])
+    mesh = ax.pcolormesh(xedges, yedges, counts.T, cmap="viridis")
+    fig.colorbar(mesh, ax=ax, label="pairs")
+    ax.set_xlabel("feature norm")
+    ax.set_ylabel("positive-pair cosine")
+    fig.tight_layout()
+    canvas.draw()
+    return np.ascontiguousarray(np.asarray(canvas.buffer_rgba())[..., :3])
+
+
+def progress(total: int, initial: int, enabled: bool):
+    """tqdm bar over optimiser steps with ETA, on the main rank only (``disable`` elsewhere)."""
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=initial, disable=not enabled, unit="step", dynamic_ncols=True)
