@@ -48,7 +48,7 @@ def test_loads_python2_pickle(tmp_path):
     assert images == IMAGES and issame.tolist() == [False, True]
 
 
-@pytest.mark.parametrize("protocol", [2, 4])
+@pytest.mark.parametrize("protocol", [2, 4, 5])
 @pytest.mark.parametrize("flags", [[np.True_, np.False_], np.array([True, False])], ids=["scalars", "array"])
 def test_loads_numpy_bools(tmp_path, protocol, flags):
     path = tmp_path / "np.bin"

@@ -46,24 +46,24 @@ def _bool_dtype(spec: Any, *args: Any) -> np.dtype:
     return np.dtype(spec, *args)
 
 
-def _numpy_multiarray(name: str) -> Any:
-    for module in ("numpy._core.multiarray", "numpy.core.multiarray"):
+def _numpy_attr(submodule: str, name: str) -> Any:
+    for module in (f"numpy._core.{submodule}", f"numpy.core.{submodule}"):
         try:
             return getattr(importlib.import_module(module), name)
         except (ImportError, AttributeError):
             continue
-    raise pickle.UnpicklingError(f"numpy has no multiarray.{name}")
+    raise pickle.UnpicklingError(f"numpy has no {submodule}.{name}")
 
 
 _ALLOWED = {
     ("_codecs", "encode"): lambda: _latin1_encode,
     ("numpy", "dtype"): lambda: _bool_dtype,
     ("numpy", "ndarray"): lambda: np.ndarray,
-    ("numpy.core.multiarray", "scalar"): lambda: _numpy_multiarray("scalar"),
-    ("numpy._core.multiarray", "scalar"): lambda: _numpy_multiarray("scalar"),
-    ("numpy.core.multiarray", "_reconstruct"): lambda: _numpy_multiarray("_reconstruct"),
-    ("numpy._core.multiarray", "_reconstruct"): lambda: _numpy_multiarray("_reconstruct"),
 }
+for _core in ("numpy.core", "numpy._core"):  # numpy 1.x and 2.x spellings of the same constructors
+    _ALLOWED[(f"{_core}.multiarray", "scalar")] = lambda: _numpy_attr("multiarray", "scalar")
+    _ALLOWED[(f"{_core}.multiarray", "_reconstruct")] = lambda: _numpy_attr("multiarray", "_reconstruct")
+    _ALLOWED[(f"{_core}.numeric", "_frombuffer")] = lambda: _numpy_attr("numeric", "_frombuffer")  # protocol 5
 
 
 class _BinUnpickler(pickle.Unpickler):
