@@ -1,0 +1,132 @@
+"""The QGFace key queue with proxy compensation and the dynamic-margin EMA (METHOD.md §4).
+
+A ring buffer of the last ``size`` detached embeddings, their labels and the class proxy ``W_y``
+that was current when each was enqueued. Everything that must survive a requeue is a buffer, so
+``state_dict()`` saves it: ``keys``, ``labels`` (-1 = empty slot), ``proxies``, ``ptr`` (next slot)
+and ``dynamic_margin``.
+
+Order and distribution: ``enqueue`` gathers the entries of all ranks with :func:`gather_own_first`
+(own rank first, then the others in rank order), so on every rank the local entries occupy the
+slots ``ptr, ptr+1, …`` and ``enqueue`` can return their slot indices. Rank queues therefore hold
+the same entries in a rank-specific slot order, which the loss does not depend on.
+
+Views: :meth:`ContrastQueue.current` returns the usable entries in ascending slot order (empty
+slots dropped, and with ``effective_size`` only the most recent entries, for progressive growth);
+:meth:`ContrastQueue.index_in_current` maps slot indices (e.g. those ``enqueue`` returned) to
+row positions of that view, which is what ``qg_contrastive_loss(own_index=...)`` expects.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+QUEUE_MODES = ("proxy", "fifo")
+
+
+def gather_own_first(t: torch.Tensor) -> torch.Tensor:
+    """all_gather ``t`` (same shape on every rank, no gradient) and concatenate own rank first,
+    then the other ranks in rank order (METHOD.md §4). Without a process group: ``t`` unchanged."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return t
+    rank, world = dist.get_rank(), dist.get_world_size()
+    t = t.detach().contiguous()
+    parts = [torch.empty_like(t) for _ in range(world)]
+    dist.all_gather(parts, t)
+    return torch.cat([t] + parts[:rank] + parts[rank + 1:])
+
+
+class ContrastQueue(nn.Module):
+    """Queue of ``size`` keys of dimension ``dim``; ``mode`` "proxy" (compensated) or "fifo" (plain)."""
+
+    def __init__(self, size: int, dim: int = 512, mode: str = "proxy", t_alpha: float = 0.01) -> None:
+        super().__init__()
+        if mode not in QUEUE_MODES:
+            raise ValueError(f"unknown queue mode {mode!r}; valid: {', '.join(QUEUE_MODES)}")
+        if size < 1:
+            raise ValueError(f"queue size must be positive, got {size}")
+        self.size, self.dim, self.mode, self.t_alpha = size, dim, mode, t_alpha
+        self.register_buffer("keys", torch.zeros(size, dim))
+        self.register_buffer("labels", torch.full((size,), -1, dtype=torch.long))
+        self.register_buffer("proxies", torch.zeros(size, dim))
+        self.register_buffer("ptr", torch.zeros((), dtype=torch.long))
+        self.register_buffer("dynamic_margin", torch.zeros(()))
+
+    def extra_repr(self) -> str:
+        return f"size={self.size}, dim={self.dim}, mode={self.mode}"
+
+    @torch.no_grad()
+    def enqueue(
+        self,
+        local_keys: torch.Tensor,
+        local_labels: torch.Tensor,
+        proxy_weight: torch.Tensor | None,
+        *,
+        gather: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        """Write this step's keys of all ranks (own first); return the slots of the local ones [n].
+
+        ``proxy_weight`` is the head kernel W [D, C]; column ``W[:, label]`` is stored with each key
+        (may be None in "fifo" mode). ``gather`` overrides :func:`gather_own_first`.
+        """
+        gather = gather_own_first if gather is None else gather
+        n_local = local_keys.shape[0]
+        keys = gather(local_keys.detach().to(self.keys.dtype))
+        labels = gather(local_labels.detach().reshape(-1).long())
+        n = keys.shape[0]
+        if n > self.size:
+            raise ValueError(f"queue size {self.size} is smaller than one step's {n} gathered keys; "
+                             f"raise the queue size (contrast queue_size) to at least {n}")
+        slots = (self.ptr + torch.arange(n, device=self.keys.device)) % self.size
+        self.keys[slots] = keys.to(self.keys.device)
+        self.labels[slots] = labels.to(self.labels.device)
+        if proxy_weight is not None:
+            self.proxies[slots] = proxy_weight.detach()[:, labels].t().to(self.proxies)
+        elif self.mode == "proxy":
+            raise ValueError("a 'proxy' queue needs proxy_weight (the head kernel [D, C]) at enqueue")
+        self.ptr.copy_((self.ptr + n) % self.size)
+        return slots[:n_local]
+
+    def _selected(self, effective_size: int | None) -> torch.Tensor:
+        """[size] bool: filled slots, restricted to the ``effective_size`` most recent when given."""
+        sel = self.labels >= 0
+        if effective_size is not None and effective_size < self.size:
+            age = (self.ptr - 1 - torch.arange(self.size, device=self.labels.device)) % self.size
+            sel &= age < effective_size
+        return sel
+
+    @torch.no_grad()
+    def current(
+        self, proxy_weight: torch.Tensor | None, effective_size: int | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(keys [K', D], labels [K']) in slot order; in "proxy" mode every key is compensated by
+        its class proxy's drift: v + (||v||/||p_stored||)·(W_c(now) - p_stored) (METHOD.md §4)."""
+        idx = self._selected(effective_size).nonzero().squeeze(1)
+        keys, labels = self.keys[idx], self.labels[idx]
+        if self.mode == "proxy":
+            if proxy_weight is None:
+                raise ValueError("a 'proxy' queue needs proxy_weight (the head kernel [D, C]) in current()")
+            stored = self.proxies[idx]
+            now = proxy_weight.detach()[:, labels].t().to(keys)
+            ratio = keys.norm(dim=1, keepdim=True) / stored.norm(dim=1, keepdim=True).clamp_min(1e-12)
+            keys = keys + ratio * (now - stored)
+        return keys, labels
+
+    def index_in_current(self, slots: torch.Tensor, effective_size: int | None = None) -> torch.Tensor:
+        """Row positions in ``current(..., effective_size)`` of the given slot indices (same shape)."""
+        sel = self._selected(effective_size)
+        if not bool(sel[slots].all()):
+            raise ValueError(f"some slots are not in the current view (effective_size={effective_size} is "
+                             f"smaller than one step's gathered keys?)")
+        return (sel.cumsum(0) - 1)[slots]
+
+    @torch.no_grad()
+    def update_dynamic_margin(self, pos_cos: torch.Tensor | float, hardest_neg_cos: torch.Tensor | float) -> torch.Tensor:
+        """EMA with t_alpha of the batch mean of (positive - hardest negative cosine) (METHOD.md §4)."""
+        diff = torch.as_tensor(pos_cos, dtype=self.dynamic_margin.dtype, device=self.dynamic_margin.device) - \
+            torch.as_tensor(hardest_neg_cos, dtype=self.dynamic_margin.dtype, device=self.dynamic_margin.device)
+        self.dynamic_margin.mul_(1 - self.t_alpha).add_(self.t_alpha * diff.mean())
+        return self.dynamic_margin
