@@ -1,0 +1,160 @@
+"""Data-path throughput on ONE thread: RecordIO random reads and read+decode, qgface vs MXNet.
+
+    python tools/bench_data.py                   # 20,000 synthetic 112x112 JPEG records in a temp dir
+    python tools/bench_data.py --dir /scratch/b  # keep (and reuse) the generated .rec/.idx there
+
+Prints numbers and asserts nothing. The MXNet side runs in the cached venv ``<repo>/.mxnet-venv``
+(built by ``tests/test_mxnet_interop.py``) in a subprocess, with one engine/OMP thread; it is
+skipped when that venv does not exist. Target: qgface random reads >= 1.5x MXNet's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+from qgface.data.images import decode_bgr, encode_jpeg
+from qgface.data.recordio import RecordIOReader, read_insightface_header, unpack, write_insightface_rec
+
+MXNET_VENV = Path(__file__).resolve().parents[1] / ".mxnet-venv"
+
+MXNET_BENCH = r'''
+import json, sys, time
+import numpy as np
+import mxnet as mx
+rec, idx, keys_path, n_decode = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+keys = np.load(keys_path).tolist()
+r = mx.recordio.MXIndexedRecordIO(idx, rec, "r")
+for k in keys[:1000]:
+    r.read_idx(k)
+t = time.perf_counter()
+for k in keys:
+    r.read_idx(k)
+reads = len(keys) / (time.perf_counter() - t)
+t = time.perf_counter()
+for k in keys[:n_decode]:
+    header, jpeg = mx.recordio.unpack(r.read_idx(k))
+    mx.image.imdecode(jpeg).asnumpy()
+decodes = n_decode / (time.perf_counter() - t)
+print(json.dumps({"reads": reads, "decodes": decodes}))
+'''
+
+
+def face_like(rng: np.random.Generator, identity: int) -> np.ndarray:
+    """A 112x112 BGR image with a face-ish layout: skin ellipse, eyes, mouth, noise; colours per identity."""
+    ident = np.random.default_rng(identity)
+    img = np.empty((112, 112, 3), np.uint8)
+    img[:] = ident.integers(20, 230, 3)
+    skin = tuple(int(c) for c in ident.integers(60, 240, 3))
+    cx, cy = 56 + int(rng.integers(-4, 5)), 60 + int(rng.integers(-4, 5))
+    cv2.ellipse(img, (cx, cy), (34, 44), 0, 0, 360, skin, -1)
+    for dx in (-15, 15):
+        cv2.circle(img, (cx + dx, cy - 10), 5, (40, 30, 30), -1)
+    cv2.ellipse(img, (cx, cy + 20), (12, 5), 0, 0, 180, (60, 40, 150), -1)
+    noise = rng.normal(0, 12, img.shape)
+    return cv2.GaussianBlur(np.clip(img + noise, 0, 255).astype(np.uint8), (3, 3), 0)
+
+
+def make_dataset(directory: Path, num: int, per_identity: int, seed: int) -> tuple[Path, Path]:
+    """Write (or reuse, if it has ``num`` images) an InsightFace-layout pair of face-like JPEGs."""
+    rec, idx = directory / "bench.rec", directory / "bench.idx"
+    if rec.exists() and idx.exists():
+        first, end = read_insightface_header(RecordIOReader(rec, idx))
+        if end - first == num:
+            return rec, idx
+    rng = np.random.default_rng(seed)
+    items = ((encode_jpeg(face_like(rng, i // per_identity), quality=95), i // per_identity) for i in range(num))
+    t = time.perf_counter()
+    write_insightface_rec(rec, idx, items)
+    print(f"generated {num} records in {time.perf_counter() - t:.1f}s: {rec} ({rec.stat().st_size / 2**20:.1f} MiB)")
+    return rec, idx
+
+
+def bench_reads(rec: Path, idx: Path, keys: np.ndarray) -> float:
+    """qgface RecordIOReader: random-access reads per second."""
+    reader = RecordIOReader(rec, idx)
+    for k in keys[:1000].tolist():
+        reader.read(k)
+    key_list = keys.tolist()
+    t = time.perf_counter()
+    for k in key_list:
+        reader.read(k)
+    return len(key_list) / (time.perf_counter() - t)
+
+
+def bench_read_decode(rec: Path, idx: Path, keys: np.ndarray) -> float:
+    """qgface: random read + unpack + decode to BGR, images per second."""
+    reader = RecordIOReader(rec, idx)
+    key_list = keys.tolist()
+    t = time.perf_counter()
+    for k in key_list:
+        decode_bgr(unpack(reader.read(k))[1])
+    return len(key_list) / (time.perf_counter() - t)
+
+
+def bench_mxnet(python: Path, rec: Path, idx: Path, keys: np.ndarray, n_decode: int) -> dict[str, float]:
+    """MXNet's MXIndexedRecordIO (read_idx) and read + mx.image.imdecode, in the MXNet venv."""
+    with tempfile.TemporaryDirectory() as tmp:
+        np.save(Path(tmp) / "keys.npy", keys)
+        (Path(tmp) / "bench.py").write_text(MXNET_BENCH)
+        env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
+        env.update(OMP_NUM_THREADS="1", MXNET_CPU_WORKER_NTHREADS="1", MXNET_ENGINE_TYPE="NaiveEngine")
+        out = subprocess.run([str(python), "-I", str(Path(tmp) / "bench.py"), str(rec), str(idx),
+                              str(Path(tmp) / "keys.npy"), str(n_decode)],
+                             capture_output=True, text=True, env=env, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def section_io(args: argparse.Namespace, rec: Path, idx: Path) -> None:
+    """Random reads and read+decode, ours and MXNet's, on the same random key sequence."""
+    first, end = read_insightface_header(RecordIOReader(rec, idx))
+    keys = np.random.default_rng(args.seed + 1).integers(first, end, args.reads)
+    ours_reads = bench_reads(rec, idx, keys)
+    ours_decode = bench_read_decode(rec, idx, keys[: args.decodes])
+    print(f"qgface RecordIOReader   random reads   {ours_reads:12,.0f} /s")
+    print(f"qgface read+decode_bgr  images         {ours_decode:12,.0f} /s")
+    python = args.mxnet_python or MXNET_VENV / "bin" / "python"
+    if args.no_mxnet or not Path(python).exists():
+        print(f"MXNet: skipped ({'--no-mxnet' if args.no_mxnet else f'no venv at {python}'}; "
+              "run tests/test_mxnet_interop.py once to build it)")
+        return
+    mx = bench_mxnet(Path(python), rec, idx, keys, args.decodes)
+    print(f"MXNet MXIndexedRecordIO random reads   {mx['reads']:12,.0f} /s")
+    print(f"MXNet read+imdecode     images         {mx['decodes']:12,.0f} /s")
+    print(f"ratio qgface/MXNet      random reads   {ours_reads / mx['reads']:12.2f}x (target >= 1.5x)")
+    print(f"ratio qgface/MXNet      read+decode    {ours_decode / mx['decodes']:12.2f}x")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--dir", type=Path, help="where to write/reuse bench.rec/.idx (default: a temp dir, deleted)")
+    parser.add_argument("--num", type=int, default=20_000, help="number of 112x112 JPEG records to generate")
+    parser.add_argument("--per-identity", type=int, default=20, help="images per synthetic identity")
+    parser.add_argument("--reads", type=int, default=200_000, help="random reads timed for the read rate")
+    parser.add_argument("--decodes", type=int, default=5_000, help="random reads+decodes timed for the decode rate")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the images and of the key sequence")
+    parser.add_argument("--only-io", action="store_true",
+                        help="run only the RecordIO read / read+decode section (skip training-view sections)")
+    parser.add_argument("--mxnet-python", type=Path, help="python of a venv with mxnet (default: <repo>/.mxnet-venv)")
+    parser.add_argument("--no-mxnet", action="store_true", help="do not run the MXNet comparison")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    cv2.setNumThreads(1)
+    with tempfile.TemporaryDirectory() as tmp:
+        directory = args.dir or Path(tmp)
+        directory.mkdir(parents=True, exist_ok=True)
+        rec, idx = make_dataset(directory, args.num, args.per_identity, args.seed)
+        section_io(args, rec, idx)
+
+
+if __name__ == "__main__":
+    main()
