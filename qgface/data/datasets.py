@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from qgface.data.images import decode_bgr, normalize_bgr
+from qgface.data.images import decode_bgr
 from qgface.data.recordio import RecordIOError, RecordIOReader, read_insightface_header, unpack
 from qgface.data.views import make_views, num_views
 
@@ -134,7 +134,7 @@ class TwoViewDataset(Dataset):
     """Network input of a training sample: the views of one source image (METHOD.md §2).
 
     ``dataset[(index, epoch)]`` (a plain ``index`` means epoch 0) returns ``(views, label)`` with
-    ``views`` float32 ``[V, 3, 112, 112]`` normalised ``(x/255 - 0.5)/0.5``: ``V = 2`` for ``lh``
+    ``views`` float32 ``[V, 3, 112, 112]`` normalised as ``images.normalize_bgr``: ``V = 2`` for ``lh``
     (view 0 = H, view 1 = L) and ``adaface`` (two independent AdaFace views), ``V = 1`` for ``flip``.
     The randomness comes from ``np.random.default_rng([seed, epoch, index])`` alone, so a sample
     is the same whatever the worker count, worker assignment, or resume point.
@@ -155,5 +155,15 @@ class TwoViewDataset(Dataset):
         index, epoch = (item, 0) if isinstance(item, numbers.Integral) else item
         img, label = self.base[index]
         rng = np.random.default_rng([self.seed, int(epoch), int(index)])
-        views = make_views(img, rng, self.views, self.data_cfg)
-        return torch.from_numpy(normalize_bgr(np.stack(views))), label
+        return torch.from_numpy(_normalize_views(make_views(img, rng, self.views, self.data_cfg))), label
+
+
+def _normalize_views(views: list[np.ndarray]) -> np.ndarray:
+    """``normalize_bgr`` of the stacked views, written plane by plane (half its time, same values)."""
+    out = np.empty((len(views), 3, *views[0].shape[:2]), np.float32)
+    for i, view in enumerate(views):
+        for c in range(3):
+            out[i, c] = view[:, :, c]
+    out *= np.float32(2.0 / 255.0)
+    out -= np.float32(1.0)
+    return out
