@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import datetime
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -76,14 +76,14 @@ def all_reduce_mean(value: torch.Tensor) -> torch.Tensor:
     return value
 
 
-def any_rank(flag: bool, device: torch.device) -> bool:
-    """True when ``flag`` is true on any rank, so every rank takes the same branch."""
+def any_rank(flags: Sequence[bool], device: torch.device) -> list[bool]:
+    """For each flag: true on any rank? So every rank takes the same branch (stop, raise)."""
     if not _active():
-        return flag
-    # int32 so that NCCL can reduce it; one element costs one tiny collective per call
-    t = torch.tensor([int(flag)], dtype=torch.int32, device=device)
+        return [bool(f) for f in flags]
+    # int32 so that NCCL can reduce it; a few elements cost one tiny collective and one host sync
+    t = torch.tensor([int(bool(f)) for f in flags], dtype=torch.int32, device=device)
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return bool(t.item())
+    return [bool(v) for v in t.tolist()]
 
 
 def broadcast_object(obj: Any, src: int = 0) -> Any:

@@ -13,6 +13,9 @@ from types import FrameType
 
 log = logging.getLogger(__name__)
 
+REQUEUE_EXIT_CODE = 75
+"""exit status of a worker that stopped on a signal after saving last.pt: "requeue me" """
+
 STOP_SIGNALS = (signal.SIGUSR1, signal.SIGUSR2, signal.SIGTERM)
 
 

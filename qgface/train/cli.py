@@ -1,0 +1,55 @@
+"""``python -m qgface.train [CONFIG] [key=value ...]``: logging, config, ``Trainer(cfg).train()``, exit code.
+
+Exit status: 0 = training complete (or already complete), ``REQUEUE_EXIT_CODE`` (75) = stopped by
+SIGUSR1/SIGUSR2/SIGTERM after saving last.pt, 1 = a failure (one clear message for errors a user can
+cause: config, checkpoint, dataset layout, a non-finite loss).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+from collections.abc import Sequence
+
+from qgface.config import ConfigError, load_config
+from qgface.models import CheckpointError
+from qgface.train import dist
+
+log = logging.getLogger("qgface.train")
+
+
+def _setup_logging() -> None:
+    # called before the process group exists: torchrun's RANK says which process this is
+    rank = int(os.environ.get("RANK", "0"))
+    logging.basicConfig(
+        level=logging.INFO if rank == 0 else logging.WARNING,
+        format=f"%(asctime)s [rank {rank}] %(levelname)s %(name)s: %(message)s",
+    )
+
+
+def main(argv: Sequence[str]) -> int:
+    """Train with the config ``argv[0]`` (optional, a YAML file) and ``key=value`` overrides."""
+    parser = argparse.ArgumentParser(prog="python -m qgface.train", description=__doc__.splitlines()[0])
+    parser.add_argument("items", nargs="*", metavar="[CONFIG] key=value",
+                        help="a YAML config file (optional, first) then dotted overrides, e.g. optim.lr=0.05")
+    items = parser.parse_args(list(argv)).items
+    config = items[0] if items and "=" not in items[0] else None
+    overrides = items[1:] if config else items
+    _setup_logging()
+
+    from qgface.data.datasets import DatasetLayoutError
+    from qgface.train.engine import NonFiniteLossError, Trainer
+
+    trainer = None
+    try:
+        cfg = load_config(config, overrides)
+        trainer = Trainer(cfg)
+        return trainer.train()
+    except (ConfigError, CheckpointError, DatasetLayoutError, NonFiniteLossError) as err:
+        log.error("%s", err)
+        return 1
+    finally:
+        if trainer is not None:
+            trainer.close()
+        dist.destroy()

@@ -1,0 +1,336 @@
+"""The trainer: the joint objective of METHOD.md §5 under DDP, exact resume, stop on signals.
+
+One process:        python -m qgface.train configs/tiny.yaml
+One node, 8 GPUs:   torchrun --standalone --nproc_per_node=8 -m qgface.train configs/qgface.yaml data.root=/data/faces_emore
+Two nodes:          torchrun --nnodes=2 --nproc_per_node=8 --rdzv-backend=c10d --rdzv-endpoint=HOST:PORT -m qgface.train ...
+
+``Trainer(cfg).train()`` returns 0 when training is complete (``finished=True`` in last.pt) and
+``REQUEUE_EXIT_CODE`` when a signal stopped it after saving last.pt. Resume is decided by the run
+directory (``train.resume=auto``): a ``last.pt`` there is continued exactly, with the same batches,
+RNG streams, queue, AdaFace statistics, optimiser, scheduler and scaler.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import random
+import time
+from collections.abc import Iterator
+from typing import NamedTuple
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from qgface.config import Config, ConfigError, save_config
+from qgface.data.loader import build_train_loader
+from qgface.losses import ContrastOutput, ContrastQueue, MarginHead, qg_contrastive_loss
+from qgface.models import CheckpointError, build_backbone
+from qgface.train import checkpoint as ckpt
+from qgface.train import dist
+from qgface.train.monitor import build_monitor, norm_similarity_heatmap, pair_grid, progress
+from qgface.train.schedule import contrast_weight_at, quality_scale_at, queue_size_at
+from qgface.train.signals import REQUEUE_EXIT_CODE, StopFlag
+
+log = logging.getLogger(__name__)
+
+_AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The loss became NaN/Inf; raised before the optimiser step, so last.pt is the last good state."""
+
+
+class FaceModel(nn.Module):
+    """Backbone + margin head as one module, so DDP also averages the class proxies' gradients."""
+
+    def __init__(self, backbone: nn.Module, head: MarginHead) -> None:
+        super().__init__()
+        self.backbone, self.head = backbone, head
+
+    def forward(self, x: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        emb, norms = self.backbone(x)
+        emb, norms = emb.float(), norms.float()  # the loss heads run in fp32 (METHOD.md §5)
+        loss_cls, g_hat = self.head(emb, norms, labels)
+        return emb, norms, loss_cls, g_hat
+
+
+class StepOutput(NamedTuple):
+    loss: torch.Tensor
+    loss_cls: torch.Tensor
+    loss_con: torch.Tensor
+    contrast: ContrastOutput | None
+    emb: torch.Tensor  # [V*B, D] detached, [H_1..H_B, L_1..L_B]
+    norms: torch.Tensor  # [V*B, 1] detached
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """Weight decay on every parameter (convs, linear, PReLU, class proxies) except BN's (METHOD.md §5).
+
+    The same split as AdaFace's ``split_parameters``: parameters of BatchNorm layers get none.
+    """
+    bn = {id(p) for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) for p in m.parameters()}
+    decay = [p for p in model.parameters() if id(p) not in bn]
+    no_decay = [p for p in model.parameters() if id(p) in bn]
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def _synthetic_root(cfg: Config) -> str:
+    """The synthetic training set (generated once, under a file lock) when data.root is empty."""
+    from qgface.data.synthetic import ensure_synthetic
+
+    return str(ensure_synthetic(cfg))
+
+
+class Trainer:
+    """Builds everything from the config; ``train()`` runs (or continues) the schedule."""
+
+    def __init__(self, cfg: Config) -> None:
+        self.cfg = cfg
+        self.dist = dist.init_distributed()
+        self.device = self.dist.device
+        seed = cfg.seed + self.dist.rank  # per-rank streams (dropout); DDP broadcasts rank 0's weights
+        torch.manual_seed(seed), np.random.seed(seed), random.seed(seed)
+        if cfg.train.deterministic:
+            torch.use_deterministic_algorithms(True)
+        torch.backends.cudnn.benchmark = not cfg.train.deterministic
+        self.run_dir = cfg.resolved_run_dir()
+        if self.dist.is_main:
+            save_config(cfg, self.run_dir / "config.yaml")
+
+        # ---- data (METHOD.md §2)
+        root = cfg.data.root or _synthetic_root(cfg)
+        self.loader, self.sampler, dataset = build_train_loader(cfg, root, self.dist.rank, self.dist.world_size)
+        self.num_views = dataset.num_views
+        batch = cfg.data.batch_size
+        self.epoch_steps = self.sampler.per_rank // batch
+        if self.epoch_steps == 0:
+            raise ConfigError(f"data.batch_size={batch} exceeds the {self.sampler.per_rank} images per rank of {root}")
+        if cfg.train.steps_per_epoch:
+            self.epoch_steps = min(self.epoch_steps, cfg.train.steps_per_epoch)
+        self.total_steps = cfg.optim.epochs * self.epoch_steps
+        if cfg.train.max_steps:
+            self.total_steps = min(self.total_steps, cfg.train.max_steps)
+
+        # ---- model and losses (METHOD.md §1, §3, §4)
+        h = cfg.head
+        head = MarginHead(h.kind, dataset.num_classes, m=h.m, h=h.h, s=h.s, t_alpha=h.t_alpha,
+                          quality_scale=h.quality_scale)
+        self.model = FaceModel(build_backbone(cfg.model.backbone), head).to(self.device)
+        self.ddp = self.model if self.dist.world_size == 1 else DistributedDataParallel(
+            self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        self.world_keys = self.num_views * batch * self.dist.world_size  # keys one step enqueues
+        self.queue = self._build_queue()
+
+        # ---- optimiser, schedule, precision (METHOD.md §5)
+        o = cfg.optim
+        self.optimizer = torch.optim.SGD(param_groups(self.model, o.weight_decay), lr=o.lr, momentum=o.momentum)
+        self.scheduler = torch.optim.lr_scheduler.MultiStepLR(self.optimizer, milestones=o.milestones, gamma=o.gamma)
+        on_gpu = self.device.type == "cuda"
+        self.autocast = torch.autocast(self.device.type, dtype=_AUTOCAST_DTYPES[cfg.train.precision],
+                                       enabled=on_gpu and cfg.train.precision != "fp32")
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=on_gpu and cfg.train.precision == "fp16")
+
+        # ---- counters, resume, monitoring
+        self.epoch, self.step, self.batch_in_epoch = 0, 0, 0
+        self.stop, self.stop_now = StopFlag(), False
+        self._resume()
+        self.monitor = build_monitor(self.run_dir, self.dist.is_main, self.step)
+        self._bar = None
+        self._last_log = (time.perf_counter(), self.step)
+
+    def _build_queue(self) -> ContrastQueue | None:
+        c = self.cfg.contrast
+        if not c.enabled or self.num_views < 2:
+            return None
+        if c.queue_size < self.world_keys:
+            raise ConfigError(f"contrast.queue_size={c.queue_size} cannot hold one step's {self.world_keys} keys "
+                              f"(2 views x data.batch_size x {self.dist.world_size} ranks); raise it")
+        return ContrastQueue(c.queue_size, mode=c.queue, t_alpha=self.cfg.head.t_alpha).to(self.device)
+
+    # ------------------------------------------------------------------ the step (METHOD.md §5)
+    def train_step(self, views: torch.Tensor, labels: torch.Tensor) -> StepOutput:
+        views = views.to(self.device, non_blocking=True)
+        labels = labels.to(self.device, non_blocking=True)
+        b, v = views.shape[:2]
+        # §2: the views as one batch [H_1..H_B, L_1..L_B], labels duplicated
+        x = views.transpose(0, 1).reshape(v * b, *views.shape[2:])
+        # §1 + §3: backbone under autocast -> (e, n) -> AdaFace margin + QS, cross-entropy in fp32
+        with self.autocast:
+            emb, norms, loss_cls, g_hat = self.ddp(x, labels.repeat(v))
+        # §4: quality-guided contrast of q = L against k = H and the queue
+        contrast = self._contrast(emb, g_hat, labels) if self.contrast_weight > 0 else None
+        loss_con = contrast.loss if contrast is not None else torch.zeros((), device=self.device)
+        loss = loss_cls + self.contrast_weight * loss_con
+        # one collective per step: a non-finite loss or a stop signal on any rank concerns all ranks
+        bad, self.stop_now = dist.any_rank([not bool(torch.isfinite(loss)), self.stop.requested], self.device)
+        if bad:
+            raise NonFiniteLossError(
+                f"non-finite loss at step {self.step + 1} (epoch {self.epoch}, batch {self.batch_in_epoch}) on "
+                f"rank {self.dist.rank} or another: loss={loss.item():.6g}, loss_cls={loss_cls.item():.6g}, "
+                f"loss_con={loss_con.item():.6g} (weight {self.contrast_weight}); nothing was saved after step "
+                f"{self.step}. Lower optim.lr or set optim.grad_clip")
+        # scaled backward (a no-op scaler outside fp16), optional clipping, step
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        if self.cfg.optim.grad_clip > 0:
+            self.scaler.unscale_(self.optimizer)
+            nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.optim.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        return StepOutput(loss.detach(), loss_cls.detach(), loss_con.detach(), contrast, emb.detach(), norms.detach())
+
+    def _contrast(self, emb: torch.Tensor, g_hat: torch.Tensor, labels: torch.Tensor) -> ContrastOutput:
+        """METHOD.md §4: enqueue both views of every rank (own first) BEFORE the loss, then the loss."""
+        c, b, kernel = self.cfg.contrast, labels.shape[0], self.model.head.kernel
+        k, q = emb[:b], emb[b:]  # k = H views, q = L views
+        local_slots = self.queue.enqueue(emb.detach(), labels.repeat(2), kernel)
+        queue_keys, queue_labels = self.queue.current(kernel, self.queue_size)
+        own_index = self.queue.index_in_current(local_slots, self.queue_size).reshape(2, b).t()  # [B, 2]: H, L
+        margin = {"none": 0.0, "static": c.margin, "dynamic": self.queue.dynamic_margin.clone()}[c.margin_mode]
+        out = qg_contrastive_loss(
+            q, k, queue_keys, g_hat[b:], g_hat[:b], q_labels=labels, queue_labels=queue_labels, s=c.s,
+            threshold=c.threshold, method=c.method, scale_range=c.scale_range, select=c.select, margin=margin,
+            mask_same_class=c.mask_same_class, detach_pos=c.detach_pos, rescale=c.rescale,
+            own_index=own_index, return_stats=True)
+        # the EMA moves with the mean over ranks, so every rank keeps the same margin
+        gap = dist.all_reduce_mean(torch.stack([out.pos_cos, out.hardest_neg_cos]))
+        self.queue.update_dynamic_margin(gap[0], gap[1])
+        return out
+
+    # ------------------------------------------------------------------ the loop
+    def train(self) -> int:
+        """Run until the schedule is done (0) or a stop signal arrived (``REQUEUE_EXIT_CODE``)."""
+        if self.step >= self.total_steps:
+            log.info("%s: training already complete (%d of %d steps); nothing to do",
+                     self.run_dir, self.step, self.total_steps)
+            return 0
+        log.info("training %s for %d steps (%d per epoch, %d epochs), from step %d on %s x%d",
+                 self.cfg.model.backbone, self.total_steps, self.epoch_steps, self.cfg.optim.epochs,
+                 self.step, self.device, self.dist.world_size)
+        self._bar = progress(self.total_steps, self.step, self.dist.is_main)
+        with self.stop:
+            while True:
+                first = True
+                for views, labels in self._epoch_batches():
+                    out = self.train_step(views, labels)
+                    self.step += 1
+                    self.batch_in_epoch += 1
+                    self._bar.update()
+                    self._log(out, views, images=first)
+                    first = False
+                    epoch_done = self.batch_in_epoch == self.epoch_steps
+                    if epoch_done:
+                        self.scheduler.step()
+                        self.epoch, self.batch_in_epoch = self.epoch + 1, 0
+                    finished = self.step >= self.total_steps
+                    if epoch_done or finished or self.stop_now or self.step % self.cfg.train.checkpoint_every == 0:
+                        self._save(finished, epoch_done)
+                    if finished:
+                        log.info("training complete at step %d", self.step)
+                        return 0
+                    if self.stop_now:
+                        log.warning("stopped at step %d after a signal; last.pt saved, exit %d to be requeued",
+                                    self.step, REQUEUE_EXIT_CODE)
+                        return REQUEUE_EXIT_CODE
+
+    def _epoch_batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """The remaining batches of the current epoch; sets the epoch's schedules."""
+        self.contrast_weight = contrast_weight_at(self.epoch, self.cfg, self.num_views)
+        self.model.head.quality_scale = quality_scale_at(self.epoch, self.cfg)
+        self.queue_size = queue_size_at(self.epoch, self.cfg, self.world_keys)
+        self.sampler.set_epoch(self.epoch, self.batch_in_epoch, self.cfg.data.batch_size)
+        # creating the iterator draws the workers' base seed from torch's global stream; forking keeps
+        # that draw out of the training stream, so a resumed run's dropout draws match (exact resume)
+        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+            batches = iter(self.loader)
+        return itertools.islice(batches, self.epoch_steps - self.batch_in_epoch)
+
+    # ------------------------------------------------------------------ checkpoints
+    def _save(self, finished: bool, epoch_end: bool) -> None:
+        rng = dist.gather_objects(ckpt.capture_rng())  # every rank's own streams, in rank order
+        if not self.dist.is_main:
+            return
+        c = self.cfg
+        state = {
+            "format_version": ckpt.FORMAT_VERSION, "backbone": c.model.backbone,
+            "model": self.model.backbone.state_dict(), "head": self.model.head.state_dict(),
+            "queue": self.queue.state_dict() if self.queue is not None else None,
+            "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(), "epoch": self.epoch, "step": self.step,
+            "batch_in_epoch": self.batch_in_epoch, "rng": rng, "config": c.to_dict(), "finished": finished,
+        }
+        folder = ckpt.checkpoint_dir(c)
+        ckpt.save_checkpoint(folder / "last.pt", state)
+        if epoch_end:
+            ckpt.save_checkpoint(folder / f"epoch_{self.epoch}.pt", state)
+        log.info("saved %s at step %d%s", folder / "last.pt", self.step, f" (+ epoch_{self.epoch}.pt)" if epoch_end else "")
+
+    def _resume(self) -> None:
+        path = ckpt.resume_path(self.cfg)
+        if path is None:
+            return
+        state = ckpt.load_checkpoint(path)
+        if state["backbone"] != self.cfg.model.backbone:
+            raise CheckpointError(f"checkpoint {str(path)!r} holds backbone {state['backbone']!r} but "
+                                  f"model.backbone={self.cfg.model.backbone!r}")
+        if (state["queue"] is None) != (self.queue is None):
+            raise CheckpointError(f"checkpoint {str(path)!r} {'lacks' if self.queue else 'has'} key 'queue' "
+                                  f"content; it was written with another contrast.enabled / data.views setting")
+        ckpt.load_module_state(self.model.backbone, state["model"], path, "model")
+        ckpt.load_module_state(self.model.head, state["head"], path, "head")
+        if self.queue is not None:
+            ckpt.load_module_state(self.queue, state["queue"], path, "queue")
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.epoch, self.step, self.batch_in_epoch = state["epoch"], state["step"], state["batch_in_epoch"]
+        if len(state["rng"]) == self.dist.world_size:
+            ckpt.restore_rng(state["rng"][self.dist.rank])
+        else:
+            log.warning("%s was written by %d ranks, this run has %d: RNG streams restart from the seed",
+                        path, len(state["rng"]), self.dist.world_size)
+        log.info("resumed from %s: epoch %d, batch %d, step %d", path, self.epoch, self.batch_in_epoch, self.step)
+
+    # ------------------------------------------------------------------ monitoring (after the step)
+    def _log(self, out: StepOutput, views: torch.Tensor, images: bool) -> None:
+        b = views.shape[0]
+        h_norm, l_norm = out.norms[:b], out.norms[b:]
+        pos_cos = (out.emb[:b] * out.emb[b:]).sum(1) if self.num_views == 2 else None
+        if images:  # once per epoch, on its first step
+            self.monitor.image("train/pairs_L_H", pair_grid(views), self.step)
+        if images and pos_cos is not None:
+            self.monitor.image("train/norm_vs_similarity",
+                               norm_similarity_heatmap(torch.cat([l_norm, h_norm]), pos_cos.repeat(2)), self.step)
+        if self.step % self.cfg.train.log_every:
+            return
+        active = out.contrast.active_fraction if out.contrast is not None else torch.zeros((), device=self.device)
+        # the only loss reduction across ranks, and the only host syncs, happen on logging steps
+        loss, loss_cls, loss_con, active = dist.all_reduce_mean(
+            torch.stack([out.loss, out.loss_cls, out.loss_con, active.float()])).tolist()
+        now, (then, then_step) = time.perf_counter(), self._last_log
+        self._last_log = (now, self.step)
+        head = self.model.head
+        self.monitor.log({
+            "train/loss": loss, "train/loss_cls": loss_cls, "train/loss_con": loss_con,
+            "train/lr": self.optimizer.param_groups[0]["lr"],
+            "train/norm_mean": head.batch_mean.item(), "train/norm_std": head.batch_std.item(),
+            "train/dynamic_margin": self.queue.dynamic_margin.item() if self.queue is not None else 0.0,
+            "train/contrast_active_fraction": active,
+            "train/images_per_s": (self.step - then_step) * b * self.num_views * self.dist.world_size / (now - then),
+            "train/contrast_weight": self.contrast_weight, "train/quality_scale": head.quality_scale,
+        }, self.step)
+        self.monitor.histogram("train/feature_norm_H", h_norm, self.step)
+        if pos_cos is not None:
+            self.monitor.histogram("train/feature_norm_L", l_norm, self.step)
+            self.monitor.histogram("train/positive_cosine", pos_cos, self.step)
+        self._bar.set_postfix(loss=f"{loss:.3f}", con=f"{loss_con:.3f}", epoch=self.epoch, refresh=False)
+
+    def close(self) -> None:
+        """Flush TensorBoard, close the bar (safe to call more than once, after any failure)."""
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+        self.monitor.close()
