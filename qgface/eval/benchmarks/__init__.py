@@ -1,0 +1,31 @@
+"""Benchmark registry (METHOD.md §7): one protocol object per benchmark name."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from qgface.eval.benchmarks.base import Benchmark, BenchmarkError, EvalOutput
+from qgface.eval.benchmarks.hq import CrossResolutionLFW, HQVerification
+from qgface.eval.benchmarks.ijb import IJB
+from qgface.eval.benchmarks.scface import SCface
+from qgface.eval.benchmarks.tinyface import TinyFace
+
+__all__ = ["BENCHMARK_NAMES", "Benchmark", "BenchmarkError", "EvalOutput", "make_benchmark"]
+
+BENCHMARK_NAMES = ("hq", "crlfw", "tinyface", "scface", "ijbb", "ijbc")
+
+
+def make_benchmark(name: str, data_root: str | Path, *, tinyface_aligned_dir: str = "aligned_pad_0.1_pad_high",
+                   scface_aligned_dir: str = "scface/aligned") -> Benchmark:
+    """The protocol object of benchmark ``name`` over the evaluation data root (loads its protocol files)."""
+    if name == "hq":
+        return HQVerification(data_root)
+    if name == "crlfw":
+        return CrossResolutionLFW(data_root)
+    if name == "tinyface":
+        return TinyFace(data_root, tinyface_aligned_dir)
+    if name == "scface":
+        return SCface(data_root, scface_aligned_dir)
+    if name in ("ijbb", "ijbc"):
+        return IJB(data_root, name)
+    raise BenchmarkError(f"unknown benchmark {name!r}; choose one of {', '.join(BENCHMARK_NAMES)}")

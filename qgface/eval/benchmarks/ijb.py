@@ -1,0 +1,143 @@
+"""IJB-B / IJB-C 1:1 template verification (METHOD.md §7), as InsightFace's IJB evaluation.
+
+Files under ``<data_root>/IJBB/`` (``IJBC/`` likewise, ``ijbc_`` prefixes): ``meta/ijbb_name_5pts_score.txt``
+(image, 5 landmarks in loose-crop pixels, detector score), ``meta/ijbb_face_tid_mid.txt`` (image,
+template, media; same images in the same order), ``meta/ijbb_template_pair_label.txt`` and the loose
+crops ``loose_crop/<image>``.
+
+Image ``i`` = line ``i`` of the 5-point file; its canonical-list entry is that whole line, so changed
+landmarks change the list. Its bytes are the loose crop aligned to the ArcFace template
+(:mod:`qgface.eval.align`) and encoded ONCE as lossless PNG: the ``.rec`` holds exactly the pixels
+the network sees, as InsightFace aligns in memory. Image feature = fused flip-test embedding times its
+fused norm (InsightFace "F2" with norm scores kept) times the detector score; media feature = mean of
+its frames, template feature = sum of its media, L2-normalised; pair score = cosine of the two templates.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+from qgface.data.images import decode_bgr
+from qgface.eval.align import align_face
+from qgface.eval.benchmarks.base import Benchmark, BenchmarkError, EvalOutput, read_file_bytes
+from qgface.eval.metrics import l2_normalize, tar_at_far
+
+__all__ = ["FARS", "IJB", "pair_scores", "template_features"]
+
+FARS = {"1e-6": 1e-6, "1e-5": 1e-5, "1e-4": 1e-4, "1e-3": 1e-3, "1e-2": 1e-2, "1e-1": 1e-1}
+_CURVE_FARS = np.logspace(-6, 0, 61)
+_CHUNK = 1 << 16
+
+
+def _read_table(path: Path, benchmark: str) -> list[list[str]]:
+    if not path.is_file():
+        raise BenchmarkError(f"{benchmark}: protocol file {path} not found; check eval.data_root")
+    return [line.split() for line in path.read_text().splitlines() if line.strip()]
+
+
+def _read_ints(path: Path, columns: int, benchmark: str) -> np.ndarray:
+    """A whitespace-separated integer table, parsed without a Python loop over lines."""
+    if not path.is_file():
+        raise BenchmarkError(f"{benchmark}: protocol file {path} not found; check eval.data_root")
+    values = np.array(path.read_bytes().split(), dtype=np.int64)
+    if values.size % columns:
+        raise BenchmarkError(f"{benchmark}: {path}: expected {columns} integers per line")
+    return values.reshape(-1, columns)
+
+
+def template_features(features: np.ndarray, templates: np.ndarray, medias: np.ndarray,
+                      weights: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(unique template ids, L2-normalised template features): per template, the mean over each
+    media's images (times ``weights``) summed over its media. Float64 accumulation in chunks."""
+    unique_t, t_idx = np.unique(templates, return_inverse=True)
+    media_keys, m_idx = np.unique(np.stack([t_idx, medias]), axis=1, return_inverse=True)
+    m_idx = torch.from_numpy(m_idx.reshape(-1).astype(np.int64))
+    sums = torch.zeros(media_keys.shape[1], features.shape[1], dtype=torch.float64)
+    for start in range(0, len(features), _CHUNK):
+        part = torch.from_numpy(np.asarray(features[start:start + _CHUNK], dtype=np.float64))
+        if weights is not None:
+            part *= torch.from_numpy(np.asarray(weights[start:start + _CHUNK], dtype=np.float64))[:, None]
+        sums.index_add_(0, m_idx[start:start + _CHUNK], part)
+    counts = torch.bincount(m_idx, minlength=len(sums)).to(torch.float64)
+    media_mean = sums / counts[:, None]
+    template = torch.zeros(len(unique_t), features.shape[1], dtype=torch.float64)
+    template.index_add_(0, torch.from_numpy(media_keys[0].astype(np.int64)), media_mean)
+    return unique_t, l2_normalize(template.numpy())
+
+
+def pair_scores(template_feats: np.ndarray, first: np.ndarray, second: np.ndarray) -> np.ndarray:
+    """Cosine score of every pair of (already normalised) template rows, in chunks of pairs."""
+    feats = torch.from_numpy(np.ascontiguousarray(template_feats, dtype=np.float32))
+    first, second = torch.from_numpy(first), torch.from_numpy(second)
+    scores = np.empty(len(first), dtype=np.float32)
+    for start in range(0, len(first), _CHUNK):
+        a = feats[first[start:start + _CHUNK]]
+        b = feats[second[start:start + _CHUNK]]
+        scores[start:start + _CHUNK] = (a * b).sum(1).numpy()
+    return scores
+
+
+class IJB(Benchmark):
+    """Keys ``<name>_tar_at_1e-6`` ... ``<name>_tar_at_1e-1`` (%) for ``ijbb`` / ``ijbc``."""
+
+    params = {"align": "arcface112-umeyama-warpaffine-v1", "encoding": "png"}
+
+    def __init__(self, data_root: str | Path, name: str = "ijbb") -> None:
+        super().__init__(data_root)
+        if name not in ("ijbb", "ijbc"):
+            raise ValueError(f"IJB benchmark must be ijbb or ijbc, got {name!r}")
+        self.name = name
+        self.root = self.data_root / name.upper()
+        meta = self.root / "meta"
+        rows = _read_table(meta / f"{name}_name_5pts_score.txt", name)
+        if any(len(r) != 12 for r in rows):
+            raise BenchmarkError(f"{name}: {meta / f'{name}_name_5pts_score.txt'}: every line must be "
+                                 "'image x1 y1 ... x5 y5 score' (12 fields)")
+        self.image_names = [" ".join(r) for r in rows]
+        self.files = [r[0] for r in rows]
+        self.landmarks = np.array([r[1:11] for r in rows], dtype=np.float64).reshape(-1, 5, 2)
+        self.scores = np.array([r[11] for r in rows], dtype=np.float64)
+        tid_mid = _read_table(meta / f"{name}_face_tid_mid.txt", name)
+        if [r[0] for r in tid_mid] != self.files:
+            raise BenchmarkError(f"{name}: {meta / f'{name}_face_tid_mid.txt'} must list the same images in the "
+                                 f"same order as {name}_name_5pts_score.txt")
+        self.templates = np.array([r[1] for r in tid_mid], dtype=np.int64)
+        self.medias = np.array([r[2] for r in tid_mid], dtype=np.int64)
+        self.labels = np.arange(len(self.image_names))
+        self.pair_file = meta / f"{name}_template_pair_label.txt"
+        self._num_pairs: int | None = None
+
+    def load_bytes(self, index: int) -> bytes:
+        loose = decode_bgr(read_file_bytes(self.root / "loose_crop" / self.files[index], self.name))
+        ok, png = cv2.imencode(".png", align_face(loose, self.landmarks[index]))
+        if not ok:
+            raise BenchmarkError(f"{self.name}: could not encode the aligned {self.files[index]}")
+        return png.tobytes()
+
+    def evaluate(self, embeddings: np.ndarray, norms: np.ndarray) -> EvalOutput:
+        self._check_features(embeddings, norms)
+        pairs = _read_ints(self.pair_file, 3, self.name)
+        self._num_pairs = len(pairs)
+        features = embeddings * np.asarray(norms, dtype=np.float64).reshape(-1, 1)
+        unique_t, feats = template_features(features, self.templates, self.medias, self.scores)
+        pos = np.searchsorted(unique_t, pairs[:, :2]).clip(0, len(unique_t) - 1)
+        missing = unique_t[pos] != pairs[:, :2]
+        if missing.any():
+            raise BenchmarkError(f"{self.name}: {self.pair_file}: template {pairs[:, :2][missing][0]} has no "
+                                 f"image in {self.name}_face_tid_mid.txt")
+        scores = pair_scores(feats, pos[:, 0], pos[:, 1])
+        tar = tar_at_far(scores, pairs[:, 2], [*FARS.values(), *_CURVE_FARS])
+        metrics = {f"{self.name}_tar_at_{key}": tar[far] * 100 for key, far in FARS.items()}
+        curve = {"far": _CURVE_FARS.tolist(), "tar": [tar[float(f)] * 100 for f in _CURVE_FARS]}
+        return EvalOutput(metrics, {"roc": curve})
+
+    def sizes(self) -> dict[str, int]:
+        sizes = {"images": len(self), "templates": int(np.unique(self.templates).size),
+                 "medias": int(np.unique(np.stack([self.templates, self.medias]), axis=1).shape[1])}
+        if self._num_pairs is not None:
+            sizes["pairs"] = self._num_pairs
+        return sizes

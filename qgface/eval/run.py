@@ -1,0 +1,158 @@
+"""Evaluate one checkpoint on one benchmark and write ``<output_dir>/<benchmark>.json`` (METHOD.md §7-8).
+
+Order: protocol files -> compressed ``.rec`` (made when missing, refused when stale) -> backbone ->
+fused embeddings -> protocol metrics -> JSON (atomic). The JSON holds the metrics (percentages), the
+curves for plots, the protocol sizes, the checkpoint path and step, the data root and the source read,
+and the time of each stage. A failure can be recorded with :func:`write_failure` so the aggregation
+can tell a failed benchmark from one never run.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import logging
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+from qgface.atomic import atomic_write_text
+from qgface.config import Config, from_dict, load_config, save_config
+from qgface.eval.benchmarks import BENCHMARK_NAMES, make_benchmark
+from qgface.eval.compress import open_source
+from qgface.eval.embed import embed_benchmark
+from qgface.models import load_backbone
+
+__all__ = ["RESULT_VERSION", "checkpoint_info", "default_output_dir", "eval_data_root", "evaluate",
+           "resolve_benchmark", "resolve_config", "write_failure"]
+
+log = logging.getLogger(__name__)
+
+RESULT_VERSION = 1
+
+
+def resolve_config(checkpoint: str | Path | None, config_path: str | Path | None = None,
+                   overrides: Sequence[str] = ()) -> Config:
+    """``--config``; else ``config.yaml`` of the run two levels above ``<run>/checkpoints/<ckpt>``; else
+    the checkpoint's ``config`` entry; else the defaults. Overrides apply last in every case."""
+    if config_path is None and checkpoint is not None:
+        ckpt = Path(checkpoint)
+        run_config = ckpt.resolve().parent.parent / "config.yaml"
+        if ckpt.resolve().parent.name == "checkpoints" and run_config.is_file():
+            config_path = run_config
+        elif ckpt.is_file() and isinstance(saved := checkpoint_info(ckpt).get("config"), dict):
+            with tempfile.TemporaryDirectory() as tmp:  # reuse load_config's override semantics exactly
+                save_config(from_dict(saved, source=f"{ckpt} (config entry)"), Path(tmp) / "config.yaml")
+                return load_config(Path(tmp) / "config.yaml", overrides)
+    return load_config(config_path, overrides)
+
+
+def checkpoint_info(path: str | Path) -> dict[str, Any]:
+    """``layout`` (qgface | lightning | state_dict), ``step``, ``epoch``, ``backbone``, ``config`` of a checkpoint."""
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except RuntimeError:  # legacy (non-zip) files cannot be memory-mapped
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    if isinstance(obj, dict) and "model" in obj and isinstance(obj["model"], dict):
+        return {"layout": "qgface", "step": obj.get("step"), "epoch": obj.get("epoch"),
+                "backbone": obj.get("backbone"), "config": obj.get("config")}
+    if isinstance(obj, dict) and "state_dict" in obj:
+        return {"layout": "lightning", "step": obj.get("global_step"), "epoch": obj.get("epoch"),
+                "backbone": None, "config": None}
+    return {"layout": "state_dict", "step": None, "epoch": None, "backbone": None, "config": None}
+
+
+def resolve_benchmark(name: str, cfg: Config) -> str:
+    """A benchmark name, or an index into ``cfg.eval.benchmarks`` (for Slurm array task ids)."""
+    if name.isdigit():
+        index = int(name)
+        if index >= len(cfg.eval.benchmarks):
+            raise ValueError(f"benchmark index {index} is out of range: eval.benchmarks has "
+                             f"{len(cfg.eval.benchmarks)} entries {cfg.eval.benchmarks}")
+        name = cfg.eval.benchmarks[index]
+    if name not in BENCHMARK_NAMES:
+        raise ValueError(f"unknown benchmark {name!r}; choose one of {', '.join(BENCHMARK_NAMES)}")
+    return name
+
+
+def default_output_dir(checkpoint: str | Path, cfg: Config) -> Path:
+    """``<run>/eval`` for a checkpoint in ``<run>/checkpoints/``, else ``<cfg run dir>/eval``."""
+    ckpt = Path(checkpoint).resolve()
+    if ckpt.parent.name == "checkpoints":
+        return ckpt.parent.parent / "eval"
+    return cfg.resolved_run_dir() / "eval"
+
+
+def eval_data_root(cfg: Config) -> Path:
+    """``eval.data_root``, or the synthetic dataset (generated on first use)."""
+    if cfg.eval.data_root:
+        return Path(cfg.eval.data_root)
+    from qgface.data.synthetic import ensure_synthetic  # generates data: only imported when needed
+
+    return Path(ensure_synthetic(cfg))
+
+
+def evaluate(checkpoint_path: str | Path, benchmark_name: str, cfg: Config,
+             output_dir: str | Path | None = None, *, compress: bool = True,
+             device: str | None = None) -> dict[str, Any]:
+    """Evaluate ``checkpoint_path`` on ``benchmark_name``; writes and returns the result dict."""
+    timings: dict[str, float] = {}
+    started = tick = time.perf_counter()
+
+    def lap(stage: str) -> None:
+        nonlocal tick
+        now = time.perf_counter()
+        timings[f"{stage}_s"] = round(now - tick, 3)
+        tick = now
+
+    name = resolve_benchmark(benchmark_name, cfg)
+    output_dir = Path(output_dir) if output_dir else default_output_dir(checkpoint_path, cfg)
+    data_root = eval_data_root(cfg)
+    benchmark = make_benchmark(name, data_root, tinyface_aligned_dir=cfg.eval.tinyface_aligned_dir,
+                               scface_aligned_dir=cfg.eval.scface_aligned_dir)
+    lap("protocol")
+    source, source_desc = open_source(benchmark, cfg.eval.rec_dir or data_root, compress=compress,
+                                      num_workers=cfg.eval.num_workers)
+    lap("compress")
+    info = checkpoint_info(checkpoint_path)
+    model = load_backbone(checkpoint_path, name=cfg.model.backbone if info["layout"] == "state_dict" else None)
+    lap("load_model")
+    embeddings, norms = embed_benchmark(model, benchmark, source, batch_size=cfg.eval.batch_size,
+                                        num_workers=cfg.eval.num_workers, device=device)
+    lap("embed")
+    output = benchmark.evaluate(embeddings, norms)
+    lap("metrics")
+    timings["total_s"] = round(time.perf_counter() - started, 3)
+    result = {
+        "format_version": RESULT_VERSION, "status": "ok", "benchmark": name,
+        "metrics": output.metrics, "sizes": benchmark.sizes(), "curves": output.curves,
+        "checkpoint": str(Path(checkpoint_path).resolve()), "step": info["step"], "epoch": info["epoch"],
+        "data_root": str(Path(data_root).resolve()), "source": source_desc,
+        "device": str(device or ("cuda" if torch.cuda.is_available() else "cpu")),
+        "timings": timings, "finished_at": _now(),
+    }
+    path = output_dir / f"{name}.json"
+    atomic_write_text(path, json.dumps(result, indent=1))
+    log.info("%s: %s -> %s", name, _summary(output.metrics), path)
+    return result
+
+
+def write_failure(output_dir: str | Path, benchmark: str, checkpoint: str | Path, error: str) -> Path:
+    """Record a failed evaluation as ``<output_dir>/<benchmark>.json`` with ``status: failed``."""
+    path = Path(output_dir) / f"{benchmark}.json"
+    atomic_write_text(path, json.dumps({
+        "format_version": RESULT_VERSION, "status": "failed", "benchmark": benchmark,
+        "checkpoint": str(Path(checkpoint).resolve()), "error": error, "finished_at": _now(),
+    }, indent=1))
+    return path
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+
+
+def _summary(metrics: dict[str, float]) -> str:
+    return ", ".join(f"{k}={v:.2f}" for k, v in metrics.items() if not k.endswith("_std"))
