@@ -2,17 +2,22 @@
 
     python tools/bench_data.py                   # 20,000 synthetic 112x112 JPEG records in a temp dir
     python tools/bench_data.py --dir /scratch/b  # keep (and reuse) the generated .rec/.idx there
+    python tools/bench_data.py --section views   # only read + decode + training views (METHOD.md §2)
 
 Prints numbers and asserts nothing. The MXNet side runs in the cached venv ``<repo>/.mxnet-venv``
 (built by ``tests/test_mxnet_interop.py``) in a subprocess, with one engine/OMP thread; it is
 skipped when that venv does not exist. Target: qgface random reads >= 1.5x MXNet's.
+The views section times ``TwoViewDataset`` items (read, decode, the views, normalisation) in this
+process; target for ``lh``: >= 650 source images/s per core (the published implementation ~330).
 """
 
 from __future__ import annotations
 
 import argparse
+import cProfile
 import json
 import os
+import pstats
 import subprocess
 import tempfile
 import time
@@ -22,6 +27,9 @@ import cv2
 import numpy as np
 import torch
 
+from qgface.config import DataConfig
+from qgface.data import views as V
+from qgface.data.datasets import RecordTrainDataset, TwoViewDataset
 from qgface.data.images import decode_bgr, encode_jpeg
 from qgface.data.recordio import RecordIOReader, read_insightface_header, unpack, write_insightface_rec
 
@@ -134,6 +142,49 @@ def section_io(args: argparse.Namespace, rec: Path, idx: Path) -> None:
     print(f"ratio qgface/MXNet      read+decode    {ours_decode / mx['decodes']:12.2f}x")
 
 
+def _rate(fn, items: list, repeat: int = 1) -> tuple[float, float]:
+    """Best of ``repeat`` rounds: (items per wall second, items per CPU second of this thread)."""
+    best_wall = best_cpu = 0.0
+    for _ in range(repeat):
+        wall, cpu = time.perf_counter(), time.thread_time()
+        for item in items:
+            fn(item)
+        best_wall = max(best_wall, len(items) / (time.perf_counter() - wall))
+        best_cpu = max(best_cpu, len(items) / max(time.thread_time() - cpu, 1e-9))
+    return best_wall, best_cpu
+
+
+def section_views(args: argparse.Namespace, rec: Path, idx: Path) -> None:
+    """Read + decode + the training views + normalisation per source image (``TwoViewDataset``)."""
+    if idx.parent != rec.parent or idx.stem != rec.stem:
+        raise ValueError(f"{rec} and {idx} must be <dir>/<name>.rec and <dir>/<name>.idx")
+    base = RecordTrainDataset(rec.parent, name=rec.stem)
+    order = np.random.default_rng(args.seed + 2).permutation(len(base))[: args.view_images].tolist()
+    cfg = DataConfig()
+    decoded = [base[i][0] for i in order[:2000]]
+    rng = np.random.default_rng(args.seed)
+    print(f"views on one thread over {len(order)} random records, best of {args.repeat} rounds "
+          "(rate per wall second / per CPU second of the thread):")
+    for label, fn, items in (
+            ("read+decode only", base.__getitem__, order),
+            ("H view only (decoded input)", lambda img: V.h_view(img, rng), decoded),
+            ("L view only (decoded input)", lambda img: V.l_view(img, rng, cfg), decoded),
+            ("AdaFace view only (decoded input)", lambda img: V.adaface_view(img, rng, cfg.adaface_p), decoded)):
+        wall, cpu = _rate(fn, items, args.repeat)
+        print(f"  {label:40s} {wall:10,.0f} /s {cpu:10,.0f} /s")
+    for views in ("lh", "adaface", "flip"):
+        dataset = TwoViewDataset(base, views, DataConfig(views=views), seed=args.seed)
+        _rate(dataset.__getitem__, [(i, 0) for i in order[:200]])  # warm-up: page cache, code paths
+        wall, cpu = _rate(dataset.__getitem__, [(i, 0) for i in order], args.repeat)
+        target = "   (target >= 650 /s per core)" if views == "lh" else ""
+        print(f"  read+decode+views+normalise, {views:9s}  {wall:10,.0f} /s {cpu:10,.0f} /s{target}")
+    if args.profile:
+        dataset = TwoViewDataset(base, "lh", cfg, seed=args.seed)
+        profiler = cProfile.Profile()
+        profiler.runcall(lambda: [dataset[(i, 0)] for i in order])
+        pstats.Stats(profiler).sort_stats("tottime").print_stats(15)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--dir", type=Path, help="where to write/reuse bench.rec/.idx (default: a temp dir, deleted)")
@@ -143,7 +194,13 @@ def main() -> None:
     parser.add_argument("--decodes", type=int, default=5_000, help="random reads+decodes timed for the decode rate")
     parser.add_argument("--seed", type=int, default=0, help="seed of the images and of the key sequence")
     parser.add_argument("--only-io", action="store_true",
-                        help="run only the RecordIO read / read+decode section (skip training-view sections)")
+                        help="run only the RecordIO read / read+decode section (same as --section io)")
+    parser.add_argument("--section", choices=("all", "io", "views"), default="all",
+                        help="io: RecordIO reads/decodes vs MXNet; views: read+decode+training views; all: both")
+    parser.add_argument("--view-images", type=int, default=5_000,
+                        help="records timed per view recipe in the views section")
+    parser.add_argument("--repeat", type=int, default=3, help="views section: rounds timed, the best is printed")
+    parser.add_argument("--profile", action="store_true", help="views section: cProfile the lh pipeline")
     parser.add_argument("--mxnet-python", type=Path, help="python of a venv with mxnet (default: <repo>/.mxnet-venv)")
     parser.add_argument("--no-mxnet", action="store_true", help="do not run the MXNet comparison")
     args = parser.parse_args()
@@ -153,7 +210,11 @@ def main() -> None:
         directory = args.dir or Path(tmp)
         directory.mkdir(parents=True, exist_ok=True)
         rec, idx = make_dataset(directory, args.num, args.per_identity, args.seed)
-        section_io(args, rec, idx)
+        section = "io" if args.only_io else args.section
+        if section in ("all", "io"):
+            section_io(args, rec, idx)
+        if section in ("all", "views"):
+            section_views(args, rec, idx)
 
 
 if __name__ == "__main__":

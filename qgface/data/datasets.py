@@ -44,15 +44,15 @@ def _check_image(img: np.ndarray, where: str) -> np.ndarray:
 
 
 class RecordTrainDataset(Dataset):
-    """The images of an InsightFace training ``<root>/train.rec`` + ``train.idx``.
+    """The images of an InsightFace training ``<root>/train.rec`` + ``train.idx`` (``name`` = ``train``).
 
     Record 0 is the header (``label = [N+1, N+1+num_ids]``); records ``1..N`` are RGB JPEGs whose
     header label is the identity. Items are ``(BGR uint8 image, label)``; ``num_classes`` = ``num_ids``.
     """
 
-    def __init__(self, root: str | os.PathLike) -> None:
+    def __init__(self, root: str | os.PathLike, name: str = "train") -> None:
         self.root = Path(root)
-        self.reader = RecordIOReader(self.root / "train.rec", self.root / "train.idx")
+        self.reader = RecordIOReader(self.root / f"{name}.rec", self.root / f"{name}.idx")
         first, end = read_insightface_header(self.reader)
         self.first_key, self.num_images = first, end - first
         header, _ = unpack(self.reader.read(0))
