@@ -1,0 +1,441 @@
+"""Procedural faces for the synthetic mixed-quality dataset (METHOD.md "Conventions": 112x112 BGR faces).
+
+An *identity* is a fixed random face drawn on the ArcFace 112x112 template: head and jaw shape, skin
+tone with a smooth blotch pattern, hair style/colour/strands, eyes (iris colour), brows, nose, lips,
+and fine identity marks (freckles, moles, stubble, glasses) that survive at 112 px but vanish at
+12-24 px. An *image* of it adds a :class:`Variation`: yaw/pitch through a depth model, expression,
+age (wrinkles, greying), illumination, background and sensor noise. Every random draw comes from a
+numpy Generator seeded by ``(seed, identity, ...)``, so any subset regenerates identically.
+Coordinates are "canonical": pixels of the frontal aligned 112x112 frame (centres at integers).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+
+import cv2
+import numpy as np
+
+__all__ = ["TEMPLATE", "Identity", "Variation", "make_identity", "sample_variation", "render",
+           "render_aligned", "similarity_fit", "degrade"]
+
+TEMPLATE = np.array([[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 71.7366],
+                     [41.5493, 92.3655], [70.7299, 92.2041]], np.float64)
+MARGIN = 40.0  # the canonical layer extends this far beyond the 112 frame (loose crops show it)
+SS = 2  # supersampling of the canonical layer
+_SIDE = int((112 + 2 * MARGIN) * SS)
+_SKIN = (np.array([190, 210, 240.]), np.array([45, 65, 100.]))  # BGR light, dark
+_HAIR = np.array([[20, 20, 25], [30, 40, 60], [45, 75, 110], [110, 170, 200], [35, 70, 150], [150, 150, 150.]])
+_IRIS = np.array([[30, 55, 90], [25, 30, 40], [160, 110, 70], [70, 110, 80], [50, 95, 120], [140, 130, 120.]])
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Identity:
+    """Fixed random parameters of one synthetic person (canonical coordinates)."""
+    key: tuple[int, int]
+    tone: float  # 0 = light .. 1 = dark skin
+    skin: np.ndarray
+    head: tuple[float, float, float, float, float]  # cx, cy, half-width, half-height, jaw narrowing
+    hair: np.ndarray  # BGR
+    hair_kind: int  # 0 short, 1 medium, 2 long, 3 bald, 4 curly
+    hairline: float
+    eyes: np.ndarray  # 2x2 eye centres
+    eye_wh: tuple[float, float]
+    iris: np.ndarray
+    brow: tuple[float, float, float, float]  # thickness, arch, slope, height above the eye
+    nose: tuple[float, float, float, float]  # tip x, tip y, half-width, bump height
+    mouth: np.ndarray  # 2x2 corners
+    lips: tuple[float, float, np.ndarray]  # upper, lower thickness, colour
+    beard: int  # 0 none, 1 stubble, 2 moustache, 3 full
+    glasses: tuple[float, np.ndarray] | None  # frame half-size factor, colour
+    age: float
+    greying: float
+
+    @property
+    def coarse(self) -> np.ndarray:
+        """Attributes still visible at very low resolution (for picking look-alike impostors)."""
+        return np.concatenate([[self.tone * 3], self.hair / 64.0, [self.hair_kind == 3, self.glasses is not None]])
+
+
+@dataclasses.dataclass(frozen=True)
+class Variation:
+    """One image's nuisance parameters (angles in radians)."""
+    yaw: float = 0.0
+    pitch: float = 0.0
+    roll: float = 0.0
+    mouth_open: float = 0.0
+    smile: float = 0.0
+    brow_raise: float = 0.0
+    eye_open: float = 1.0
+    age: float = 0.0  # added to the identity's age
+    glasses: bool = True  # wear them if the identity has glasses
+    light: tuple[float, float, float] = (0.0, 0.0, 1.0)  # gradient direction, gradient strength, ambient
+    cast: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    gamma: float = 1.0
+    noise: float = 1.0
+    align_noise: float = 0.0  # landmark error of the aligner (px)
+    background: int = 0  # seed of the background clutter
+    clothes: tuple[float, float, float] = (90.0, 90.0, 90.0)
+
+
+def _u(rng: np.random.Generator, lo: float, hi: float) -> float:
+    return float(rng.uniform(lo, hi))
+
+
+@functools.lru_cache(maxsize=16)
+def make_identity(seed: int, number: int) -> Identity:
+    """The identity ``number`` of the synthetic population ``seed`` (deterministic)."""
+    rng = np.random.default_rng([seed, 0, number])
+    tone = float(rng.beta(1.3, 1.3))
+    skin = _SKIN[0] + tone * (_SKIN[1] - _SKIN[0]) + rng.normal(0, 7, 3)
+    a, b = _u(rng, 31, 38), _u(rng, 45, 51)
+    head = (56.0 + rng.normal(0, 0.8), 60.0 + rng.normal(0, 1.5), a, b, _u(rng, 0.68, 0.95))
+    eye_dist, eye_y = 35.2 + rng.normal(0, 1.6), 51.6 + rng.normal(0, 1.3)
+    eyes = np.array([[56 - eye_dist / 2, eye_y], [56 + eye_dist / 2, eye_y + rng.normal(0, 0.4)]])
+    hair_idx = int(rng.choice(6, p=[.3, .22, .2, .12, .08, .08]))
+    mouth_w, mouth_y = 29.2 + rng.normal(0, 2.2), 92.3 + rng.normal(0, 1.8)
+    mouth = np.array([[56 - mouth_w / 2, mouth_y], [56 + mouth_w / 2, mouth_y]])
+    lip = skin * np.array([0.72, 0.68, 0.9]) + rng.normal(0, 8, 3)
+    glasses = (_u(rng, 1.1, 1.5), rng.choice([20., 60., 140.]) + rng.normal(0, 10, 3)) if rng.random() < 0.15 else None
+    return Identity(
+        key=(seed, number), tone=tone, skin=skin, head=head,
+        hair=_HAIR[hair_idx] + rng.normal(0, 10, 3), hair_kind=int(rng.choice(5, p=[.35, .25, .2, .1, .1])),
+        hairline=_u(rng, 20, 32), eyes=eyes, eye_wh=(_u(rng, 5.5, 7.5), _u(rng, 2.4, 3.6)),
+        iris=_IRIS[rng.integers(6)] + rng.normal(0, 10, 3),
+        brow=(_u(rng, 1.8, 4.0), _u(rng, 0.5, 4.0), _u(rng, -2.5, 2.5), _u(rng, 8.5, 11.5)),
+        nose=(56.0 + rng.normal(0, 0.6), 71.7 + rng.normal(0, 1.5), _u(rng, 4.5, 7.5), _u(rng, 6, 10)),
+        mouth=mouth, lips=(_u(rng, 1.5, 3.5), _u(rng, 2.0, 4.5), lip),
+        beard=int(rng.choice(4, p=[.55, .2, .12, .13])), glasses=glasses,
+        age=_u(rng, 0.0, 0.5), greying=_u(rng, 0.2, 1.0))
+
+
+# ---------------------------------------------------------------- drawing helpers (canonical units)
+
+def _fx(pts: np.ndarray) -> np.ndarray:
+    """Canonical points -> layer pixels as OpenCV fixed point (4 fractional bits)."""
+    p = (np.asarray(pts, np.float64) + MARGIN) * SS + (SS - 1) / 2
+    return np.round(p * 16).astype(np.int32).reshape(-1, 1, 2)
+
+
+def _fill(img: np.ndarray, pts: np.ndarray, colour) -> None:
+    cv2.fillPoly(img, [_fx(pts)], _c(colour), cv2.LINE_AA, 4)
+
+
+def _line(img: np.ndarray, pts: np.ndarray, colour, width: float) -> None:
+    cv2.polylines(img, [_fx(pts)], False, _c(colour), max(1, round(width * SS)), cv2.LINE_AA, 4)
+
+
+def _c(colour) -> tuple:
+    col = [float(np.clip(v, 0, 255)) for v in np.ravel(colour)[:3]]
+    return (*col, 255.0)
+
+
+def _ellipse(cx: float, cy: float, a: float, b: float, n: int = 48, t0: float = 0.0, t1: float = 2 * math.pi) -> np.ndarray:
+    t = np.linspace(t0, t1, n)
+    return np.stack([cx + a * np.cos(t), cy + b * np.sin(t)], 1)
+
+
+def _curve(p0, p1, bend: float, n: int = 12) -> np.ndarray:
+    """Quadratic arc from p0 to p1, its middle moved by ``bend`` along -y (up)."""
+    t = np.linspace(0, 1, n)[:, None]
+    mid = (np.asarray(p0) + np.asarray(p1)) / 2 - [0, bend]
+    return (1 - t) ** 2 * np.asarray(p0) + 2 * t * (1 - t) * mid + t ** 2 * np.asarray(p1)
+
+
+def _face_outline(idn: Identity) -> np.ndarray:
+    cx, cy, a, b, jaw = idn.head
+    t = np.linspace(0, 2 * math.pi, 72, endpoint=False)
+    s, c = np.sin(t), np.cos(t)
+    width = a * (1 - (1 - jaw) * np.clip(s, 0, 1) ** 2)
+    return np.stack([cx + width * np.sign(c) * np.abs(c) ** 0.8, cy + b * s], 1)
+
+
+@functools.lru_cache(maxsize=8)
+def _static_layer(seed: int, number: int) -> tuple[np.ndarray, np.ndarray]:
+    """Premultiplied BGRA layer of everything that no image changes, and the same with grey hair."""
+    idn = make_identity(seed, number)
+    rng = np.random.default_rng([idn.key[0], 1, idn.key[1]])
+    cx, cy, a, b, _ = idn.head
+    layer = np.zeros((_SIDE, _SIDE, 4), np.uint8)
+    hair_mask = np.zeros((_SIDE, _SIDE), np.uint8)
+    top = _ellipse(cx, cy - 4, a + _u(rng, 3, 7), b + 2, 60, math.pi, 2 * math.pi)
+    if idn.hair_kind != 3:
+        bottom = {0: idn.eyes[0, 1] + 6, 1: idn.mouth[0, 1], 2: 112 + MARGIN, 4: idn.nose[1]}[idn.hair_kind]
+        w = a + (12 if idn.hair_kind == 4 else 5)
+        back = np.concatenate([[[cx - w, bottom]], _ellipse(cx, cy - 4, w, b + 5, 60, math.pi, 2 * math.pi), [[cx + w, bottom]]])
+        if idn.hair_kind == 4:
+            back[1:-1] += (rng.normal(0, 1.2, (60, 1)) + np.sin(np.linspace(0, 40, 60))[:, None] * 2) * [[0, 1]]
+        for img, col in ((layer, idn.hair), (hair_mask, 255)):
+            _fill(img, back, col)
+    _fill(layer, np.array([[cx - 0.5 * a, cy + 0.5 * b], [cx + 0.5 * a, cy + 0.5 * b], [cx + 0.55 * a, 120], [cx - 0.55 * a, 120]]),
+          idn.skin * 0.8)
+    for side in (-1, 1):
+        _fill(layer, _ellipse(cx + side * (a - 1), idn.eyes[0, 1] + 9, 5.5, 11, 24), idn.skin * 0.93)
+    outline = _face_outline(idn)
+    face_mask = np.zeros((_SIDE, _SIDE), np.uint8)
+    _fill(layer, outline, idn.skin)
+    cv2.fillPoly(face_mask, [_fx(outline)], 255, cv2.LINE_AA, 4)
+    # smooth identity blotches, edge darkening and nose shading as one multiplicative field
+    blot = cv2.resize(rng.normal(0, 1, (7, 7)).astype(np.float32), (_SIDE, _SIDE), interpolation=cv2.INTER_CUBIC)
+    yy, xx = np.mgrid[0:_SIDE, 0:_SIDE].astype(np.float32) / SS - MARGIN
+    r2 = ((xx - cx) / a) ** 2 + ((yy - cy) / b) ** 2
+    shade = np.zeros((_SIDE, _SIDE), np.float32)
+    tip_x, tip_y, nose_w, _ = idn.nose
+    for side in (-1, 1):
+        _line(shade, _curve((tip_x + side * 3.5, idn.eyes[0, 1] + 4), (tip_x + side * nose_w, tip_y), side * 1.5), 0.5, 2.5)
+    shade = cv2.GaussianBlur(shade, (0, 0), 2.0 * SS)
+    field = 1 + 0.06 * blot - 0.25 * np.clip(r2 - 0.55, 0, None) - 0.6 * shade
+    m = face_mask > 0
+    layer[..., :3][m] = np.clip(layer[..., :3][m] * field[m, None], 0, 255).astype(np.uint8)
+    # fine identity marks: freckles, moles, nostrils, stubble
+    inside = lambda p: (((p[:, 0] - cx) / a) ** 2 + ((p[:, 1] - cy) / b) ** 2) < 0.8  # noqa: E731
+    n_freckles = int(rng.choice([0, 0, 15, 40, 80]))
+    pts = np.stack([rng.normal(56, 14, n_freckles), rng.normal(70, 9, n_freckles)], 1)
+    for p, r in zip(pts[inside(pts)], rng.uniform(0.35, 0.8, n_freckles)):
+        _fill(layer, _ellipse(*p, r, r, 8), idn.skin * _u(rng, 0.65, 0.85))
+    for _ in range(int(rng.integers(0, 4))):
+        p = np.array([[rng.normal(56, 20), rng.normal(68, 18)]])
+        if inside(p)[0]:
+            _fill(layer, _ellipse(*p[0], *([_u(rng, 0.8, 1.8)] * 2), 12), idn.skin * 0.45)
+    for side in (-1, 1):
+        _fill(layer, _ellipse(tip_x + side * nose_w * 0.45, tip_y + 1.2, nose_w * 0.32, 1.1, 16), idn.skin * 0.4)
+        _line(layer, _curve((tip_x + side * nose_w * 0.95, tip_y - 3), (tip_x + side * nose_w * 0.6, tip_y + 1.5), side * 1.2, 6),
+              idn.skin * 0.7, 0.6)
+    if idn.beard:
+        if idn.beard == 3:
+            _fill(layer, outline[(outline[:, 1] > tip_y + 3) & (np.arange(len(outline)) < 37)], idn.hair * 0.9)
+        dots = np.stack([rng.uniform(cx - a, cx + a, 700), rng.uniform(tip_y + 5, cy + b, 700)], 1)
+        dots = _fx(dots[inside(dots) & (dots[:, 1] > idn.mouth[0, 1] - 9)])[:, 0] // 16
+        dot = idn.hair * 0.7 if idn.beard == 3 else (idn.hair + idn.skin) / 2 * 0.85
+        layer[dots[:, 1], dots[:, 0], :3] = np.clip(dot, 0, 255).astype(np.uint8)
+        _fill(layer, np.concatenate([_curve(idn.mouth[0] - [2, 2], idn.mouth[1] - [-2, 2], 5),
+                                     _curve(idn.mouth[1] - [0, 5], idn.mouth[0] - [0, 5], 5)]),
+              idn.hair if idn.beard >= 2 else idn.skin * 0.92)
+    hair_mask[face_mask > 0] = 0
+    if idn.hair_kind != 3:
+        hl, ey = idn.hairline, idn.eyes[0, 1] - 14
+        xs = np.linspace(cx - a - 1, cx + a + 1, 25)
+        rel = (xs - cx) / a
+        lower = np.stack([xs, hl + (ey - hl) * rel ** 4 + rng.normal(0, 0.6, 25)], 1)
+        front = np.concatenate([lower, top[::-1]])
+        for img, col in ((layer, idn.hair), (hair_mask, 255)):
+            _fill(img, front, col)
+        ys, xs_ = np.nonzero(hair_mask[::4, ::4])
+        pick = rng.choice(len(ys), min(len(ys), 160), replace=False) if len(ys) else []
+        for y, x in zip(ys[pick] * 4, xs_[pick] * 4):
+            p = np.array([x, y]) / SS - MARGIN
+            _line(layer, np.array([p, p + [rng.normal(0, 1.5), _u(rng, 2, 5)]]), idn.hair * _u(rng, 0.6, 1.4), 0.5)
+    hair = hair_mask.astype(np.float32)[..., None] / 255
+    greyed = layer.astype(np.float32)
+    greyed[..., :3] += hair * (170 / 255 * greyed[..., 3:] - greyed[..., :3])
+    return layer, greyed.astype(np.uint8)
+
+
+def _expressive_layer(idn: Identity, var: Variation) -> np.ndarray:
+    """The static layer plus what an image changes: greying, wrinkles, eyes, brows, mouth, glasses."""
+    layer, greyed = _static_layer(*idn.key)
+    age = float(np.clip(idn.age + var.age, 0, 1))
+    grey = min(1.0, idn.greying * max(0.0, age - 0.3) * 1.4)
+    layer = cv2.addWeighted(layer, 1 - grey, greyed, grey, 0) if grey > 0.02 else layer.copy()
+    cx, cy, a, b, _ = idn.head
+    (lx, ey), (rx, _) = idn.eyes
+    wrinkle = idn.skin * (1 - 0.35 * age)
+    if age > 0.35:
+        for k in range(3):
+            y = idn.hairline + 6 + k * 4
+            _line(layer, _curve((cx - a * 0.45, y), (cx + a * 0.45, y), 1.0 + k * 0.3), wrinkle, 0.5)
+        tip_x, tip_y, nose_w, _ = idn.nose
+        for side in (-1, 1):
+            corner = idn.mouth[(side + 1) // 2]
+            _line(layer, _curve((tip_x + side * (nose_w + 2), tip_y - 2), corner + [side * 2.5, 3], side * 1.5, 8), wrinkle, 0.7)
+    w, h = idn.eye_wh
+    brow_t, arch, slope, above = idn.brow
+    for side, (ex, eyy) in zip((-1, 1), idn.eyes):
+        hh = h * max(0.15, var.eye_open)
+        eye = _ellipse(ex, eyy, w, hh, 28)
+        _fill(layer, eye, (232, 236, 240))
+        ir = _ellipse(ex, eyy, h * 1.05, h * 1.05, 20)
+        half = hh * np.sqrt(np.clip(1 - ((ir[:, 0] - ex) / w) ** 2, 0, 1))
+        ir[:, 1] = np.clip(ir[:, 1], eyy - half, eyy + half)
+        _fill(layer, ir, idn.iris)
+        pupil = ir.copy()
+        pupil = (pupil - [ex, eyy]) * 0.45 + [ex, eyy]
+        _fill(layer, pupil, (15, 15, 15))
+        _line(layer, eye[14:], idn.skin * 0.3, 0.8)
+        _line(layer, _ellipse(ex, eyy - 1.5, w * 1.05, hh + 2.5, 10, math.pi * 1.15, math.pi * 1.85), idn.skin * 0.75, 0.5)
+        by = eyy - above - var.brow_raise * 2.5
+        inner, outer = np.array([ex - side * w * 1.1, by + slope * 0.5]), np.array([ex + side * w * 1.5, by - slope * 0.5 + 1.5])
+        upper, lower = _curve(inner - [0, brow_t / 2], outer, arch, 10), _curve(outer, inner + [0, brow_t / 2], arch - 0.5, 10)
+        _fill(layer, np.concatenate([upper, lower]), idn.hair * 0.85)
+    c0, c1 = idn.mouth + [[-var.smile, -var.smile * 2.5], [var.smile, -var.smile * 2.5]]
+    up_t, lo_t, lip = idn.lips
+    gap = var.mouth_open * 6
+    bend = var.smile * 2.0
+    mid_line = _curve(c0, c1, -bend)
+    upper = np.concatenate([_curve(c0, c1, up_t + 1 - bend), mid_line[::-1] - [0, gap / 2]])
+    lower = np.concatenate([mid_line + [0, gap / 2], _curve(c1, c0, -lo_t - gap / 2 - bend * 0.5)])
+    if gap > 0.4:
+        _fill(layer, np.concatenate([mid_line - [0, gap / 2], mid_line[::-1] + [0, gap / 2]]), (30, 25, 60))
+        if gap > 2:
+            _fill(layer, np.concatenate([mid_line[2:-2] - [0, gap / 2], mid_line[2:-2][::-1] - [0, gap / 2 - 1.6]]), (215, 225, 230))
+    _fill(layer, upper, lip * 0.9)
+    _fill(layer, lower, lip)
+    _line(layer, mid_line, lip * 0.45, 0.5)
+    if idn.glasses is not None and var.glasses:
+        size, col = idn.glasses
+        for ex, eyy in idn.eyes:
+            _line(layer, _ellipse(ex, eyy + 0.5, w * size + 1.5, w * size * 0.75, 32), col, 0.9)
+        _line(layer, _curve((lx + w * idn.glasses[0] + 1.5, ey - 1), (rx - w * idn.glasses[0] - 1.5, ey - 1), 1.5, 6), col, 0.9)
+    return layer
+
+
+# ---------------------------------------------------------------- image sampling and the camera
+
+def sample_variation(rng: np.random.Generator, *, yaw_deg: float = 10.0, yaw_range: tuple[float, float] | None = None,
+                     pitch_deg: float = 6.0, roll_deg: float = 6.0, expression: float = 1.0, age_sd: float = 0.06,
+                     age_shift: float = 0.0, light: float = 1.0, noise: tuple[float, float] = (0.5, 2.0),
+                     align_noise: float = 0.7) -> Variation:
+    """Random nuisance parameters of one image; ``yaw_range`` (degrees) draws a half-profile of random side."""
+    def clipped(sd: float) -> float:
+        return float(np.clip(rng.normal(0, sd), -2 * sd, 2 * sd))
+    yaw = clipped(yaw_deg) if yaw_range is None else float(rng.choice([-1, 1]) * rng.uniform(*yaw_range))
+    return Variation(
+        yaw=math.radians(yaw), pitch=math.radians(clipped(pitch_deg)), roll=math.radians(clipped(roll_deg)),
+        mouth_open=expression * max(0.0, float(rng.normal(0, 0.35))),
+        smile=float(np.clip(expression * rng.normal(0.2, 0.45), -0.6, 1.2)),
+        brow_raise=expression * float(rng.normal(0, 0.5)),
+        eye_open=float(np.clip(1 - expression * abs(rng.normal(0, 0.25)), 0.15, 1.0)),
+        age=age_shift + float(rng.normal(0, age_sd)), glasses=bool(rng.random() > 0.2),
+        light=(_u(rng, 0, 2 * math.pi), light * _u(rng, 0, 0.45), math.exp(light * rng.normal(0, 0.15))),
+        cast=tuple(np.exp(light * rng.normal(0, 0.06, 3)).tolist()), gamma=math.exp(light * rng.normal(0, 0.1)),
+        noise=_u(rng, *noise), align_noise=align_noise, background=int(rng.integers(2 ** 31)),
+        clothes=tuple(rng.uniform(20, 230, 3).tolist()))
+
+
+def _depth(idn: Identity, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Height of the face surface above the image plane (a paraboloid head plus a nose ridge)."""
+    cx, cy, a, b, _ = idn.head
+    tip_x, tip_y, nose_w, nose_h = idn.nose
+    z = 0.6 * 1.2 * a * np.clip(1 - ((x - cx) / (1.2 * a)) ** 2 - ((y - cy) / (1.15 * b)) ** 2, 0, None)
+    ridge_y = (idn.eyes[:, 1].mean() + tip_y) / 2 + 4
+    return z + 1.3 * nose_h * np.exp(-(x - tip_x) ** 2 / (2 * (2.5 + 0.3 * nose_w) ** 2) - (y - ridge_y) ** 2 / 162)
+
+
+def _landmarks_canonical(idn: Identity, var: Variation) -> np.ndarray:
+    mouth = idn.mouth + [[-var.smile, -var.smile * 2.5], [var.smile, -var.smile * 2.5]]
+    return np.concatenate([idn.eyes, [idn.nose[:2]], mouth])
+
+
+def _pose(idn: Identity, var: Variation, pts: np.ndarray) -> np.ndarray:
+    """Canonical points -> their place in the frontal frame after turning the head (yaw, pitch)."""
+    cx, cy = idn.head[:2]
+    z = _depth(idn, pts[:, 0], pts[:, 1])
+    return np.stack([cx + (pts[:, 0] - cx) * math.cos(var.yaw) + z * math.sin(var.yaw),
+                     cy + (pts[:, 1] - cy) * math.cos(var.pitch) + z * math.sin(var.pitch)], 1)
+
+
+def _unpose(idn: Identity, var: Variation, u: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Inverse of :func:`_pose` by damped fixed-point iteration (exact away from self-occlusion)."""
+    cx, cy = idn.head[:2]
+    x, y = u.copy(), v.copy()
+    for _ in range(6 if var.yaw or var.pitch else 0):
+        z = _depth(idn, x, y)
+        x += 0.6 * (cx + (u - cx - z * math.sin(var.yaw)) / math.cos(var.yaw) - x)
+        y += 0.6 * (cy + (v - cy - z * math.sin(var.pitch)) / math.cos(var.pitch) - y)
+    return x, y
+
+
+def similarity_fit(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
+    """Least-squares similarity (rotation, uniform scale, shift) taking ``src`` points to ``dst``; 2x3."""
+    src, dst = np.asarray(src, np.float64), np.asarray(dst, np.float64)
+    s, d = src - src.mean(0), dst - dst.mean(0)
+    z = np.vdot(s[:, 0] + 1j * s[:, 1], d[:, 0] + 1j * d[:, 1]) / np.sum(s ** 2)
+    rot = np.array([[z.real, -z.imag], [z.imag, z.real]])
+    return np.concatenate([rot, (dst.mean(0) - rot @ src.mean(0))[:, None]], 1)
+
+
+def _soft(x: np.ndarray) -> np.ndarray:
+    return 1 / (1 + np.exp(-np.clip(x, -30, 30)))
+
+
+def _backdrop(var: Variation, u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """Background clutter and clothes as a function of frontal-frame coordinates (frame independent)."""
+    rng = np.random.default_rng([var.background, 0])
+    out = np.empty(u.shape + (3,), np.float32)
+    out[:] = rng.uniform(40, 220) + rng.uniform(-40, 40, 3)
+    ang = rng.uniform(0, 2 * math.pi)
+    out += (((u - 56) * math.cos(ang) + (v - 56) * math.sin(ang)) * rng.uniform(0, 0.8))[..., None]
+    for _ in range(int(rng.integers(1, 5))):
+        c, r = rng.uniform(-40, 152, 2), rng.uniform(8, 50, 2)
+        inside = _soft((1 - np.maximum(np.abs(u - c[0]) / r[0], np.abs(v - c[1]) / r[1])) * min(r) / 1.5)
+        out += inside[..., None] * (rng.uniform(20, 235) + rng.uniform(-30, 30, 3) - out)
+    shoulders = _soft((1 - np.hypot((u - 56) / 64, (v - 152) / 40)) * 20)[..., None]
+    return out + shoulders * (np.asarray(var.clothes, np.float32) - out)
+
+
+def render(idn: Identity, var: Variation, frame: np.ndarray, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """Render ``idn`` under ``var``; ``frame`` (2x3) maps the frontal 112 frame to output pixels.
+
+    Returns the uint8 BGR image of ``size`` = (width, height) and its 5 landmarks (eye centres, nose
+    tip, mouth corners) in output pixel coordinates, exact by construction.
+    """
+    layer = _expressive_layer(idn, var)
+    w, h = size
+    big_w, big_h = 2 * w, 2 * h  # rendered at 2x and area-averaged down
+    step = 4 if big_w % 4 == 0 and big_h % 4 == 0 else 2
+    gx = ((np.arange(big_w // step) + 0.5) * step - 1.0) / 2  # coarse grid centres, output pixels
+    gy = ((np.arange(big_h // step) + 0.5) * step - 1.0) / 2
+    inv = cv2.invertAffineTransform(np.asarray(frame, np.float64))
+    ox, oy = np.meshgrid(gx, gy)
+    u = inv[0, 0] * ox + inv[0, 1] * oy + inv[0, 2]
+    v = inv[1, 0] * ox + inv[1, 1] * oy + inv[1, 2]
+    x, y = _unpose(idn, var, u, v)
+    direction, strength, ambient = var.light
+    light = ambient * (1 + strength * ((u - 56) * math.cos(direction) + (v - 60) * math.sin(direction)) / 56)
+    maps = np.dstack([(x + MARGIN) * SS + (SS - 1) / 2, (y + MARGIN) * SS + (SS - 1) / 2]).astype(np.float32)
+    maps = cv2.resize(maps, (big_w, big_h), interpolation=cv2.INTER_LINEAR)
+    fg = cv2.remap(layer, maps[..., 0], maps[..., 1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
+    fg = cv2.resize(fg, (w, h), interpolation=cv2.INTER_AREA).astype(np.float32)
+    # the backdrop is smooth, so compositing after the 2x downsampling loses nothing
+    back = _backdrop(var, u[::2, ::2], v[::2, ::2]).astype(np.float32)
+    shade = (light[..., None] * np.asarray(var.cast)).astype(np.float32)
+    img = fg[..., :3] + cv2.resize(back, (w, h), interpolation=cv2.INTER_LINEAR) * (1 - fg[..., 3:] * np.float32(1 / 255))
+    img *= cv2.resize(shade, (w, h), interpolation=cv2.INTER_LINEAR)
+    start = np.random.default_rng([var.background, 1]).integers(_NOISE.size - img.size)
+    img += _NOISE[start:start + img.size].reshape(img.shape) * np.float32(var.noise)
+    lut = np.clip(255 * (np.arange(256) / 255) ** var.gamma + 0.5, 0, 255).astype(np.uint8)
+    img = cv2.LUT(np.clip(img + 0.5, 0, 255).astype(np.uint8), lut)
+    marks = _pose(idn, var, _landmarks_canonical(idn, var)) @ frame[:, :2].T + frame[:, 2]
+    return img, marks
+
+
+def render_aligned(idn: Identity, var: Variation, size: int = 112) -> np.ndarray:
+    """The face as an aligner would crop it: its landmarks (+ ``var.align_noise``) fitted to the template."""
+    marks = _pose(idn, var, _landmarks_canonical(idn, var))
+    marks = marks + np.random.default_rng([var.background, 2]).normal(0, var.align_noise, marks.shape)
+    return render(idn, var, similarity_fit(marks, TEMPLATE * size / 112), (size, size))[0]
+
+
+_NOISE = np.random.default_rng(12345).standard_normal(1 << 21, np.float32)  # sliced per image: fast sensor noise
+_INTERP = (cv2.INTER_NEAREST, cv2.INTER_LINEAR, cv2.INTER_AREA, cv2.INTER_CUBIC)
+
+
+def degrade(img: np.ndarray, face_px: int, rng: np.random.Generator, *, blur: tuple[float, float] = (0.2, 0.9),
+            jpeg: tuple[int, int] = (20, 60), noise: tuple[float, float] = (1.0, 5.0),
+            upscale: bool = True) -> np.ndarray:
+    """Surveillance-like copy of an aligned face: downscale to ``face_px`` with a random interpolation,
+    Gaussian blur (sigma in low-res pixels), sensor noise, low-quality JPEG, then (``upscale``) back
+    to the input size with a random interpolation (METHOD.md §2 makes training views the same way)."""
+    h, w = img.shape[:2]
+    small_w, small_h = max(4, round(face_px * w / max(h, w))), max(4, round(face_px * h / max(h, w)))
+    small = cv2.resize(img, (small_w, small_h), interpolation=_INTERP[rng.integers(4)]).astype(np.float32)
+    sigma = _u(rng, *blur)
+    if sigma > 0.05:
+        small = cv2.GaussianBlur(small, (0, 0), sigma)
+    small += rng.normal(0, _u(rng, *noise), small.shape).astype(np.float32)
+    quality = int(rng.integers(jpeg[0], jpeg[1] + 1))
+    ok, buf = cv2.imencode(".jpg", np.clip(small + 0.5, 0, 255).astype(np.uint8), [cv2.IMWRITE_JPEG_QUALITY, quality])
+    small = cv2.imdecode(buf, cv2.IMREAD_COLOR)
+    return cv2.resize(small, (w, h), interpolation=_INTERP[1 + rng.integers(3)]) if upscale else small
