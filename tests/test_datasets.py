@@ -14,7 +14,7 @@ from qgface.data.datasets import (DatasetLayoutError, FolderTrainDataset, Record
                                   open_train_dataset)
 from qgface.data.images import encode_jpeg, normalize_bgr
 from qgface.data.loader import build_train_loader
-from qgface.data.recordio import write_insightface_rec
+from qgface.data.recordio import IRHeader, RecordIOError, RecordIOWriter, pack, write_insightface_rec
 
 LABELS = [0, 0, 1, 1, 1, 2]
 
@@ -91,6 +91,18 @@ def test_bad_roots_raise_one_clear_error(tmp_path):
     (tmp_path / "noimages" / "alice").mkdir(parents=True)
     with pytest.raises(DatasetLayoutError, match="noimages: no image files"):
         open_train_dataset(tmp_path / "noimages")
+
+
+def test_record_label_outside_the_header_range_names_the_key(tmp_path):
+    with RecordIOWriter(tmp_path / "train.rec", tmp_path / "train.idx") as writer:
+        writer.write(0, pack(IRHeader(0, [3, 4], 0, 0), b""))  # 2 images, 1 identity
+        writer.write(1, pack(IRHeader(0, 0.0, 1, 0), encode_jpeg(textured(0))))
+        writer.write(2, pack(IRHeader(0, 5.0, 2, 0), encode_jpeg(textured(1))))
+        writer.write(3, pack(IRHeader(0, [1, 3], 3, 0), b""))
+    ds = open_train_dataset(tmp_path)
+    assert ds.num_classes == 1 and ds[0][1] == 0
+    with pytest.raises(RecordIOError, match=r"train.rec: key 2: identity label 5 is outside \[0, 1\)"):
+        ds[1]
 
 
 def test_unaligned_image_names_the_file(tmp_path):

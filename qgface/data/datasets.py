@@ -71,13 +71,16 @@ class RecordTrainDataset(Dataset):
             raise IndexError(f"index {index} out of range for {self.num_images} images")
         key = self.first_key + index
         header, payload = unpack(self.reader.read(key))
-        label = header.label if isinstance(header.label, numbers.Number) else header.label[0]
+        label = int(header.label if isinstance(header.label, numbers.Number) else header.label[0])
         where = f"{self.reader.rec_path}: key {key}"
+        if not 0 <= label < self.num_classes:
+            raise RecordIOError(f"{where}: identity label {label} is outside [0, {self.num_classes}) given by "
+                                "the header (record 0); the .rec is inconsistent, rebuild it")
         try:
             img = decode_bgr(payload, source_rgb=True)
         except ValueError as exc:
             raise RecordIOError(f"{where}: {exc}") from None
-        return _check_image(img, where), int(label)
+        return _check_image(img, where), label
 
 
 class FolderTrainDataset(Dataset):
