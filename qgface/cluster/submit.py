@@ -1,0 +1,229 @@
+"""The job chain of a run: training -> evaluation array (afterok, same nodes) -> aggregation (afterany).
+
+On Slurm (DESIGN.md "What a user does"):
+
+1. training, submitted *held*: ``nodes`` x 1 task, each running torchrun (``jobs.TrainTask``);
+2. the evaluation array, one task per ``eval.benchmarks`` entry, ``afterok`` on training and
+   ``--kill-on-invalid-dep=yes`` (a failed training cancels it instead of leaving it pending forever);
+3. aggregation, ``afterany`` on the array, so it also runs (and reports the gaps) when tasks failed;
+4. the ids go to ``<run>/slurm/jobs.json``, then training is released. Its task 0 reads that file
+   at every start (also after a requeue) and sets the array's ``ExcNodeList`` to every node of the
+   partition outside its own allocation, so the array runs on the training nodes. The hold makes
+   sure the file exists before training can start; ``afterok`` makes sure the array cannot start
+   before task 0 has pinned it.
+
+Locally (no ``sbatch``, or ``--cluster local``) the same callables run one after the other through
+submitit's local executor, and ``run_local_chain`` waits for them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import json
+import logging
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import submitit
+
+from qgface.atomic import atomic_write_text
+from qgface.cluster import jobs, slurm_env
+from qgface.config import Config, from_dict, save_config
+
+log = logging.getLogger(__name__)
+
+SIGNAL_DELAY_S = 120
+"""submitit's USR2 arrives this long before the time limit: time for torchrun's workers to save"""
+AGGREGATE_TIME_MIN = 30
+"""time limit of the aggregation job"""
+PATH_KEYS = ("output_root", "run_dir", "data.root", "data.synthetic_dir", "eval.data_root", "eval.rec_dir")
+"""config paths made absolute at launch, so jobs, sbatch scripts and later re-evaluations agree on them"""
+
+Report = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class Run:
+    """A prepared run directory: the resolved config is written to ``config_path``."""
+
+    cfg: Config
+    run_dir: Path
+    config_path: Path
+
+    @property
+    def checkpoint(self) -> Path:
+        """The checkpoint the evaluation array scores (``eval.checkpoint``, relative to checkpoints/)."""
+        ckpt = Path(self.cfg.eval.checkpoint)
+        return ckpt if ckpt.is_absolute() else self.run_dir / "checkpoints" / ckpt
+
+
+@dataclass
+class Chain:
+    """The submitted jobs of a run (eval/aggregate empty with ``--no-eval``)."""
+
+    mode: str
+    train: submitit.Job
+    evals: list[submitit.Job] = field(default_factory=list)
+    aggregate: submitit.Job | None = None
+
+    def ids(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"mode": self.mode, "train": self.train.job_id}
+        if self.evals:
+            out["eval_array"] = self.evals[0].job_id.split("_")[0]
+            out["eval_tasks"] = [job.job_id for job in self.evals]
+        if self.aggregate is not None:
+            out["aggregate"] = self.aggregate.job_id
+        return out
+
+
+def resolve_mode(cluster: str) -> str:
+    """``auto`` = ``slurm`` when ``sbatch`` is on PATH, else ``local``."""
+    if cluster not in ("auto", "slurm", "local"):
+        raise ValueError(f"cluster must be auto, slurm or local; got {cluster!r}")
+    if cluster == "auto":
+        return "slurm" if shutil.which("sbatch") else "local"
+    return cluster
+
+
+def prepare_run(cfg: Config, now: datetime.datetime | None = None) -> Run:
+    """Create the run directory (``<output_root>/<name>-<YYYYmmdd-HHMMSS>`` unless ``run_dir`` is set),
+    write the resolved config with absolute paths to ``config.yaml``, and generate the synthetic
+    dataset when a data root is empty (once, here, so that no two jobs race to create it)."""
+    cfg = _absolute_paths(cfg)
+    if cfg.run_dir:
+        run_dir = Path(cfg.run_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+    else:
+        run_dir = _new_run_dir(Path(cfg.output_root), cfg.name, now or datetime.datetime.now())
+        cfg = dataclasses.replace(cfg, run_dir=str(run_dir))
+    for sub in ("slurm", "checkpoints", "tb", "eval"):
+        (run_dir / sub).mkdir(exist_ok=True)
+    config_path = run_dir / "config.yaml"
+    save_config(cfg, config_path)
+    if not cfg.data.root or not cfg.eval.data_root:
+        from qgface.data.synthetic import ensure_synthetic
+
+        log.info("generating/checking the synthetic dataset under %s", cfg.data.synthetic_dir)
+        ensure_synthetic(cfg)
+    return Run(cfg, run_dir, config_path)
+
+
+def _absolute_paths(cfg: Config) -> Config:
+    values = cfg.to_dict()
+    for key in PATH_KEYS:
+        *parents, leaf = key.split(".")
+        node = values
+        for part in parents:
+            node = node[part]
+        if node[leaf] and not Path(node[leaf]).is_absolute():
+            node[leaf] = str(Path(node[leaf]).absolute())
+    return from_dict(values, source="launch")
+
+
+def _new_run_dir(root: Path, name: str, now: datetime.datetime) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    base = f"{name}-{now:%Y%m%d-%H%M%S}"
+    for suffix in [""] + [f"-{i}" for i in range(1, 100)]:
+        candidate = root / (base + suffix)
+        try:
+            candidate.mkdir()
+        except FileExistsError:
+            continue
+        return candidate
+    raise FileExistsError(f"{root / base}: 100 run directories with this name and second already exist")
+
+
+def _executor(run: Run, mode: str, name: str, *, nodes: int, gpus: int, time_min: int) -> submitit.AutoExecutor:
+    """An executor whose logs go to ``<run>/slurm/``; Slurm-only settings from ``cfg.cluster`` when set."""
+    c = run.cfg.cluster
+    ex = submitit.AutoExecutor(
+        folder=run.run_dir / "slurm", cluster=mode, slurm_max_num_timeout=c.max_requeues
+    )
+    ex.update_parameters(name=f"{run.cfg.name}-{name}", timeout_min=time_min, tasks_per_node=1, nodes=nodes)
+    if gpus > 0:
+        ex.update_parameters(gpus_per_node=gpus)
+    if c.cpus_per_task > 0:
+        ex.update_parameters(cpus_per_task=c.cpus_per_task)
+    slurm: dict[str, Any] = {"signal_delay_s": SIGNAL_DELAY_S}
+    for key in ("partition", "mem", "account", "qos", "constraint"):
+        if getattr(c, key):
+            slurm[key] = getattr(c, key)
+    ex.update_parameters(**{f"slurm_{k}": v for k, v in slurm.items()})
+    return ex
+
+
+def submit_chain(run: Run, evaluate: bool = True, report: Report = log.info) -> Chain:
+    """Submit training, the evaluation array and aggregation to Slurm; returns without waiting."""
+    c, benchmarks = run.cfg.cluster, list(run.cfg.eval.benchmarks)
+    train_ex = _executor(run, "slurm", "train", nodes=c.nodes, gpus=c.gpus_per_node, time_min=c.time_min)
+    train_ex.update_parameters(slurm_additional_parameters={"hold": True})
+    chain = Chain("slurm", train_ex.submit(jobs.TrainTask(str(run.config_path))))
+    try:
+        report(f"train job: {chain.train.job_id} ({c.nodes} node(s) x {max(c.gpus_per_node, 1)} worker(s))")
+        if evaluate and benchmarks:
+            eval_ex = _executor(run, "slurm", "eval", nodes=1, gpus=min(c.gpus_per_node, 1), time_min=c.eval_time_min)
+            eval_ex.update_parameters(
+                slurm_dependency=f"afterok:{chain.train.job_id}",
+                slurm_additional_parameters={"kill_on_invalid_dep": "yes"},
+            )
+            chain.evals = eval_ex.map_array(jobs.EvalTask(str(run.checkpoint)), benchmarks)
+            array_id = chain.evals[0].job_id.split("_")[0]
+            report(f"eval array: {array_id} ({', '.join(benchmarks)}; afterok:{chain.train.job_id}, same nodes)")
+            agg_ex = _executor(run, "slurm", "aggregate", nodes=1, gpus=0, time_min=AGGREGATE_TIME_MIN)
+            agg_ex.update_parameters(slurm_dependency=f"afterany:{array_id}")
+            chain.aggregate = agg_ex.submit(jobs.AggregateTask(str(run.run_dir)))
+            report(f"aggregate job: {chain.aggregate.job_id} (afterany:{array_id})")
+        atomic_write_text(run.run_dir / "slurm" / jobs.JOBS_FILE, json.dumps(chain.ids(), indent=2) + "\n")
+        slurm_env.run_slurm("scontrol", "release", chain.train.job_id)
+    except BaseException:
+        _cancel(chain)
+        raise
+    return chain
+
+
+def _cancel(chain: Chain) -> None:
+    ids = [chain.train.job_id] + [j.job_id.split("_")[0] for j in chain.evals[:1]]
+    ids += [chain.aggregate.job_id] if chain.aggregate is not None else []
+    log.error("submission failed: cancelling jobs %s", " ".join(ids))
+    try:
+        slurm_env.run_slurm("scancel", *ids)
+    except slurm_env.SlurmCommandError as err:
+        log.error("%s", err)
+
+
+def run_local_chain(run: Run, evaluate: bool = True, report: Report = log.info) -> int:
+    """Run the chain locally, one step after the other; 0 when aggregation (or training) succeeded."""
+    c = run.cfg.cluster
+    if c.nodes > 1:
+        log.warning("local mode runs on this machine only: cluster.nodes=%d treated as 1", c.nodes)
+    train_ok = _run_local(run, "train", report, jobs.TrainTask(str(run.config_path)), gpus=c.gpus_per_node)
+    if not evaluate or not run.cfg.eval.benchmarks:
+        return 0 if train_ok else 1
+    if train_ok:
+        for benchmark in run.cfg.eval.benchmarks:
+            task = jobs.EvalTask(str(run.checkpoint))
+            _run_local(run, f"eval {benchmark}", report, task, benchmark, gpus=min(c.gpus_per_node, 1))
+    else:
+        report("training failed: no evaluation; aggregation reports every benchmark as missing")
+    agg_ok = _run_local(run, "aggregate", report, jobs.AggregateTask(str(run.run_dir)), gpus=0)
+    return 0 if agg_ok and train_ok else 1
+
+
+def _run_local(run: Run, what: str, report: Report, fn: Callable[..., Any], *args: Any, gpus: int) -> bool:
+    time_min = run.cfg.cluster.eval_time_min if what.startswith("eval") else run.cfg.cluster.time_min
+    job = _executor(run, "local", what.split()[0], nodes=1, gpus=gpus, time_min=time_min).submit(fn, *args)
+    report(f"{what} job: {job.job_id} (local; log {job.paths.stdout})")
+    try:
+        job.result()
+    except KeyboardInterrupt:
+        job.cancel(check=False)
+        raise
+    except Exception as err:  # submitit re-raises the job's error (FailedJobError, UncompletedJobError)
+        report(f"{what} failed: {str(err).strip().splitlines()[-1] if str(err).strip() else err!r}")
+        return False
+    report(f"{what} done")
+    return True
