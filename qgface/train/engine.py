@@ -168,8 +168,8 @@ class Trainer:
         bad, self.stop_now = dist.any_rank([not bool(torch.isfinite(loss)), self.stop.requested], self.device)
         if bad:
             raise NonFiniteLossError(
-                f"non-finite loss at step {self.step + 1} (epoch {self.epoch}, batch {self.batch_in_epoch}) on "
-                f"rank {self.dist.rank} or another: loss={loss.item():.6g}, loss_cls={loss_cls.item():.6g}, "
+                f"non-finite loss at step {self.step + 1} (epoch {self.epoch}, batch {self.batch_in_epoch}); "
+                f"terms on rank {self.dist.rank}: loss={loss.item():.6g}, loss_cls={loss_cls.item():.6g}, "
                 f"loss_con={loss_con.item():.6g} (weight {self.contrast_weight}); nothing was saved after step "
                 f"{self.step}. Lower optim.lr or set optim.grad_clip")
         # scaled backward (a no-op scaler outside fp16), optional clipping, step
