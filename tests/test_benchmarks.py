@@ -273,3 +273,15 @@ def test_config_resolution_prefers_the_run_config(tmp_path):
                 "config": load_config(None, ["eval.batch_size=7"]).to_dict()}, ckpt)
     assert resolve_config(ckpt).eval.batch_size == 7  # the checkpoint's own config
     assert resolve_config(ckpt, None, ["eval.batch_size=9"]).eval.batch_size == 9
+
+
+def test_ijb_pair_scores_equal_direct_dot_products():
+    from qgface.eval.benchmarks.ijb import pair_scores
+    from qgface.eval.metrics import l2_normalize
+
+    rng = np.random.default_rng(3)
+    feats = l2_normalize(rng.normal(size=(50, 16)))
+    first, second = rng.integers(0, 50, 3000), rng.integers(0, 50, 3000)
+    direct = np.einsum("ij,ij->i", feats[first], feats[second])
+    for block_bytes in (1, 4 * 50 * 7, 1 << 28):  # one row per block, 7 rows, everything at once
+        np.testing.assert_allclose(pair_scores(feats, first, second, block_bytes), direct, atol=1e-6)

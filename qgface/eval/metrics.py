@@ -12,6 +12,7 @@ from typing import Iterable, Sequence
 import numpy as np
 from sklearn.metrics import roc_curve
 from sklearn.model_selection import KFold
+from sklearn.preprocessing import normalize
 
 __all__ = [
     "VERIFICATION_THRESHOLDS", "cmc", "l2_normalize", "pair_distances", "roc", "tar_at_far",
@@ -21,7 +22,7 @@ __all__ = [
 VERIFICATION_THRESHOLDS = np.arange(0, 4, 0.01)
 """Thresholds on the squared Euclidean distance, as InsightFace's ``verification.py`` (0 .. 3.99)."""
 
-_CMC_CHUNK_BYTES = 1 << 27  # bound of the probe-chunk x gallery score block (128 MiB of float32)
+_CMC_CHUNK_BYTES = 1 << 28  # bound of the probe-chunk x gallery score block (256 MiB of float32)
 
 
 def l2_normalize(x: np.ndarray, dtype: type = np.float64) -> np.ndarray:
@@ -32,13 +33,18 @@ def l2_normalize(x: np.ndarray, dtype: type = np.float64) -> np.ndarray:
 
 
 def pair_distances(embeddings: np.ndarray) -> np.ndarray:
-    """Squared Euclidean distance (float64) of the normalised consecutive pairs ``(2i, 2i+1)``."""
+    """Squared Euclidean distance of the normalised consecutive pairs ``(2i, 2i+1)``.
+
+    Computed exactly as InsightFace's ``verification.py``: ``sklearn.preprocessing.normalize``, then
+    ``np.sum(np.square(e1 - e2), 1)`` in the embeddings' own dtype (float32 from the embedder).
+    """
     emb = np.asarray(embeddings)
     if emb.ndim != 2 or emb.shape[0] % 2:
         raise ValueError(f"embeddings must be [2N, D] (consecutive pairs), got shape {emb.shape}")
-    emb = l2_normalize(emb)
-    diff = emb[0::2] - emb[1::2]
-    return np.einsum("ij,ij->i", diff, diff)
+    if emb.dtype not in (np.float32, np.float64):
+        emb = emb.astype(np.float64)
+    emb = normalize(emb)
+    return np.sum(np.square(np.subtract(emb[0::2], emb[1::2])), 1)
 
 
 def verification_accuracy(embeddings: np.ndarray, issame: Sequence[bool] | np.ndarray,
@@ -46,7 +52,7 @@ def verification_accuracy(embeddings: np.ndarray, issame: Sequence[bool] | np.nd
     """InsightFace's k-fold verification accuracy (METHOD.md §7, HQ verification).
 
     ``embeddings`` [2N, D] hold the pairs consecutively; they are L2-normalised here and compared by
-    squared Euclidean distance (computed in float64). Pairs are split by
+    squared Euclidean distance (:func:`pair_distances`). Pairs are split by
     ``KFold(n_splits=folds, shuffle=False)``; on each split the threshold of
     ``VERIFICATION_THRESHOLDS`` with the best accuracy on the other folds is chosen (the FIRST best,
     as ``np.argmax`` in InsightFace's ``calculate_roc``), and the prediction ``dist < threshold`` is
@@ -65,7 +71,7 @@ def verification_accuracy_from_distances(dist: np.ndarray, issame: Sequence[bool
     ``searchsorted`` counts over that fold's sorted distances, so all thresholds cost one pass; the
     counts of the training folds are the totals minus the held-out fold's.
     """
-    dist = np.asarray(dist, dtype=np.float64)
+    dist = np.asarray(dist, dtype=np.float64)  # exact for float32 input: compared as InsightFace compares
     same = np.asarray(issame, dtype=bool)
     if dist.shape != same.shape or dist.ndim != 1:
         raise ValueError(f"{dist.shape[0] if dist.ndim else 0} pairs of embeddings but {same.size} issame labels")
@@ -132,7 +138,10 @@ def cmc(probe: np.ndarray, gallery: np.ndarray, probe_labels: np.ndarray, galler
         pair_cols = order[_ranges(first[rows], n_mates)]
         genuine = scores[row_of_pair, pair_cols]
         best = np.maximum.reduceat(genuine, np.concatenate(([0], np.cumsum(n_mates)[:-1])))
-        rank[start:start + rows.size] = 1 + np.count_nonzero(scores > best[:, None], axis=1)
+        higher = scores > best[:, None]
+        # row by row: count_nonzero over a flat row is a popcount, ~2x faster than axis=1
+        rank[start:start + rows.size] = 1 + np.array([np.count_nonzero(row) for row in higher])
+        del scores, higher  # free the block before the next one is allocated
     return (rank[:, None] <= ranks[None, :]).mean(0)
 
 

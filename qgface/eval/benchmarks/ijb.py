@@ -69,15 +69,29 @@ def template_features(features: np.ndarray, templates: np.ndarray, medias: np.nd
     return unique_t, l2_normalize(template.numpy())
 
 
-def pair_scores(template_feats: np.ndarray, first: np.ndarray, second: np.ndarray) -> np.ndarray:
-    """Cosine score of every pair of (already normalised) template rows, in chunks of pairs."""
-    feats = torch.from_numpy(np.ascontiguousarray(template_feats, dtype=np.float32))
-    first, second = torch.from_numpy(first), torch.from_numpy(second)
+def pair_scores(template_feats: np.ndarray, first: np.ndarray, second: np.ndarray,
+                block_bytes: int = 1 << 28) -> np.ndarray:
+    """Cosine score (float32) of every template pair ``(first[k], second[k])`` of normalised rows.
+
+    Pairs are grouped by their first template; for a block of those templates one matrix product
+    against every template that occurs second gives all their scores (at most ``block_bytes`` of
+    float32), from which the block's pairs are gathered. At IJB scale (8M pairs of 12k templates) this
+    is several times faster than per-pair dot products, which are bound by random memory reads.
+    """
+    feats = np.ascontiguousarray(template_feats, dtype=np.float32)
+    rows, row_of_pair = np.unique(first, return_inverse=True)
+    cols, col_of_pair = np.unique(second, return_inverse=True)
+    row_of_pair, col_of_pair = row_of_pair.reshape(-1), col_of_pair.reshape(-1)
+    order = np.argsort(row_of_pair, kind="stable")
+    bounds = np.searchsorted(row_of_pair[order], np.arange(len(rows) + 1))
+    right = torch.from_numpy(feats[cols]).T
+    block = max(1, block_bytes // (4 * len(cols)))
     scores = np.empty(len(first), dtype=np.float32)
-    for start in range(0, len(first), _CHUNK):
-        a = feats[first[start:start + _CHUNK]]
-        b = feats[second[start:start + _CHUNK]]
-        scores[start:start + _CHUNK] = (a * b).sum(1).numpy()
+    for start in range(0, len(rows), block):
+        end = min(start + block, len(rows))
+        sims = (torch.from_numpy(feats[rows[start:end]]) @ right).numpy()
+        pairs = order[bounds[start]:bounds[end]]
+        scores[pairs] = sims[row_of_pair[pairs] - start, col_of_pair[pairs]]
     return scores
 
 
