@@ -16,7 +16,7 @@ import logging
 import sys
 from pathlib import Path
 
-from qgface.cluster import prepare_run, resolve_mode, run_local_chain, submit_chain
+from qgface.cluster import ensure_data, prepare_run, resolve_mode, run_local_chain, submit_chain
 from qgface.config import ConfigError, load_config
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "tiny.yaml"
@@ -99,6 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     mode = resolve_mode(ns.cluster)
     run = prepare_run(cfg)
     print(f"run directory: {run.run_dir}", flush=True)
+    ensure_data(run, evaluate=not ns.no_eval)
 
     def report(line: str) -> None:
         print(line, flush=True)
@@ -110,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     print(f"watch it with: {tensorboard}", flush=True)
     code = run_local_chain(run, evaluate=not ns.no_eval, report=report)
-    print(f"{'finished' if code == 0 else 'FAILED'}: {run.run_dir}" + ("" if ns.no_eval else f"/results.csv"))
+    print(f"{'finished' if code == 0 else 'FAILED'}: {run.run_dir}" + ("" if ns.no_eval else "/results.csv"))
     return code
 
 

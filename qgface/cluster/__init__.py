@@ -1,11 +1,11 @@
 """Slurm/submitit glue (DESIGN.md floor 3): the job chain of a run and the callables the jobs run.
 
-Only this package knows Slurm. ``launch.py`` calls ``prepare_run`` then ``submit_chain`` (Slurm) or
+Only this package knows Slurm. ``launch.py`` calls ``prepare_run``, ``ensure_data``, then ``submit_chain`` (Slurm) or
 ``run_local_chain`` (this machine); ``jobs`` holds the picklable task objects.
 """
 
 from qgface.cluster.jobs import AggregateTask, EvalTask, JobStepError, TrainTask
-from qgface.cluster.submit import Chain, Run, prepare_run, resolve_mode, run_local_chain, submit_chain
+from qgface.cluster.submit import Chain, Run, ensure_data, prepare_run, resolve_mode, run_local_chain, submit_chain
 
 __all__ = [
     "AggregateTask",
@@ -14,6 +14,7 @@ __all__ = [
     "JobStepError",
     "Run",
     "TrainTask",
+    "ensure_data",
     "prepare_run",
     "resolve_mode",
     "run_local_chain",

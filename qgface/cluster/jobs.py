@@ -16,6 +16,7 @@ for Slurm to end the step.
 
 from __future__ import annotations
 
+import ctypes
 import json
 import logging
 import os
@@ -39,6 +40,8 @@ REQUEUE_GRACE_S = 300.0
 """after a stop on Slurm, how long a task waits for the requeue (USR2 -> checkpoint) or Slurm's SIGKILL"""
 TORCHRUN_SIGNALS = "SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1,SIGUSR2"
 """signals torchrun turns into a graceful shutdown: Slurm sends USR2/USR1 to torchrun too, whose default action kills"""
+PR_SET_PDEATHSIG = 1
+"""prctl option (linux/prctl.h): the signal a process gets when its parent dies"""
 JOBS_FILE = "jobs.json"
 """<run>/slurm/jobs.json: the job ids of a launched chain, read by the training task to pin the eval array"""
 
@@ -81,7 +84,7 @@ class ProcessTree:
     run in sessions of their own and outlive an aborted torchrun), stoppable from a signal handler."""
 
     def __init__(self, cmd: Sequence[str], env: dict[str, str] | None = None) -> None:
-        self.proc = subprocess.Popen(list(cmd), start_new_session=True, env=env)
+        self.proc = subprocess.Popen(list(cmd), start_new_session=True, env=env, preexec_fn=_term_with_parent)
         self.known: set[int] = {self.proc.pid}
         self.stop_signal: int | None = None
 
@@ -131,6 +134,12 @@ class ProcessTree:
                 return False
             time.sleep(0.2)
         return True
+
+
+def _term_with_parent() -> None:
+    """In the child before exec: SIGTERM it when this task process dies, even by SIGKILL (submitit's
+    local executor kills a cancelled task one second after SIGINT), so torchrun never outlives it."""
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def _stat(pid: int) -> tuple[str | None, int | None]:
@@ -220,6 +229,7 @@ class TrainTask:
             self._torchrun.stop(signal.SIGTERM)
 
         signal.signal(signal.SIGTERM, on_term)
+        signal.signal(signal.SIGINT, on_term)  # how submitit's local executor cancels a job
         signal.signal(usr_sig, on_usr_sig)
 
 

@@ -90,9 +90,8 @@ def resolve_mode(cluster: str) -> str:
 
 
 def prepare_run(cfg: Config, now: datetime.datetime | None = None) -> Run:
-    """Create the run directory (``<output_root>/<name>-<YYYYmmdd-HHMMSS>`` unless ``run_dir`` is set),
-    write the resolved config with absolute paths to ``config.yaml``, and generate the synthetic
-    dataset when a data root is empty (once, here, so that no two jobs race to create it)."""
+    """Create the run directory (``<output_root>/<name>-<YYYYmmdd-HHMMSS>`` unless ``run_dir`` is set)
+    and write the resolved config, with absolute paths, to its ``config.yaml``."""
     cfg = _absolute_paths(cfg)
     if cfg.run_dir:
         run_dir = Path(cfg.run_dir)
@@ -104,12 +103,18 @@ def prepare_run(cfg: Config, now: datetime.datetime | None = None) -> Run:
         (run_dir / sub).mkdir(exist_ok=True)
     config_path = run_dir / "config.yaml"
     save_config(cfg, config_path)
-    if not cfg.data.root or not cfg.eval.data_root:
-        from qgface.data.synthetic import ensure_synthetic
-
-        log.info("generating/checking the synthetic dataset under %s", cfg.data.synthetic_dir)
-        ensure_synthetic(cfg)
     return Run(cfg, run_dir, config_path)
+
+
+def ensure_data(run: Run, evaluate: bool = True) -> None:
+    """Generate the synthetic dataset when a data root it stands in for is empty: once, in the
+    launching process, before any job starts, so that no two jobs race to create it."""
+    if run.cfg.data.root and (run.cfg.eval.data_root or not evaluate):
+        return
+    from qgface.data.synthetic import ensure_synthetic
+
+    log.info("checking the synthetic dataset under %s (generated once, a minute or two)", run.cfg.data.synthetic_dir)
+    ensure_synthetic(run.cfg)
 
 
 def _absolute_paths(cfg: Config) -> Config:
@@ -223,7 +228,14 @@ def _run_local(run: Run, what: str, report: Report, fn: Callable[..., Any], *arg
         job.cancel(check=False)
         raise
     except Exception as err:  # submitit re-raises the job's error (FailedJobError, UncompletedJobError)
-        report(f"{what} failed: {str(err).strip().splitlines()[-1] if str(err).strip() else err!r}")
+        report(f"{what} failed: {_error_summary(err)} (log: {job.paths.stderr})")
         return False
     report(f"{what} done")
     return True
+
+
+def _error_summary(err: Exception) -> str:
+    """The exception line of a job's remote traceback (submitit wraps it in a long message)."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    raised = [line for line in lines if "Error: " in line or "Exception: " in line]
+    return raised[-1] if raised else (lines[0] if lines else repr(err))
