@@ -14,7 +14,6 @@ import sys
 import time
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pytest
 import torch
@@ -22,6 +21,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 import qgface
 from qgface.config import load_config
+from qgface.data.synthetic import generate
 from qgface.train import REQUEUE_EXIT_CODE
 from qgface.train.engine import FaceModel, NonFiniteLossError, Trainer, param_groups
 
@@ -32,15 +32,11 @@ TINY = ["model.backbone=ir_tiny", "data.batch_size=8", "contrast.queue_size=64",
 
 @pytest.fixture(scope="session")
 def train_root(tmp_path_factory) -> Path:
-    """12 identities x 6 aligned 112x112 JPEGs in the ``<identity>/<image>.jpg`` layout."""
-    root = tmp_path_factory.mktemp("faces")
-    rng = np.random.default_rng(0)
-    for identity in range(12):
-        face = cv2.resize(rng.integers(0, 256, (6, 6, 3), dtype=np.uint8), (112, 112), interpolation=cv2.INTER_CUBIC)
-        (root / f"id{identity:02d}").mkdir()
-        for i in range(6):
-            noisy = np.clip(face.astype(np.int16) + rng.integers(-25, 25, face.shape), 0, 255).astype(np.uint8)
-            cv2.imwrite(str(root / f"id{identity:02d}" / f"{i}.jpg"), noisy)
+    """A tiny synthetic set (12 identities x 6 images in InsightFace train.rec/.idx), generated once."""
+    root = tmp_path_factory.mktemp("synthetic") / "set"
+    generate(root, identities=12, images_per_identity=6, eval_identities=2, hq_pairs=2, tinyface_probes=1,
+             tinyface_gallery=1, tinyface_distractors=1, scface_subjects=2, ijb_templates=1, ijb_media=1,
+             ijb_frames=1, ijb_max_pairs=10, workers=1)
     return root
 
 
@@ -74,15 +70,15 @@ def test_cli_trains_both_losses_and_writes_tensorboard(train_root, tmp_path):
     run = tmp_path / "run"
     proc = subprocess.run(
         [sys.executable, "-m", "qgface.train", str(REPO / "configs" / "tiny.yaml"),
-         *_args(train_root, run, "optim.epochs=2", "train.steps_per_epoch=0", "optim.milestones=[1]")],
+         *_args(train_root, run, "optim.epochs=3", "optim.milestones=[10]")],
         cwd=REPO, env=_env(), capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     losses = [v for _, v in _scalars(run, "train/loss")]
-    assert len(losses) == 18  # 72 images / batch 8 = 9 steps per epoch
-    assert np.mean(losses[-4:]) < 0.7 * np.mean(losses[:4])
+    assert len(losses) == 27  # 72 images / batch 8 = 9 steps per epoch
+    assert np.mean(losses[-6:]) < 0.8 * np.mean(losses[:6])
     assert max(v for _, v in _scalars(run, "train/contrast_active_fraction")) > 0
     assert min(v for _, v in _scalars(run, "train/loss_con")) > 0
-    assert [v for _, v in _scalars(run, "train/lr")] == pytest.approx([0.1] * 9 + [0.01] * 9)
+    assert [v for _, v in _scalars(run, "train/lr")] == pytest.approx([0.1] * 27)
 
     acc = EventAccumulator(str(run / "tb"), size_guidance={"histograms": 0, "images": 0})
     acc.Reload()
@@ -91,12 +87,12 @@ def test_cli_trains_both_losses_and_writes_tensorboard(train_root, tmp_path):
                 "train/images_per_s", "train/contrast_weight", "train/quality_scale"):
         assert tag in tags["scalars"]
     assert {"train/feature_norm_H", "train/feature_norm_L", "train/positive_cosine"} <= set(tags["histograms"])
-    assert [e.step for e in acc.Images("train/pairs_L_H")] == [1, 10]  # once per epoch
+    assert [e.step for e in acc.Images("train/pairs_L_H")] == [1, 10, 19]  # once per epoch
     assert "train/norm_vs_similarity" in tags["images"]
 
     last = _last(run)
-    assert (last["step"], last["epoch"], last["batch_in_epoch"], last["finished"]) == (18, 2, 0, True)
-    assert (run / "checkpoints" / "epoch_1.pt").is_file() and (run / "checkpoints" / "epoch_2.pt").is_file()
+    assert (last["step"], last["epoch"], last["batch_in_epoch"], last["finished"]) == (27, 3, 0, True)
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["epoch_1.pt", "epoch_2.pt", "epoch_3.pt", "last.pt"]
     assert load_config(run / "config.yaml").data.batch_size == 8
     assert last["config"]["model"]["backbone"] == "ir_tiny" and last["queue"] is not None
 
