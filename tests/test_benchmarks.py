@@ -285,3 +285,14 @@ def test_ijb_pair_scores_equal_direct_dot_products():
     direct = np.einsum("ij,ij->i", feats[first], feats[second])
     for block_bytes in (1, 4 * 50 * 7, 1 << 28):  # one row per block, 7 rows, everything at once
         np.testing.assert_allclose(pair_scores(feats, first, second, block_bytes), direct, atol=1e-6)
+
+
+def test_flip_fusion_is_norm_weighted_and_keeps_the_fused_norm():
+    from qgface.eval.embed import fused_embedding
+
+    torch.manual_seed(0)
+    x = torch.randn(3, 3, 112, 112)
+    emb, norm = fused_embedding(BlockColourNet(), x)
+    raw = F.adaptive_avg_pool2d(x, 4).flatten(1) + F.adaptive_avg_pool2d(x.flip(3), 4).flatten(1)  # e*n + e_f*n_f
+    torch.testing.assert_close(norm[:, 0], raw.norm(dim=1))
+    torch.testing.assert_close(emb, raw / raw.norm(dim=1, keepdim=True))

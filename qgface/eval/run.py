@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime
 import json
 import logging
+import pickle
 import tempfile
 import time
 from pathlib import Path
@@ -24,7 +25,7 @@ from qgface.config import Config, from_dict, load_config, save_config
 from qgface.eval.benchmarks import BENCHMARK_NAMES, make_benchmark
 from qgface.eval.compress import open_source
 from qgface.eval.embed import embed_benchmark
-from qgface.models import load_backbone
+from qgface.models import CheckpointError, load_backbone
 
 __all__ = ["RESULT_VERSION", "checkpoint_info", "default_output_dir", "eval_data_root", "evaluate",
            "resolve_benchmark", "resolve_config", "write_failure"]
@@ -52,10 +53,21 @@ def resolve_config(checkpoint: str | Path | None, config_path: str | Path | None
 
 def checkpoint_info(path: str | Path) -> dict[str, Any]:
     """``layout`` (qgface | lightning | state_dict), ``step``, ``epoch``, ``backbone``, ``config`` of a checkpoint."""
+    if not Path(path).is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist or is not a file")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except RuntimeError:  # legacy (non-zip) files cannot be memory-mapped
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        obj = None
+    except pickle.UnpicklingError as exc:
+        raise CheckpointError(f"checkpoint {path} needs arbitrary unpickling and is refused for safety: "
+                              f"{str(exc).splitlines()[0]}") from None
+    if obj is None:
+        try:
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+        except (RuntimeError, EOFError, pickle.UnpicklingError) as exc:
+            raise CheckpointError(f"checkpoint {path} cannot be read by torch.load: "
+                                  f"{(str(exc).splitlines() or [type(exc).__name__])[0]}") from None
     if isinstance(obj, dict) and "model" in obj and isinstance(obj["model"], dict):
         return {"layout": "qgface", "step": obj.get("step"), "epoch": obj.get("epoch"),
                 "backbone": obj.get("backbone"), "config": obj.get("config")}
@@ -110,6 +122,7 @@ def evaluate(checkpoint_path: str | Path, benchmark_name: str, cfg: Config,
 
     name = resolve_benchmark(benchmark_name, cfg)
     output_dir = Path(output_dir) if output_dir else default_output_dir(checkpoint_path, cfg)
+    info = checkpoint_info(checkpoint_path)  # fail early, before any data is generated or compressed
     data_root = eval_data_root(cfg)
     benchmark = make_benchmark(name, data_root, tinyface_aligned_dir=cfg.eval.tinyface_aligned_dir,
                                scface_aligned_dir=cfg.eval.scface_aligned_dir)
@@ -117,7 +130,6 @@ def evaluate(checkpoint_path: str | Path, benchmark_name: str, cfg: Config,
     source, source_desc = open_source(benchmark, cfg.eval.rec_dir or data_root, compress=compress,
                                       num_workers=cfg.eval.num_workers)
     lap("compress")
-    info = checkpoint_info(checkpoint_path)
     model = load_backbone(checkpoint_path, name=cfg.model.backbone if info["layout"] == "state_dict" else None)
     lap("load_model")
     embeddings, norms = embed_benchmark(model, benchmark, source, batch_size=cfg.eval.batch_size,
