@@ -22,6 +22,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 import qgface
 from qgface.config import load_config
 from qgface.data.synthetic import generate
+from qgface.models import CheckpointError
 from qgface.train import REQUEUE_EXIT_CODE
 from qgface.train.engine import FaceModel, NonFiniteLossError, Trainer, param_groups
 
@@ -157,6 +158,10 @@ def test_non_finite_loss_stops_before_the_step_and_keeps_last_pt(train_root, tmp
     last = _last(tmp_path)
     assert (last["step"], last["finished"]) == (1, False)
     assert all(torch.isfinite(v).all() for v in last["model"].values() if v.is_floating_point())
+    # a rerun with another backbone is refused by name and leaves the run's config.yaml alone
+    with pytest.raises(CheckpointError, match=r"last\.pt.*holds backbone 'ir_tiny'.*ir18"):
+        Trainer(load_config(None, _args(train_root, tmp_path, "model.backbone=ir18")))
+    assert load_config(tmp_path / "config.yaml").model.backbone == "ir_tiny"
 
 
 def test_sigusr2_saves_exits_75_and_the_rerun_resumes(train_root, tmp_path):

@@ -97,8 +97,6 @@ class Trainer:
             torch.use_deterministic_algorithms(True)
         torch.backends.cudnn.benchmark = not cfg.train.deterministic
         self.run_dir = cfg.resolved_run_dir()
-        if self.dist.is_main:
-            save_config(cfg, self.run_dir / "config.yaml")
 
         # ---- data (METHOD.md §2)
         root = cfg.data.root or _synthetic_root(cfg)
@@ -137,6 +135,8 @@ class Trainer:
         self.epoch, self.step, self.batch_in_epoch = 0, 0, 0
         self.stop, self.stop_now = StopFlag(), False
         self._resume()
+        if self.dist.is_main:  # after the resume checks, so a mismatched rerun leaves the run's config alone
+            save_config(cfg, self.run_dir / "config.yaml")
         self.monitor = build_monitor(self.run_dir, self.dist.is_main, self.step)
         self._bar = None
         self._last_log = (time.perf_counter(), self.step)
