@@ -140,11 +140,13 @@ def _write_tensorboard(tb_dir: Path, results: list[dict[str, Any]], rows: list[d
 def _figure(benchmark: str, name: str, curve: dict[str, list[float]]):
     """A CMC (rank vs identification rate) or ROC (FAR, log scale, vs TAR) plot; Agg canvas, no pyplot."""
     from matplotlib.figure import Figure
+    from matplotlib.ticker import FuncFormatter
 
     fig = Figure(figsize=(4, 3), dpi=100)
     ax = fig.add_subplot()
     if "far" in curve:
         ax.semilogx(curve["far"], curve["tar"])
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:.0e}"))  # plain text, no mathtext
         ax.set_xlabel("false accept rate")
         ax.set_ylabel("true accept rate (%)")
     else:
