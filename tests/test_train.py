@@ -167,13 +167,16 @@ def test_non_finite_loss_stops_before_the_step_and_keeps_last_pt(train_root, tmp
 def test_sigusr2_saves_exits_75_and_the_rerun_resumes(train_root, tmp_path):
     cmd = [sys.executable, "-m", "qgface.train",
            *_args(train_root, tmp_path, "data.batch_size=4", "train.checkpoint_every=1", "train.max_steps=500")]
-    proc = subprocess.Popen(cmd, cwd=REPO, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    log_file = tmp_path / "stderr.txt"  # a file, not a pipe nobody reads while we wait
+    with open(log_file, "w") as stderr:
+        proc = subprocess.Popen(cmd, cwd=REPO, env=_env(), stdout=subprocess.DEVNULL, stderr=stderr)
     last = tmp_path / "checkpoints" / "last.pt"
     deadline = time.monotonic() + 300
     while not last.exists() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.2)  # the first checkpoint proves the loop (and its signal handlers) runs
     proc.send_signal(signal.SIGUSR2)
-    _, err = proc.communicate(timeout=300)
+    proc.wait(timeout=300)
+    err = log_file.read_text()
     assert proc.returncode == REQUEUE_EXIT_CODE, err[-3000:]
     assert "SIGUSR2" in err
     stopped = _last(tmp_path)
