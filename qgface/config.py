@@ -397,6 +397,12 @@ def _coerce(key: str, hint: Any, value: Any, source: str) -> Any:
         return [_coerce(f"{key}[{i}]", item_type, v, source) for i, v in enumerate(value)]
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if hint is float and isinstance(value, str):
+        # YAML 1.1 reads exponents without a dot (1e-4) as strings; a float key means a number.
+        try:
+            return float(value)
+        except ValueError:
+            pass
     if hint is str and isinstance(value, (int, float)) and not isinstance(value, bool):
         return str(value)
     if isinstance(hint, type) and isinstance(value, hint) and not (hint is int and isinstance(value, bool)):

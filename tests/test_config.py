@@ -45,6 +45,7 @@ def test_base_chain_and_overrides_apply_in_order(tmp_path):
     assert cfg.optim.lr == 1.0 and isinstance(cfg.optim.lr, float)
     assert cfg.data.views == "flip"
     assert cfg.eval.benchmarks == ["hq", "scface"]
+    assert load_config(None, ["optim.lr=1e-4"]).optim.lr == 1e-4
 
 
 def test_unknown_key_names_the_closest_valid_key(tmp_path):
