@@ -202,6 +202,22 @@ def test_failed_array_task_is_reported_by_aggregation(chain_run, tmp_path, slurm
     assert row["ijbb_tar_at_1e-4"] == "" and 0.0 <= float(row["tinyface_rank1"]) <= 100.0
 
 
+def test_failed_training_cancels_evaluation_and_aggregation_reports_it(slurm_cluster, tmp_path):
+    """torchrun out of restarts fails the training job: the array never runs, aggregation names every gap."""
+    (tmp_path / "empty").mkdir()
+    run_dir, ids = launch("--partition", slurm_cluster.partition, "--benchmarks", *BENCHMARKS, "--", *FEW_STEPS,
+                          f"output_root={tmp_path}", f"data.root={tmp_path / 'empty'}", "train.max_restarts=0",
+                          cwd=REPO)  # fmt: skip
+    (agg,) = wait_ended(ids["aggregate"], 240)
+    assert records(ids["train"])[0]["JobState"] == "FAILED"
+    assert "torchrun exited with 1" in logs(run_dir, ids["train"])
+    assert {t["JobState"] for t in records(ids["eval_array"])} == {"CANCELLED"}
+    assert agg["JobState"] == "FAILED"
+    text = logs(run_dir, ids["aggregate"])
+    assert all(name in text for name in BENCHMARKS)
+    assert not list((run_dir / "eval").glob("*.json"))
+
+
 # ---------------------------------------------------------------------- preemption and a killed worker
 
 

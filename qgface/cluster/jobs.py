@@ -182,7 +182,7 @@ class TrainTask:
         log.info("train task: node_rank=%d host=%s: %s", rank, host, " ".join(cmd))
         child_env = dict(os.environ, TORCH_ELASTIC_SHUTDOWN_TIMEOUT=str(int(STOP_TIMEOUT_S)))
         self._torchrun = ProcessTree(cmd, env=child_env)
-        self._install_signal_handlers(env._usr_sig())
+        self._install_signal_handlers(signal.Signals[f"SIG{submitit.JobEnvironment.USR_SIG}"])
         code = self._torchrun.wait()
         log.info("train task: node_rank=%d host=%s: torchrun exited with %d", rank, host, code)
         if code == 0:

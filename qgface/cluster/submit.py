@@ -153,7 +153,8 @@ def _executor(run: Run, mode: str, name: str, *, nodes: int, gpus: int, time_min
         ex.update_parameters(gpus_per_node=gpus)
     if c.cpus_per_task > 0:
         ex.update_parameters(cpus_per_task=c.cpus_per_task)
-    slurm: dict[str, Any] = {"signal_delay_s": SIGNAL_DELAY_S}
+    # a short time limit gets a proportionally earlier warning, never one at the very start
+    slurm: dict[str, Any] = {"signal_delay_s": min(SIGNAL_DELAY_S, max(10, time_min * 60 // 5))}
     for key in ("partition", "mem", "account", "qos", "constraint"):
         if getattr(c, key):
             slurm[key] = getattr(c, key)
