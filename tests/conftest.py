@@ -1,1 +1,3 @@
-"""Shared pytest set-up. Plugins with fixtures that start real components live beside this file."""
+"""Shared pytest set-up. `slurm_cluster` (beside this file) starts a real throw-away Slurm cluster."""
+
+pytest_plugins = ["slurm_cluster"]

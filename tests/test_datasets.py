@@ -168,3 +168,19 @@ def test_loader_reads_an_image_folder(tmp_path):
     assert dataset.num_classes == 3 and len(sampler) == 3 and len(loader) == 1
     x, y = next(iter(loader))
     assert x.shape == (2, 1, 3, 112, 112) and set(y.tolist()) <= {0, 1, 2}
+
+
+def test_loader_workers_survive_the_stop_signals_slurm_sends_to_every_process(tmp_path):
+    import os
+    import signal
+
+    write_rec(tmp_path, labels=[0, 0, 1, 1, 2, 2, 3, 3])
+    cfg = from_dict({"data": {"batch_size": 2, "num_workers": 2}})
+    loader, sampler, _ = build_train_loader(cfg, tmp_path, rank=0, world_size=1)
+    sampler.set_epoch(0)
+    batches = iter(loader)
+    next(batches)
+    for pid in [worker.pid for worker in batches._workers]:
+        for stop_signal in (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2):
+            os.kill(pid, stop_signal)
+    assert len(list(batches)) == 3  # the rest of the epoch still arrives

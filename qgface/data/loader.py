@@ -7,6 +7,7 @@ feeds ``views[:, 0]`` (H) and ``views[:, 1]`` (L) as ``[H_1..H_B, L_1..L_B]`` (M
 from __future__ import annotations
 
 import os
+import signal
 from typing import Any
 
 import cv2
@@ -20,9 +21,15 @@ __all__ = ["build_train_loader", "worker_init"]
 
 
 def worker_init(worker_id: int) -> None:
-    """One thread per DataLoader worker: the workers already run in parallel with each other."""
+    """One thread per worker (the workers already run in parallel), and deaf to the stop signals.
+
+    Slurm signals every process of a job step. The training process handles SIGUSR1/SIGUSR2/SIGTERM by
+    finishing its step and saving; a worker dying of the same signal would crash it first.
+    """
     cv2.setNumThreads(1)
     torch.set_num_threads(1)
+    for stop_signal in (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2):
+        signal.signal(stop_signal, signal.SIG_IGN)
 
 
 def build_train_loader(cfg: Any, root: str | os.PathLike, rank: int,
