@@ -22,6 +22,7 @@ import os
 import shutil
 import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -45,19 +46,29 @@ _STREAM = {"train": 10, "lfw": 11, "cfp_fp": 12, "agedb_30": 13, "calfw": 14, "c
 # image A / image B nuisance of each HQ set: cfp_fp frontal vs half-profile, agedb/calfw an age gap
 _HQ_STYLE = {
     "lfw": ({}, {}),
-    "cfp_fp": ({"yaw_deg": 3.0}, {"yaw_range": (25.0, 40.0)}),
+    "cfp_fp": ({"yaw_deg": 3.0}, {"yaw_range": (20.0, 35.0)}),
     "agedb_30": ({"age_shift": -0.2, "expression": 1.5}, {"age_shift": 0.4, "expression": 1.5}),
     "calfw": ({"age_shift": -0.1}, {"age_shift": 0.3}),
-    "cplfw": ({"yaw_deg": 6.0}, {"yaw_range": (15.0, 35.0)}),
+    "cplfw": ({"yaw_deg": 6.0}, {"yaw_range": (15.0, 30.0)}),
 }
 _LOOKALIKE_IMPOSTORS = ("calfw", "cplfw")
 _SCFACE_PX = {1: (10, 14), 2: (20, 28), 3: (40, 56)}  # face size in pixels per distance (1 = farthest)
 
 
 def _defaults() -> dict[str, Any]:
-    return {"identities": 300, "images_per_identity": 20, "eval_identities": 100, "seed": 0, "hq_pairs": 300,
-            "tinyface_probes": 2, "tinyface_gallery": 2, "tinyface_distractors": 400, "scface_subjects": 50,
+    """Generation parameters; ``None`` sizes scale with ``eval_identities`` (see :func:`_resolve`)."""
+    return {"identities": 300, "images_per_identity": 20, "eval_identities": 100, "seed": 0, "hq_pairs": None,
+            "tinyface_probes": 2, "tinyface_gallery": 2, "tinyface_distractors": None, "scface_subjects": None,
             "ijb_templates": 3, "ijb_media": 2, "ijb_frames": 2, "ijb_max_pairs": 100_000}
+
+
+def _resolve(p: dict[str, Any]) -> dict[str, Any]:
+    """Fill the sizes left ``None``: 3 HQ pairs, 4 TinyFace distractors per evaluation identity
+    (capped at 300 pairs), SCface on up to 50 subjects (the real set has 130)."""
+    e = p["eval_identities"]
+    return {**p, "hq_pairs": min(300, 3 * e) // 2 * 2 if p["hq_pairs"] is None else p["hq_pairs"],
+            "tinyface_distractors": 4 * e if p["tinyface_distractors"] is None else p["tinyface_distractors"],
+            "scface_subjects": min(50, e) if p["scface_subjects"] is None else p["scface_subjects"]}
 
 
 def synthetic_name(identities: int, images_per_identity: int, eval_identities: int, seed: int) -> str:
@@ -116,7 +127,7 @@ def _loose(idn: sf.Identity, seed: int, stream: int, number: int, opts: dict) ->
     base variation (a video). Returns (JPEG, exact 5 landmarks, detector score)."""
     media_rng = np.random.default_rng([seed, stream, number, opts["media"]])
     rng = np.random.default_rng([seed, stream, number, opts["media"], opts["frame"]])
-    var = sf.sample_variation(media_rng, yaw_deg=18, pitch_deg=8, roll_deg=8, light=1.3)
+    var = sf.sample_variation(media_rng, yaw_deg=15, pitch_deg=8, roll_deg=8, light=1.3)
     var = dataclasses.replace(var, yaw=var.yaw + float(rng.normal(0, 0.05)), mouth_open=max(0.0, var.mouth_open + float(rng.normal(0, 0.1))),
                               background=int(rng.integers(2 ** 31)))
     size = 2 * int(media_rng.integers(75, 126))
@@ -125,7 +136,7 @@ def _loose(idn: sf.Identity, seed: int, stream: int, number: int, opts: dict) ->
     centre = size / 2 + media_rng.normal(0, 0.04 * size, 2) + rng.normal(0, 1, 2)
     rot = scale * np.array([[math.cos(angle), -math.sin(angle)], [math.sin(angle), math.cos(angle)]])
     frame = np.concatenate([rot, (centre - rot @ [55.5, 55.5])[:, None]], 1)
-    img, marks = sf.render(idn, var, frame, (size, size))
+    img, marks = sf.render(idn, var, frame, (size, size), oversample=1)
     quality = media_rng.random()
     score = 0.95 + 0.05 * rng.random()
     if quality < 0.6:  # 35% medium, 25% low quality media
@@ -146,22 +157,26 @@ def _render_group(args: tuple[int, list[tuple]]) -> list:
 
 
 class _Renderer:
-    """Renders groups of shots in order, in a process pool (``spawn``: safe from threaded parents)."""
+    """Renders groups of shots, results in order, in ``workers`` fresh (``spawn``) processes.
+
+    Not ``fork``: a child forked from a process whose OpenCV thread pool has run deadlocks. So, as
+    for any multiprocessing code, a script calling this at top level needs an ``if __name__ ==
+    "__main__":`` guard; without one the pool breaks with BrokenProcessPool.
+    """
 
     def __init__(self, workers: int) -> None:
-        self.workers = workers
         self.pool = None
         if workers > 1:
-            self.pool = multiprocessing.get_context("spawn").Pool(workers, initializer=_init_worker)
+            self.pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                                            initializer=_init_worker)
 
     def map(self, seed: int, groups: list[list[tuple]]) -> Iterator[list]:
         jobs = [(seed, g) for g in groups]
-        return self.pool.imap(_render_group, jobs) if self.pool else map(_render_group, jobs)
+        return self.pool.map(_render_group, jobs) if self.pool else map(_render_group, jobs)
 
     def close(self) -> None:
         if self.pool:
-            self.pool.close()
-            self.pool.join()
+            self.pool.shutdown(cancel_futures=True)
 
 
 # ---------------------------------------------------------------- the evaluation plan
@@ -319,17 +334,20 @@ def _write_ijb(out: Path, which: str, faces: list[tuple[str, int, int, int]], re
 
 
 def generate(out_dir: str | os.PathLike, *, identities: int = 300, images_per_identity: int = 20,
-             eval_identities: int = 100, seed: int = 0, hq_pairs: int = 300, tinyface_probes: int = 2,
-             tinyface_gallery: int = 2, tinyface_distractors: int = 400, scface_subjects: int = 50,
+             eval_identities: int = 100, seed: int = 0, hq_pairs: int | None = None, tinyface_probes: int = 2,
+             tinyface_gallery: int = 2, tinyface_distractors: int | None = None, scface_subjects: int | None = None,
              ijb_templates: int = 3, ijb_media: int = 2, ijb_frames: int = 2, ijb_max_pairs: int = 100_000,
              workers: int = 2) -> None:
     """Write the whole synthetic set into the empty (or new) folder ``out_dir``; ``synthetic.json`` last.
 
     Training identities are ``0..identities-1``; every benchmark uses the next ``eval_identities``
     (TinyFace distractors come after those), so evaluation never sees a training identity.
-    ``hq_pairs`` must be even (half genuine). ``workers`` processes render (1 = in this process).
+    ``hq_pairs`` must be even (half genuine); sizes left ``None`` scale with ``eval_identities``
+    (defaults: 300 pairs per HQ set, 400 TinyFace distractors, 50 SCface subjects).
+    ``workers`` processes render (1 = in this process).
     """
-    p = {k: v for k, v in locals().items() if k in _defaults()}
+    p = _resolve({k: v for k, v in locals().items() if k in _defaults()})
+    hq_pairs = p["hq_pairs"]
     if identities < 1 or images_per_identity < 1 or eval_identities < 2 or hq_pairs < 2 or hq_pairs % 2:
         raise ValueError(f"synthetic set: need identities >= 1, images_per_identity >= 1, eval_identities >= 2 and an even "
                          f"hq_pairs >= 2, got {p}")
@@ -385,8 +403,9 @@ def ensure_synthetic(cfg: Any) -> Path:
     into a temporary folder that is renamed into place, the others then find it complete.
     """
     d = cfg.data
-    params = {**_defaults(), "identities": d.synthetic_identities, "images_per_identity": d.synthetic_images_per_identity,
-              "eval_identities": d.synthetic_eval_identities, "seed": d.synthetic_seed}
+    params = _resolve({**_defaults(), "identities": d.synthetic_identities,
+                       "images_per_identity": d.synthetic_images_per_identity,
+                       "eval_identities": d.synthetic_eval_identities, "seed": d.synthetic_seed})
     name = synthetic_name(params["identities"], params["images_per_identity"], params["eval_identities"], params["seed"])
     root = Path(d.synthetic_dir)
     final = root / name

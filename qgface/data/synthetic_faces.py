@@ -128,8 +128,7 @@ def _line(img: np.ndarray, pts: np.ndarray, colour, width: float) -> None:
 
 
 def _c(colour) -> tuple:
-    col = [float(np.clip(v, 0, 255)) for v in np.ravel(colour)[:3]]
-    return (*col, 255.0)
+    return (*np.clip(np.ravel(colour)[:3], 0, 255).tolist(), 255.0)
 
 
 def _ellipse(cx: float, cy: float, a: float, b: float, n: int = 48, t0: float = 0.0, t1: float = 2 * math.pi) -> np.ndarray:
@@ -154,7 +153,7 @@ def _face_outline(idn: Identity) -> np.ndarray:
 
 @functools.lru_cache(maxsize=8)
 def _static_layer(seed: int, number: int) -> tuple[np.ndarray, np.ndarray]:
-    """Premultiplied BGRA layer of everything that no image changes, and the same with grey hair."""
+    """Premultiplied BGRA layer of everything that no image changes, and the visible-hair mask."""
     idn = make_identity(seed, number)
     rng = np.random.default_rng([idn.key[0], 1, idn.key[1]])
     cx, cy, a, b, _ = idn.head
@@ -177,24 +176,27 @@ def _static_layer(seed: int, number: int) -> tuple[np.ndarray, np.ndarray]:
     face_mask = np.zeros((_SIDE, _SIDE), np.uint8)
     _fill(layer, outline, idn.skin)
     cv2.fillPoly(face_mask, [_fx(outline)], 255, cv2.LINE_AA, 4)
-    # smooth identity blotches, edge darkening and nose shading as one multiplicative field
-    blot = cv2.resize(rng.normal(0, 1, (7, 7)).astype(np.float32), (_SIDE, _SIDE), interpolation=cv2.INTER_CUBIC)
-    yy, xx = np.mgrid[0:_SIDE, 0:_SIDE].astype(np.float32) / SS - MARGIN
-    r2 = ((xx - cx) / a) ** 2 + ((yy - cy) / b) ** 2
+    # smooth identity blotches, edge darkening and nose shading as one multiplicative field (face box only)
+    x0, y0 = (np.array([cx - a - 1, cy - b - 1]) + MARGIN).astype(int) * SS
+    x1, y1 = (np.array([cx + a + 2, cy + b + 2]) + MARGIN).astype(int) * SS
+    blot = cv2.resize(rng.normal(0, 1, (7, 7)).astype(np.float32), (x1 - x0, y1 - y0), interpolation=cv2.INTER_CUBIC)
+    xx = (np.arange(x0, x1, dtype=np.float32) / SS - MARGIN - cx) / a
+    yy = (np.arange(y0, y1, dtype=np.float32)[:, None] / SS - MARGIN - cy) / b
     shade = np.zeros((_SIDE, _SIDE), np.float32)
     tip_x, tip_y, nose_w, _ = idn.nose
     for side in (-1, 1):
         _line(shade, _curve((tip_x + side * 3.5, idn.eyes[0, 1] + 4), (tip_x + side * nose_w, tip_y), side * 1.5), 0.5, 2.5)
-    shade = cv2.GaussianBlur(shade, (0, 0), 2.0 * SS)
-    field = 1 + 0.06 * blot - 0.25 * np.clip(r2 - 0.55, 0, None) - 0.6 * shade
-    m = face_mask > 0
-    layer[..., :3][m] = np.clip(layer[..., :3][m] * field[m, None], 0, 255).astype(np.uint8)
+    shade = cv2.GaussianBlur(shade[y0:y1, x0:x1], (0, 0), 2.0 * SS)
+    field = 1 + 0.06 * blot - 0.25 * np.clip(xx ** 2 + yy ** 2 - 0.55, 0, None) - 0.6 * shade
+    box = layer[y0:y1, x0:x1, :3]
+    mask = face_mask[y0:y1, x0:x1, None] > 0
+    box[:] = np.where(mask, np.clip(box * field[..., None], 0, 255), box).astype(np.uint8)
     # fine identity marks: freckles, moles, nostrils, stubble
     inside = lambda p: (((p[:, 0] - cx) / a) ** 2 + ((p[:, 1] - cy) / b) ** 2) < 0.8  # noqa: E731
     n_freckles = int(rng.choice([0, 0, 15, 40, 80]))
     pts = np.stack([rng.normal(56, 14, n_freckles), rng.normal(70, 9, n_freckles)], 1)
-    for p, r in zip(pts[inside(pts)], rng.uniform(0.35, 0.8, n_freckles)):
-        _fill(layer, _ellipse(*p, r, r, 8), idn.skin * _u(rng, 0.65, 0.85))
+    dots = [_fx(_ellipse(*p, r, r, 8)) for p, r in zip(pts, rng.uniform(0.35, 0.8, n_freckles)) if inside(p[None])[0]]
+    cv2.fillPoly(layer, dots, _c(idn.skin * _u(rng, 0.65, 0.85)), cv2.LINE_AA, 4)
     for _ in range(int(rng.integers(0, 4))):
         p = np.array([[rng.normal(56, 20), rng.normal(68, 18)]])
         if inside(p)[0]:
@@ -222,23 +224,31 @@ def _static_layer(seed: int, number: int) -> tuple[np.ndarray, np.ndarray]:
         front = np.concatenate([lower, top[::-1]])
         for img, col in ((layer, idn.hair), (hair_mask, 255)):
             _fill(img, front, col)
-        ys, xs_ = np.nonzero(hair_mask[::4, ::4])
-        pick = rng.choice(len(ys), min(len(ys), 160), replace=False) if len(ys) else []
-        for y, x in zip(ys[pick] * 4, xs_[pick] * 4):
-            p = np.array([x, y]) / SS - MARGIN
-            _line(layer, np.array([p, p + [rng.normal(0, 1.5), _u(rng, 2, 5)]]), idn.hair * _u(rng, 0.6, 1.4), 0.5)
-    hair = hair_mask.astype(np.float32)[..., None] / 255
-    greyed = layer.astype(np.float32)
-    greyed[..., :3] += hair * (170 / 255 * greyed[..., 3:] - greyed[..., :3])
-    return layer, greyed.astype(np.uint8)
+        ys, xs = np.nonzero(hair_mask[::4, ::4])
+        roots = np.stack([xs, ys], 1)[rng.permutation(len(ys))[:180]] * (4 / SS) - MARGIN
+        tips = roots + np.stack([rng.normal(0, 1.5, len(roots)), rng.uniform(2, 5, len(roots))], 1)
+        strands = [_fx(np.stack([r, t])) for r, t in zip(roots, tips)]
+        for k, tint in enumerate((0.6, 0.8, 1.25, 1.45)):
+            cv2.polylines(layer, strands[k::4], False, _c(idn.hair * tint), 1, cv2.LINE_AA, 4)
+    return layer, hair_mask
+
+
+@functools.lru_cache(maxsize=4)
+def _greyed_layer(seed: int, number: int) -> np.ndarray:
+    """The static layer with fully grey hair (blended in with age)."""
+    layer, hair_mask = _static_layer(seed, number)
+    grey = cv2.convertScaleAbs(layer[..., 3], alpha=170 / 255)
+    greyed = layer.copy()
+    greyed[..., :3] = np.where(hair_mask[..., None] > 127, grey[..., None], layer[..., :3])
+    return greyed
 
 
 def _expressive_layer(idn: Identity, var: Variation) -> np.ndarray:
     """The static layer plus what an image changes: greying, wrinkles, eyes, brows, mouth, glasses."""
-    layer, greyed = _static_layer(*idn.key)
+    layer = _static_layer(*idn.key)[0]
     age = float(np.clip(idn.age + var.age, 0, 1))
     grey = min(1.0, idn.greying * max(0.0, age - 0.3) * 1.4)
-    layer = cv2.addWeighted(layer, 1 - grey, greyed, grey, 0) if grey > 0.02 else layer.copy()
+    layer = cv2.addWeighted(layer, 1 - grey, _greyed_layer(*idn.key), grey, 0) if grey > 0.02 else layer.copy()
     cx, cy, a, b, _ = idn.head
     (lx, ey), (rx, _) = idn.eyes
     wrinkle = idn.skin * (1 - 0.35 * age)
@@ -308,7 +318,7 @@ def sample_variation(rng: np.random.Generator, *, yaw_deg: float = 10.0, yaw_ran
         brow_raise=expression * float(rng.normal(0, 0.5)),
         eye_open=float(np.clip(1 - expression * abs(rng.normal(0, 0.25)), 0.15, 1.0)),
         age=age_shift + float(rng.normal(0, age_sd)), glasses=bool(rng.random() > 0.2),
-        light=(_u(rng, 0, 2 * math.pi), light * _u(rng, 0, 0.45), math.exp(light * rng.normal(0, 0.15))),
+        light=(_u(rng, 0, 2 * math.pi), light * _u(rng, 0, 0.3), math.exp(light * rng.normal(0, 0.12))),
         cast=tuple(np.exp(light * rng.normal(0, 0.06, 3)).tolist()), gamma=math.exp(light * rng.normal(0, 0.1)),
         noise=_u(rng, *noise), align_noise=align_noise, background=int(rng.integers(2 ** 31)),
         clothes=tuple(rng.uniform(20, 230, 3).tolist()))
@@ -340,10 +350,11 @@ def _unpose(idn: Identity, var: Variation, u: np.ndarray, v: np.ndarray) -> tupl
     """Inverse of :func:`_pose` by damped fixed-point iteration (exact away from self-occlusion)."""
     cx, cy = idn.head[:2]
     x, y = u.copy(), v.copy()
-    for _ in range(6 if var.yaw or var.pitch else 0):
+    steep = max(abs(var.yaw), abs(var.pitch)) > 0.3  # damp where the nose makes the iteration oscillate
+    for _ in range((12 if steep else 4) if var.yaw or var.pitch else 0):
         z = _depth(idn, x, y)
-        x += 0.6 * (cx + (u - cx - z * math.sin(var.yaw)) / math.cos(var.yaw) - x)
-        y += 0.6 * (cy + (v - cy - z * math.sin(var.pitch)) / math.cos(var.pitch) - y)
+        x += (0.6 if steep else 1.0) * (cx + (u - cx - z * math.sin(var.yaw)) / math.cos(var.yaw) - x)
+        y += (0.6 if steep else 1.0) * (cy + (v - cy - z * math.sin(var.pitch)) / math.cos(var.pitch) - y)
     return x, y
 
 
@@ -375,18 +386,20 @@ def _backdrop(var: Variation, u: np.ndarray, v: np.ndarray) -> np.ndarray:
     return out + shoulders * (np.asarray(var.clothes, np.float32) - out)
 
 
-def render(idn: Identity, var: Variation, frame: np.ndarray, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+def render(idn: Identity, var: Variation, frame: np.ndarray, size: tuple[int, int],
+           oversample: int = 2) -> tuple[np.ndarray, np.ndarray]:
     """Render ``idn`` under ``var``; ``frame`` (2x3) maps the frontal 112 frame to output pixels.
 
-    Returns the uint8 BGR image of ``size`` = (width, height) and its 5 landmarks (eye centres, nose
-    tip, mouth corners) in output pixel coordinates, exact by construction.
+    Returns the uint8 BGR image of ``size`` = (width, height, even numbers) and its 5 landmarks
+    (eye centres, nose tip, mouth corners) in output pixel coordinates, exact by construction.
+    The face is sampled at ``oversample`` times the output resolution and area-averaged down.
     """
     layer = _expressive_layer(idn, var)
     w, h = size
-    big_w, big_h = 2 * w, 2 * h  # rendered at 2x and area-averaged down
+    big_w, big_h = oversample * w, oversample * h
     step = 4 if big_w % 4 == 0 and big_h % 4 == 0 else 2
-    gx = ((np.arange(big_w // step) + 0.5) * step - 1.0) / 2  # coarse grid centres, output pixels
-    gy = ((np.arange(big_h // step) + 0.5) * step - 1.0) / 2
+    gx = ((np.arange(big_w // step) + 0.5) * step - 0.5 - (oversample - 1) / 2) / oversample  # output pixels
+    gy = ((np.arange(big_h // step) + 0.5) * step - 0.5 - (oversample - 1) / 2) / oversample
     inv = cv2.invertAffineTransform(np.asarray(frame, np.float64))
     ox, oy = np.meshgrid(gx, gy)
     u = inv[0, 0] * ox + inv[0, 1] * oy + inv[0, 2]
@@ -397,8 +410,8 @@ def render(idn: Identity, var: Variation, frame: np.ndarray, size: tuple[int, in
     maps = np.dstack([(x + MARGIN) * SS + (SS - 1) / 2, (y + MARGIN) * SS + (SS - 1) / 2]).astype(np.float32)
     maps = cv2.resize(maps, (big_w, big_h), interpolation=cv2.INTER_LINEAR)
     fg = cv2.remap(layer, maps[..., 0], maps[..., 1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
-    fg = cv2.resize(fg, (w, h), interpolation=cv2.INTER_AREA).astype(np.float32)
-    # the backdrop is smooth, so compositing after the 2x downsampling loses nothing
+    fg = (cv2.resize(fg, (w, h), interpolation=cv2.INTER_AREA) if oversample > 1 else fg).astype(np.float32)
+    # the backdrop is smooth, so compositing after the downsampling loses nothing
     back = _backdrop(var, u[::2, ::2], v[::2, ::2]).astype(np.float32)
     shade = (light[..., None] * np.asarray(var.cast)).astype(np.float32)
     img = fg[..., :3] + cv2.resize(back, (w, h), interpolation=cv2.INTER_LINEAR) * (1 - fg[..., 3:] * np.float32(1 / 255))
@@ -438,4 +451,5 @@ def degrade(img: np.ndarray, face_px: int, rng: np.random.Generator, *, blur: tu
     quality = int(rng.integers(jpeg[0], jpeg[1] + 1))
     ok, buf = cv2.imencode(".jpg", np.clip(small + 0.5, 0, 255).astype(np.uint8), [cv2.IMWRITE_JPEG_QUALITY, quality])
     small = cv2.imdecode(buf, cv2.IMREAD_COLOR)
-    return cv2.resize(small, (w, h), interpolation=_INTERP[1 + rng.integers(3)]) if upscale else small
+    up = (cv2.INTER_LINEAR, cv2.INTER_CUBIC, cv2.INTER_LANCZOS4)[rng.integers(3)]  # smooth, like camera software
+    return cv2.resize(small, (w, h), interpolation=up) if upscale else small
