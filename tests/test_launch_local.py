@@ -7,6 +7,7 @@ import csv
 import datetime
 import importlib.util
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -77,6 +78,17 @@ def test_auto_mode_is_local_without_sbatch(tmp_path, monkeypatch):
     assert resolve_mode("slurm") == "slurm" and resolve_mode("local") == "local"
     with pytest.raises(ValueError, match="auto, slurm or local"):
         resolve_mode("kubernetes")
+
+
+@pytest.mark.skipif(shutil.which("sinfo") is None, reason="needs the Slurm client (sinfo) installed")
+def test_auto_mode_is_local_when_no_controller_answers(tmp_path, monkeypatch):
+    conf = tmp_path / "slurm.conf"
+    conf.write_text(
+        "ClusterName=down\nSlurmctldHost=localhost(127.0.0.1)\nSlurmctldPort=9\n"
+        "NodeName=localhost CPUs=1 State=UNKNOWN\nPartitionName=p Nodes=localhost\n"
+    )
+    monkeypatch.setenv("SLURM_CONF", str(conf))
+    assert resolve_mode("auto") == "local"
 
 
 def test_run_directory_is_timestamped_with_absolute_paths(tmp_path, monkeypatch):

@@ -81,12 +81,23 @@ class Chain:
 
 
 def resolve_mode(cluster: str) -> str:
-    """``auto`` = ``slurm`` when ``sbatch`` is on PATH, else ``local``."""
+    """``auto`` = ``slurm`` when ``sbatch`` is on PATH and the controller answers, else ``local``.
+
+    Asking the controller keeps a laptop or CI box that has the Slurm client installed but no
+    cluster running on the local path instead of failing at submission.
+    """
     if cluster not in ("auto", "slurm", "local"):
         raise ValueError(f"cluster must be auto, slurm or local; got {cluster!r}")
-    if cluster == "auto":
-        return "slurm" if shutil.which("sbatch") else "local"
-    return cluster
+    if cluster != "auto":
+        return cluster
+    if not shutil.which("sbatch"):
+        return "local"
+    try:
+        slurm_env.run_slurm("sinfo", "--noheader", "--format=%P", timeout_s=15)
+    except slurm_env.SlurmCommandError as err:
+        log.warning("sbatch is installed but Slurm does not answer (%s): running locally", err)
+        return "local"
+    return "slurm"
 
 
 def prepare_run(cfg: Config, now: datetime.datetime | None = None) -> Run:
