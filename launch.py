@@ -55,7 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mem", help="memory per node, e.g. 64G (cluster.mem; default: Slurm's)")
     p.add_argument("--cluster", choices=("auto", "slurm", "local"), default="auto",
                    help="where to run: slurm, local (this machine, one step after the other, waits for the end), "
-                   "or auto = slurm when sbatch is on PATH, else local (default)")
+                   "or auto = slurm when sbatch is on PATH and the controller answers, else local (default)")
     p.add_argument("--benchmarks", nargs="+", metavar="NAME", help="benchmarks to evaluate after training: "
                    "hq crlfw tinyface scface ijbb ijbc (eval.benchmarks; default all six)")
     p.add_argument("--no-eval", action="store_true", help="train only: no evaluation array, no aggregation")
