@@ -128,7 +128,8 @@ def _loose(idn: sf.Identity, seed: int, stream: int, number: int, opts: dict) ->
     media_rng = np.random.default_rng([seed, stream, number, opts["media"]])
     rng = np.random.default_rng([seed, stream, number, opts["media"], opts["frame"]])
     var = sf.sample_variation(media_rng, yaw_deg=15, pitch_deg=8, roll_deg=8, light=1.3)
-    var = dataclasses.replace(var, yaw=var.yaw + float(rng.normal(0, 0.05)), mouth_open=max(0.0, var.mouth_open + float(rng.normal(0, 0.1))),
+    var = dataclasses.replace(var, yaw=var.yaw + float(rng.normal(0, 0.05)),
+                              mouth_open=max(0.0, var.mouth_open + float(rng.normal(0, 0.1))),
                               background=int(rng.integers(2 ** 31)))
     size = 2 * int(media_rng.integers(75, 126))
     scale = media_rng.uniform(0.55, 0.75) * size / 112 * math.exp(rng.normal(0, 0.02))
@@ -188,7 +189,8 @@ class _Plan:
         self.shots: dict[tuple, tuple] = {}
         self._next: dict[tuple[int, int], int] = {}
 
-    def add(self, key: tuple, kind: str, number: int, stream: int, opts: dict | None = None, index: int | None = None) -> None:
+    def add(self, key: tuple, kind: str, number: int, stream: int, opts: dict | None = None,
+            index: int | None = None) -> None:
         if index is None:
             index = self._next.get((stream, number), 0)
             self._next[(stream, number)] = index + 1
@@ -288,8 +290,9 @@ def _write_tinyface(out: Path, results: dict[tuple, Any]) -> dict[str, int]:
             for folder, data in zip((root, aligned), value):
                 (folder / key[0]).mkdir(parents=True, exist_ok=True)
                 (folder / key[0] / key[1]).write_bytes(data)
-    for folder, mat, names_key, ids_key in (("Probe", "probe_img_ID_pairs.mat", "probe_set", "probe_ids"),
-                                            ("Gallery_Match", "gallery_match_img_ID_pairs.mat", "gallery_set", "gallery_ids")):
+    protocol_files = (("Probe", "probe_img_ID_pairs.mat", "probe_set", "probe_ids"),
+                      ("Gallery_Match", "gallery_match_img_ID_pairs.mat", "gallery_set", "gallery_ids"))
+    for folder, mat, names_key, ids_key in protocol_files:
         names = listed[folder]
         _write_mat(root / mat, names, [int(n.split("_")[0]) for n in names], names_key, ids_key)
     return {f"tinyface_{k.lower()}": len(v) for k, v in listed.items()}
@@ -323,7 +326,8 @@ def _write_ijb(out: Path, which: str, faces: list[tuple[str, int, int, int]], re
     genuine = [pr for pr in pairs if owner[pr[0]] == owner[pr[1]]]
     impostor = [pr for pr in pairs if owner[pr[0]] != owner[pr[1]]]
     if len(pairs) > max_pairs:
-        keep = np.random.default_rng([seed, _STREAM[which], 1]).choice(len(impostor), max(0, max_pairs - len(genuine)), replace=False)
+        rng = np.random.default_rng([seed, _STREAM[which], 1])
+        keep = rng.choice(len(impostor), max(0, max_pairs - len(genuine)), replace=False)
         impostor = [impostor[i] for i in sorted(keep)]
     lines = sorted([(a, b, 1) for a, b in genuine] + [(a, b, 0) for a, b in impostor])
     atomic_write_text(root / "meta" / f"{prefix}_face_tid_mid.txt", "".join(tid_mid))
@@ -362,7 +366,8 @@ def generate(out_dir: str | os.PathLike, *, identities: int = 300, images_per_id
         items = ((jpeg, n) for n, group in enumerate(renderer.map(seed, train)) for jpeg in group)
         num_images, num_ids = write_insightface_rec(out / "train.rec", out / "train.idx", items)
         counts = {"train_images": num_images, "train_identities": num_ids}
-        log.info("synthetic training set: %d images of %d identities (%.1f s)", num_images, num_ids, time.perf_counter() - start)
+        log.info("synthetic training set: %d images of %d identities (%.1f s)", num_images, num_ids,
+                 time.perf_counter() - start)
         eval_ids = list(range(identities, identities + eval_identities))
         plan = _Plan()
         _plan_hq(plan, p, eval_ids)

@@ -128,19 +128,30 @@ def _line(img: np.ndarray, pts: np.ndarray, colour, width: float) -> None:
 
 
 def _c(colour) -> tuple:
-    return (*np.clip(np.ravel(colour)[:3], 0, 255).tolist(), 255.0)
+    return (*(min(255.0, max(0.0, float(v))) for v in colour[:3]), 255.0) if hasattr(colour, "__len__") else colour
+
+
+@functools.lru_cache(maxsize=64)
+def _unit_circle(n: int, t0: float, t1: float) -> np.ndarray:
+    t = np.linspace(t0, t1, n)
+    return np.stack([np.cos(t), np.sin(t)], 1)
 
 
 def _ellipse(cx: float, cy: float, a: float, b: float, n: int = 48, t0: float = 0.0, t1: float = 2 * math.pi) -> np.ndarray:
-    t = np.linspace(t0, t1, n)
-    return np.stack([cx + a * np.cos(t), cy + b * np.sin(t)], 1)
+    return _unit_circle(n, t0, t1) * (a, b) + (cx, cy)
+
+
+@functools.lru_cache(maxsize=16)
+def _bezier_weights(n: int) -> np.ndarray:
+    t = np.linspace(0, 1, n)
+    return np.stack([(1 - t) ** 2, 2 * t * (1 - t), t ** 2], 1)
 
 
 def _curve(p0, p1, bend: float, n: int = 12) -> np.ndarray:
     """Quadratic arc from p0 to p1, its middle moved by ``bend`` along -y (up)."""
-    t = np.linspace(0, 1, n)[:, None]
-    mid = (np.asarray(p0) + np.asarray(p1)) / 2 - [0, bend]
-    return (1 - t) ** 2 * np.asarray(p0) + 2 * t * (1 - t) * mid + t ** 2 * np.asarray(p1)
+    (x0, y0), (x1, y1) = p0, p1
+    ctrl = np.array([[x0, y0], [(x0 + x1) / 2, (y0 + y1) / 2 - bend], [x1, y1]], np.float64)
+    return _bezier_weights(n) @ ctrl
 
 
 def _face_outline(idn: Identity) -> np.ndarray:
@@ -163,13 +174,14 @@ def _static_layer(seed: int, number: int) -> tuple[np.ndarray, np.ndarray]:
     if idn.hair_kind != 3:
         bottom = {0: idn.eyes[0, 1] + 6, 1: idn.mouth[0, 1], 2: 112 + MARGIN, 4: idn.nose[1]}[idn.hair_kind]
         w = a + (12 if idn.hair_kind == 4 else 5)
-        back = np.concatenate([[[cx - w, bottom]], _ellipse(cx, cy - 4, w, b + 5, 60, math.pi, 2 * math.pi), [[cx + w, bottom]]])
+        arc = _ellipse(cx, cy - 4, w, b + 5, 60, math.pi, 2 * math.pi)
+        back = np.concatenate([[[cx - w, bottom]], arc, [[cx + w, bottom]]])
         if idn.hair_kind == 4:
             back[1:-1] += (rng.normal(0, 1.2, (60, 1)) + np.sin(np.linspace(0, 40, 60))[:, None] * 2) * [[0, 1]]
         for img, col in ((layer, idn.hair), (hair_mask, 255)):
             _fill(img, back, col)
-    _fill(layer, np.array([[cx - 0.5 * a, cy + 0.5 * b], [cx + 0.5 * a, cy + 0.5 * b], [cx + 0.55 * a, 120], [cx - 0.55 * a, 120]]),
-          idn.skin * 0.8)
+    neck = [[cx - 0.5 * a, cy + 0.5 * b], [cx + 0.5 * a, cy + 0.5 * b], [cx + 0.55 * a, 120], [cx - 0.55 * a, 120]]
+    _fill(layer, np.array(neck), idn.skin * 0.8)
     for side in (-1, 1):
         _fill(layer, _ellipse(cx + side * (a - 1), idn.eyes[0, 1] + 9, 5.5, 11, 24), idn.skin * 0.93)
     outline = _face_outline(idn)
@@ -203,8 +215,8 @@ def _static_layer(seed: int, number: int) -> tuple[np.ndarray, np.ndarray]:
             _fill(layer, _ellipse(*p[0], *([_u(rng, 0.8, 1.8)] * 2), 12), idn.skin * 0.45)
     for side in (-1, 1):
         _fill(layer, _ellipse(tip_x + side * nose_w * 0.45, tip_y + 1.2, nose_w * 0.32, 1.1, 16), idn.skin * 0.4)
-        _line(layer, _curve((tip_x + side * nose_w * 0.95, tip_y - 3), (tip_x + side * nose_w * 0.6, tip_y + 1.5), side * 1.2, 6),
-              idn.skin * 0.7, 0.6)
+        wing = _curve((tip_x + side * nose_w * 0.95, tip_y - 3), (tip_x + side * nose_w * 0.6, tip_y + 1.5), side * 1.2, 6)
+        _line(layer, wing, idn.skin * 0.7, 0.6)
     if idn.beard:
         if idn.beard == 3:
             _fill(layer, outline[(outline[:, 1] > tip_y + 3) & (np.arange(len(outline)) < 37)], idn.hair * 0.9)
@@ -259,7 +271,8 @@ def _expressive_layer(idn: Identity, var: Variation) -> np.ndarray:
         tip_x, tip_y, nose_w, _ = idn.nose
         for side in (-1, 1):
             corner = idn.mouth[(side + 1) // 2]
-            _line(layer, _curve((tip_x + side * (nose_w + 2), tip_y - 2), corner + [side * 2.5, 3], side * 1.5, 8), wrinkle, 0.7)
+            fold = _curve((tip_x + side * (nose_w + 2), tip_y - 2), corner + [side * 2.5, 3], side * 1.5, 8)
+            _line(layer, fold, wrinkle, 0.7)
     w, h = idn.eye_wh
     brow_t, arch, slope, above = idn.brow
     for side, (ex, eyy) in zip((-1, 1), idn.eyes):
@@ -276,8 +289,10 @@ def _expressive_layer(idn: Identity, var: Variation) -> np.ndarray:
         _line(layer, eye[14:], idn.skin * 0.3, 0.8)
         _line(layer, _ellipse(ex, eyy - 1.5, w * 1.05, hh + 2.5, 10, math.pi * 1.15, math.pi * 1.85), idn.skin * 0.75, 0.5)
         by = eyy - above - var.brow_raise * 2.5
-        inner, outer = np.array([ex - side * w * 1.1, by + slope * 0.5]), np.array([ex + side * w * 1.5, by - slope * 0.5 + 1.5])
-        upper, lower = _curve(inner - [0, brow_t / 2], outer, arch, 10), _curve(outer, inner + [0, brow_t / 2], arch - 0.5, 10)
+        inner = np.array([ex - side * w * 1.1, by + slope * 0.5])
+        outer = np.array([ex + side * w * 1.5, by - slope * 0.5 + 1.5])
+        upper = _curve(inner - [0, brow_t / 2], outer, arch, 10)
+        lower = _curve(outer, inner + [0, brow_t / 2], arch - 0.5, 10)
         _fill(layer, np.concatenate([upper, lower]), idn.hair * 0.85)
     c0, c1 = idn.mouth + [[-var.smile, -var.smile * 2.5], [var.smile, -var.smile * 2.5]]
     up_t, lo_t, lip = idn.lips
@@ -289,7 +304,8 @@ def _expressive_layer(idn: Identity, var: Variation) -> np.ndarray:
     if gap > 0.4:
         _fill(layer, np.concatenate([mid_line - [0, gap / 2], mid_line[::-1] + [0, gap / 2]]), (30, 25, 60))
         if gap > 2:
-            _fill(layer, np.concatenate([mid_line[2:-2] - [0, gap / 2], mid_line[2:-2][::-1] - [0, gap / 2 - 1.6]]), (215, 225, 230))
+            teeth = np.concatenate([mid_line[2:-2] - [0, gap / 2], mid_line[2:-2][::-1] - [0, gap / 2 - 1.6]])
+            _fill(layer, teeth, (215, 225, 230))
     _fill(layer, upper, lip * 0.9)
     _fill(layer, lower, lip)
     _line(layer, mid_line, lip * 0.45, 0.5)
@@ -297,7 +313,8 @@ def _expressive_layer(idn: Identity, var: Variation) -> np.ndarray:
         size, col = idn.glasses
         for ex, eyy in idn.eyes:
             _line(layer, _ellipse(ex, eyy + 0.5, w * size + 1.5, w * size * 0.75, 32), col, 0.9)
-        _line(layer, _curve((lx + w * idn.glasses[0] + 1.5, ey - 1), (rx - w * idn.glasses[0] - 1.5, ey - 1), 1.5, 6), col, 0.9)
+        bridge = _curve((lx + w * size + 1.5, ey - 1), (rx - w * size - 1.5, ey - 1), 1.5, 6)
+        _line(layer, bridge, col, 0.9)
     return layer
 
 
@@ -390,16 +407,17 @@ def render(idn: Identity, var: Variation, frame: np.ndarray, size: tuple[int, in
            oversample: int = 2) -> tuple[np.ndarray, np.ndarray]:
     """Render ``idn`` under ``var``; ``frame`` (2x3) maps the frontal 112 frame to output pixels.
 
-    Returns the uint8 BGR image of ``size`` = (width, height, even numbers) and its 5 landmarks
+    Returns the uint8 BGR image of ``size`` = (width, height) and its 5 landmarks
     (eye centres, nose tip, mouth corners) in output pixel coordinates, exact by construction.
     The face is sampled at ``oversample`` times the output resolution and area-averaged down.
     """
     layer = _expressive_layer(idn, var)
     w, h = size
     big_w, big_h = oversample * w, oversample * h
-    step = 4 if big_w % 4 == 0 and big_h % 4 == 0 else 2
-    gx = ((np.arange(big_w // step) + 0.5) * step - 0.5 - (oversample - 1) / 2) / oversample  # output pixels
-    gy = ((np.arange(big_h // step) + 0.5) * step - 0.5 - (oversample - 1) / 2) / oversample
+    step = 4 * oversample  # the maps are smooth: compute them on a grid of 4 output pixels, then upsample
+    cols, rows = -(-big_w // step), -(-big_h // step)
+    gx = ((np.arange(cols) + 0.5) * step - 0.5 - (oversample - 1) / 2) / oversample  # output pixels
+    gy = ((np.arange(rows) + 0.5) * step - 0.5 - (oversample - 1) / 2) / oversample
     inv = cv2.invertAffineTransform(np.asarray(frame, np.float64))
     ox, oy = np.meshgrid(gx, gy)
     u = inv[0, 0] * ox + inv[0, 1] * oy + inv[0, 2]
@@ -408,14 +426,16 @@ def render(idn: Identity, var: Variation, frame: np.ndarray, size: tuple[int, in
     direction, strength, ambient = var.light
     light = ambient * (1 + strength * ((u - 56) * math.cos(direction) + (v - 60) * math.sin(direction)) / 56)
     maps = np.dstack([(x + MARGIN) * SS + (SS - 1) / 2, (y + MARGIN) * SS + (SS - 1) / 2]).astype(np.float32)
-    maps = cv2.resize(maps, (big_w, big_h), interpolation=cv2.INTER_LINEAR)
+    maps = cv2.resize(maps, (cols * step, rows * step), interpolation=cv2.INTER_LINEAR)[:big_h, :big_w]
     fg = cv2.remap(layer, maps[..., 0], maps[..., 1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
     fg = (cv2.resize(fg, (w, h), interpolation=cv2.INTER_AREA) if oversample > 1 else fg).astype(np.float32)
     # the backdrop is smooth, so compositing after the downsampling loses nothing
-    back = _backdrop(var, u[::2, ::2], v[::2, ::2]).astype(np.float32)
+    back = _backdrop(var, u, v).astype(np.float32)
     shade = (light[..., None] * np.asarray(var.cast)).astype(np.float32)
-    img = fg[..., :3] + cv2.resize(back, (w, h), interpolation=cv2.INTER_LINEAR) * (1 - fg[..., 3:] * np.float32(1 / 255))
-    img *= cv2.resize(shade, (w, h), interpolation=cv2.INTER_LINEAR)
+    def up(a: np.ndarray) -> np.ndarray:  # coarse grid -> output pixels, same alignment as the maps
+        return cv2.resize(a, (cols * 4, rows * 4), interpolation=cv2.INTER_LINEAR)[:h, :w]
+    img = fg[..., :3] + up(back) * (1 - fg[..., 3:] * np.float32(1 / 255))
+    img *= up(shade)
     start = np.random.default_rng([var.background, 1]).integers(_NOISE.size - img.size)
     img += _NOISE[start:start + img.size].reshape(img.shape) * np.float32(var.noise)
     lut = np.clip(255 * (np.arange(256) / 255) ** var.gamma + 0.5, 0, 255).astype(np.uint8)
