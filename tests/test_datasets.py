@@ -179,8 +179,35 @@ def test_loader_workers_survive_the_stop_signals_slurm_sends_to_every_process(tm
     loader, sampler, _ = build_train_loader(cfg, tmp_path, rank=0, world_size=1)
     sampler.set_epoch(0)
     batches = iter(loader)
-    next(batches)
+    next(batches), next(batches)  # batches 0 and 1 come from workers 0 and 1: both are set up
     for pid in [worker.pid for worker in batches._workers]:
         for stop_signal in (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2):
             os.kill(pid, stop_signal)
-    assert len(list(batches)) == 3  # the rest of the epoch still arrives
+    assert len(list(batches)) == 2  # the rest of the epoch still arrives
+
+
+def test_loader_workers_start_after_the_parent_ran_opencv_threads(tmp_path):
+    """A plain fork after OpenCV's thread pool ran hangs the workers; the loader must not."""
+    import subprocess
+    import sys
+
+    write_rec(tmp_path, labels=[0, 0, 1, 1, 2, 2, 3, 3])
+    script = f"""
+import cv2, numpy as np
+from qgface.config import from_dict
+from qgface.data.loader import build_train_loader
+
+def main():
+    cv2.setNumThreads(2)
+    for _ in range(20):
+        cv2.GaussianBlur(np.zeros((2000, 2000, 3), np.uint8), (31, 31), 5)  # runs the parallel pool
+    cfg = from_dict({{"data": {{"batch_size": 2, "num_workers": 2}}}})
+    loader, sampler, _ = build_train_loader(cfg, {str(tmp_path)!r}, rank=0, world_size=1)
+    sampler.set_epoch(0)
+    print(len(list(loader)))
+
+main()
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "4"

@@ -7,29 +7,16 @@ feeds ``views[:, 0]`` (H) and ``views[:, 1]`` (L) as ``[H_1..H_B, L_1..L_B]`` (M
 from __future__ import annotations
 
 import os
-import signal
 from typing import Any
 
-import cv2
 import torch
 from torch.utils.data import DataLoader
 
 from qgface.data.datasets import TwoViewDataset, open_train_dataset
 from qgface.data.sampler import ResumableDistributedSampler
+from qgface.data.workers import worker_options
 
-__all__ = ["build_train_loader", "worker_init"]
-
-
-def worker_init(worker_id: int) -> None:
-    """One thread per worker (the workers already run in parallel), and deaf to the stop signals.
-
-    Slurm signals every process of a job step. The training process handles SIGUSR1/SIGUSR2/SIGTERM by
-    finishing its step and saving; a worker dying of the same signal would crash it first.
-    """
-    cv2.setNumThreads(1)
-    torch.set_num_threads(1)
-    for stop_signal in (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2):
-        signal.signal(stop_signal, signal.SIG_IGN)
+__all__ = ["build_train_loader"]
 
 
 def build_train_loader(cfg: Any, root: str | os.PathLike, rank: int,
@@ -47,9 +34,8 @@ def build_train_loader(cfg: Any, root: str | os.PathLike, rank: int,
         batch_size=data.batch_size,
         sampler=sampler,
         drop_last=True,
-        num_workers=data.num_workers,
         pin_memory=torch.cuda.is_available(),
         persistent_workers=data.num_workers > 0,
-        worker_init_fn=worker_init,
+        **worker_options(data.num_workers),
     )
     return loader, sampler, dataset

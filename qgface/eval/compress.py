@@ -30,6 +30,7 @@ from tqdm import tqdm
 
 from qgface.atomic import atomic_write_text
 from qgface.data.recordio import IRHeader, RecordIOReader, RecordIOWriter, pack, unpack
+from qgface.data.workers import worker_options
 from qgface.eval.benchmarks.base import Benchmark
 
 __all__ = ["MANIFEST_VERSION", "RecordSource", "StaleRecError", "check_rec", "compress_benchmark",
@@ -139,8 +140,8 @@ def compress_benchmark(benchmark: Benchmark, rec_dir: str | Path, *, num_workers
         files["manifest"].unlink(missing_ok=True)  # before the .rec changes: a crash leaves no manifest
         _remove_leftovers(files)
         labels = benchmark.labels
-        loader = DataLoader(_BytesDataset(benchmark), batch_size=None, num_workers=num_workers,
-                            collate_fn=_identity)
+        loader = DataLoader(_BytesDataset(benchmark), batch_size=None, collate_fn=_identity,
+                            **worker_options(num_workers))
         data_digest = hashlib.sha256()
         with RecordIOWriter(files["rec"], files["idx"]) as writer:
             for i, payload in enumerate(tqdm(loader, desc=f"compress {benchmark.name}", mininterval=5,

@@ -18,6 +18,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from qgface.data.images import decode_bgr, normalize_bgr
+from qgface.data.workers import worker_options
 from qgface.eval.benchmarks.base import Benchmark, BenchmarkError
 
 __all__ = ["ImageSource", "embed_benchmark", "fused_embedding"]
@@ -75,7 +76,7 @@ def embed_benchmark(model: nn.Module, benchmark: Benchmark, source: ImageSource 
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     items = benchmark.embed_items()
     loader = DataLoader(_ItemDataset(source or benchmark, benchmark, items), batch_size=batch_size,
-                        shuffle=False, num_workers=num_workers, pin_memory=device.type == "cuda")
+                        shuffle=False, pin_memory=device.type == "cuda", **worker_options(num_workers))
     model = model.to(device).eval()
     embeddings = np.empty((len(items), 0), dtype=np.float32)
     norms = np.empty(len(items), dtype=np.float32)
