@@ -142,7 +142,7 @@ def main() -> None:
     for config in args.settings:
         for seed in args.seeds:
             results.setdefault(config, []).append(run_setting(config, seed, args))
-    write_table(results, args, (time.time() - started) / 60)
+            write_table(results, args, (time.time() - started) / 60)  # after every run: a partial study is kept
 
 
 if __name__ == "__main__":
