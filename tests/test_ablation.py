@@ -31,3 +31,11 @@ def test_ablation_tool_runs_the_settings_and_writes_the_paper_table(tmp_path):
     cells = [cell.strip() for cell in baseline_row.strip("|").split("|")][4:]
     assert len(cells) == 7 and all(0.0 <= float(cell) <= 100.0 for cell in cells)
     assert (tmp_path / "study").is_dir() and len(list((tmp_path / "study").glob("*-seed0-*/results.csv"))) == 2
+
+    # started again, the study reuses its finished runs; another budget in the same folder is refused
+    again = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert again.returncode == 0 and again.stdout.count("reusing") == 2
+    assert out.read_text().split("| Setting")[1] == table.split("| Setting")[1]
+    other = subprocess.run([*command, "optim.lr=0.05"], cwd=tmp_path, env=env, capture_output=True, text=True,
+                           timeout=120)  # fmt: skip
+    assert other.returncode != 0 and "records another budget" in other.stderr

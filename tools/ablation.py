@@ -6,12 +6,15 @@ locally or on Slurm. The table (mean ± std over seeds) is written to a Markdown
 
     python tools/ablation.py --seeds 0 1 2 --out docs/ablation.md            # ~1 hour on 2 CPU cores
     python tools/ablation.py --seeds 0 --steps 4 --out /tmp/ablation.md ...   # a smoke run
+
+Runs that finished are reused when the same command is started again, so a study survives interruption.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import json
 import statistics
 import subprocess
 import sys
@@ -79,9 +82,30 @@ def budget_overrides(args: argparse.Namespace) -> list[str]:
     ]
 
 
+def check_study_budget(args: argparse.Namespace) -> None:
+    """A study folder holds runs of one budget only: finished runs are reused, so budgets must not mix."""
+    record = args.study_dir / "study.json"
+    budget = {"backbone": args.backbone, "overrides": budget_overrides(args)}
+    if record.exists():
+        if json.loads(record.read_text()) != budget:
+            raise SystemExit(f"{record} records another budget than this command's; use another --study-dir "
+                             f"or delete {args.study_dir}")
+        return
+    args.study_dir.mkdir(parents=True, exist_ok=True)
+    record.write_text(json.dumps(budget, indent=1))
+
+
+def finished_run(name: str, args: argparse.Namespace) -> Path | None:
+    runs = sorted(args.study_dir.glob(f"{name}-*/results.csv"))
+    return runs[-1] if runs else None
+
+
 def run_setting(config: str, seed: int, args: argparse.Namespace) -> dict[str, float]:
-    """Run one setting and seed through launch.py; return its row of results.csv."""
+    """Run one setting and seed through launch.py (unless the study already has it); return its results row."""
     name = f"{config}-seed{seed}"
+    if (done := finished_run(name, args)) is not None:
+        print(f"{name}: reusing {done}", flush=True)
+        return read_row(done)
     command = [
         sys.executable, str(REPO / "launch.py"), "--cluster", args.cluster, "--name", name,
         "--benchmarks", *BENCHMARKS, "--", str(REPO / "configs" / f"{config}.yaml"),
@@ -89,10 +113,13 @@ def run_setting(config: str, seed: int, args: argparse.Namespace) -> dict[str, f
     ]
     print(f"[{time.strftime('%H:%M:%S')}] {name}: {' '.join(command)}", flush=True)
     subprocess.run(command, check=True, cwd=REPO)
-    runs = sorted(args.study_dir.glob(f"{name}-*/results.csv"))
-    if not runs:
+    if (done := finished_run(name, args)) is None:
         raise RuntimeError(f"{name}: launch.py finished but wrote no results.csv under {args.study_dir}")
-    with runs[-1].open() as f:
+    return read_row(done)
+
+
+def read_row(results_csv: Path) -> dict[str, float]:
+    with results_csv.open() as f:
         row = list(csv.DictReader(f))[-1]
     return {key: float(row[key]) for _, key in COLUMNS if row.get(key)}
 
@@ -138,9 +165,12 @@ def write_table(results: dict[str, list[dict[str, float]]], args: argparse.Names
 def main() -> None:
     args = parse_args()
     started = time.time()
+    check_study_budget(args)
     results: dict[str, list[dict[str, float]]] = {}
-    for config in args.settings:
-        for seed in args.seeds:
+    # seeds outside, settings inside: an interrupted study has compared every setting on its first seeds;
+    # started again with the same command it reuses the finished runs and continues
+    for seed in args.seeds:
+        for config in args.settings:
             results.setdefault(config, []).append(run_setting(config, seed, args))
             write_table(results, args, (time.time() - started) / 60)  # after every run: a partial study is kept
 
