@@ -25,6 +25,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 
 import torch
 
@@ -50,6 +51,13 @@ def _run_head(reps: int) -> dict:
         loss, _ = head(emb, norms, labels)
         loss.backward()
 
+    extra, seconds = _measure(step, reps)
+    return {"case": "head", "rows": n, "classes": c, "extra_bytes": extra, "seconds": seconds,
+            "logits_bytes": n * c * 4, "kernel_grad_bytes": d * c * 4}
+
+
+def _measure(step: Callable[[], None], reps: int) -> tuple[int, float]:
+    """Peak extra memory of the first call (it allocates everything), then the median time of ``reps`` calls."""
     base = _peak_bytes()
     step()
     extra = _peak_bytes() - base
@@ -58,8 +66,7 @@ def _run_head(reps: int) -> dict:
         t0 = time.perf_counter()
         step()
         times.append(time.perf_counter() - t0)
-    return {"case": "head", "rows": n, "classes": c, "extra_bytes": extra, "seconds": statistics.median(times),
-            "logits_bytes": n * c * 4, "kernel_grad_bytes": d * c * 4}
+    return extra, statistics.median(times)
 
 
 def _run_contrast(reps: int) -> dict:
@@ -79,15 +86,8 @@ def _run_contrast(reps: int) -> dict:
         loss = qg_contrastive_loss(q, kk, queue, q_s, k_s, q_labels=labels, queue_labels=queue_labels)
         loss.backward()
 
-    base = _peak_bytes()
-    step()
-    extra = _peak_bytes() - base
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - t0)
-    return {"case": "contrast", "rows": 2 * b, "queue": k, "extra_bytes": extra, "seconds": statistics.median(times),
+    extra, seconds = _measure(step, reps)
+    return {"case": "contrast", "rows": 2 * b, "queue": k, "extra_bytes": extra, "seconds": seconds,
             "logits_bytes": 2 * b * (k + 1) * 4}
 
 
