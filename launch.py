@@ -16,7 +16,7 @@ import logging
 import sys
 from pathlib import Path
 
-from qgface.cluster import ensure_data, prepare_run, resolve_mode, run_local_chain, submit_chain
+from qgface.cluster import ensure_data, prepare_run, resolve_mode, run_local_chain, submit_chain, wait_for_chain
 from qgface.config import ConfigError, load_config
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "tiny.yaml"
@@ -59,6 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--benchmarks", nargs="+", metavar="NAME", help="benchmarks to evaluate after training: "
                    "hq crlfw tinyface scface ijbb ijbc (eval.benchmarks; default all six)")
     p.add_argument("--no-eval", action="store_true", help="train only: no evaluation array, no aggregation")
+    p.add_argument("--wait", action="store_true", help="on Slurm, stay until the chain has ended and exit 0 only "
+                   "if it succeeded (for scripts; local mode always waits)")
     p.add_argument("--name", help="run name; the run directory is <output_root>/<name>-<YYYYmmdd-HHMMSS> (name)")
     p.add_argument("args", nargs="*", metavar="[CONFIG] [key=value ...]",
                    help=f"a YAML config (default {DEFAULT_CONFIG.relative_to(DEFAULT_CONFIG.parents[1])}), then "
@@ -106,9 +108,13 @@ def main(argv: list[str] | None = None) -> int:
 
     tensorboard = f"tensorboard --logdir {cfg.output_root}/"
     if mode == "slurm":
-        submit_chain(run, evaluate=not ns.no_eval, report=report)
-        print(f"follow it with: {tensorboard}   (results: {run.run_dir / 'results.csv'})")
-        return 0
+        chain = submit_chain(run, evaluate=not ns.no_eval, report=report)
+        print(f"follow it with: {tensorboard}   (results: {run.run_dir / 'results.csv'})", flush=True)
+        if not ns.wait:
+            return 0
+        ok = wait_for_chain(chain, report=report)
+        print(f"{'finished' if ok else 'FAILED'}: {run.run_dir}" + ("" if ns.no_eval else "/results.csv"))
+        return 0 if ok else 1
     print(f"watch it with: {tensorboard}", flush=True)
     code = run_local_chain(run, evaluate=not ns.no_eval, report=report)
     print(f"{'finished' if code == 0 else 'FAILED'}: {run.run_dir}" + ("" if ns.no_eval else "/results.csv"))

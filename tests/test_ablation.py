@@ -16,7 +16,8 @@ def test_ablation_tool_runs_the_settings_and_writes_the_paper_table(tmp_path):
         sys.executable, str(REPO / "tools" / "ablation.py"), "--settings", "baseline", "qgface", "--seeds", "0",
         "--study-dir", str(tmp_path / "study"), "--out", str(out), "--epochs", "1", "--steps", "2",
         "--batch-size", "8", "--identities", "20", "--images-per-identity", "4", "--eval-identities", "12",
-        "--queue-size", "64", "data.num_workers=0", "eval.num_workers=0",
+        "--queue-size", "64", "data.num_workers=0", "eval.num_workers=0", "train.log_every=1",
+        "head.t_alpha=1.0",  # norm statistics of the batch itself: some pairs count as low quality at once
     ]  # fmt: skip
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
@@ -30,12 +31,24 @@ def test_ablation_tool_runs_the_settings_and_writes_the_paper_table(tmp_path):
     baseline_row = next(line for line in table.splitlines() if line.startswith("| Baseline"))
     cells = [cell.strip() for cell in baseline_row.strip("|").split("|")][4:]
     assert len(cells) == 7 and all(0.0 <= float(cell) <= 100.0 for cell in cells)
+    # the training table: the contrastive term is off for Baseline and has a gradient for D
+    training = {line.split("|")[1].strip(): [float(c) for c in line.strip("|").split("|")[1:]]
+                for line in table.split("| Setting | first L_cls")[1].splitlines()[2:] if line.startswith("|")}
+    assert set(training) == {"Baseline", "D (QGFace)"}
+    assert training["Baseline"][3] == 0.0 and training["Baseline"][2] == 0.0
+    assert 0.0 < training["D (QGFace)"][3] <= 1.0 and training["D (QGFace)"][2] > 0.0
     assert (tmp_path / "study").is_dir() and len(list((tmp_path / "study").glob("*-seed0-*/results.csv"))) == 2
 
-    # started again, the study reuses its finished runs; another budget in the same folder is refused
+    assert "Values are percentages, mean ± standard deviation over one seed (no deviation)." in table
+
+    # started again, the study reuses its finished runs and keeps what was written by hand around the table;
+    # another budget in the same folder is refused
+    out.write_text("# My study\n\nintro\n" + table.split("\n", 1)[1] + "\n## Analysis\n\nby hand\n")
     again = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
     assert again.returncode == 0 and again.stdout.count("reusing") == 2
-    assert out.read_text().split("| Setting")[1] == table.split("| Setting")[1]
+    rewritten = out.read_text()
+    assert rewritten.startswith("# My study\n\nintro\n") and rewritten.endswith("\n## Analysis\n\nby hand\n")
+    assert rewritten.split("| Setting")[1].split("<!--")[0] == table.split("| Setting")[1].split("<!--")[0]
     other = subprocess.run([*command, "optim.lr=0.05"], cwd=tmp_path, env=env, capture_output=True, text=True,
                            timeout=120)  # fmt: skip
     assert other.returncode != 0 and "records another budget" in other.stderr

@@ -43,13 +43,19 @@ ENV = {**os.environ, "PYTHONPATH": str(REPO), "PYTHON": sys.executable}
 
 
 def launch(*args: str, cwd: Path) -> tuple[Path, dict]:
-    """Run launch.py; returns the run directory and its slurm/jobs.json."""
-    done = subprocess.run([sys.executable, str(REPO / "launch.py"), *args], cwd=cwd, env=ENV,
-                          capture_output=True, text=True, timeout=600)  # fmt: skip
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    """Run launch.py (it returns once the chain is submitted); returns the run directory and its slurm/jobs.json."""
+    run_dir, ids, _ = launch_and_wait(*args, cwd=cwd, expect_exit=0, wait=False)
+    return run_dir, ids
+
+
+def launch_and_wait(*args: str, cwd: Path, expect_exit: int, wait: bool = True) -> tuple[Path, dict, str]:
+    """``launch.py --wait``: returns when the chain has ended; its exit code says whether the chain succeeded."""
+    command = [sys.executable, str(REPO / "launch.py"), *(["--wait"] if wait else []), *args]
+    done = subprocess.run(command, cwd=cwd, env=ENV, capture_output=True, text=True, timeout=600)
+    assert done.returncode == expect_exit, done.stdout[-3000:] + done.stderr[-3000:]
     line = next(x for x in done.stdout.splitlines() if x.startswith("run directory: "))
     run_dir = Path(line.removeprefix("run directory: "))
-    return run_dir, json.loads((run_dir / "slurm" / "jobs.json").read_text())
+    return run_dir, json.loads((run_dir / "slurm" / "jobs.json").read_text()), done.stdout
 
 
 def records(job_id: str) -> list[dict[str, str]]:
@@ -128,10 +134,13 @@ def chain_run(slurm_cluster, tmp_path_factory):
     """``launch.py --nodes 2``: training on both nodes -> 2 evaluation tasks -> aggregation."""
     out = tmp_path_factory.mktemp("chain")
     t0 = time.monotonic()
-    run_dir, ids = launch("--nodes", "2", "--partition", slurm_cluster.partition, "--benchmarks", *BENCHMARKS,
-                          "--", *FEW_STEPS, f"output_root={out}", cwd=REPO)  # fmt: skip
-    wait_ended(ids["aggregate"], 600)
+    run_dir, ids, stdout = launch_and_wait("--nodes", "2", "--partition", slurm_cluster.partition, "--benchmarks",
+                                           *BENCHMARKS, "--", *FEW_STEPS, f"output_root={out}", cwd=REPO,
+                                           expect_exit=0)  # fmt: skip
     print(f"\nchain (launch -> aggregation ended): {time.monotonic() - t0:.0f} s")
+    (agg,) = records(ids["aggregate"])
+    assert agg["JobState"] == "COMPLETED", "launch.py --wait returned before the aggregation job had ended"
+    assert f"aggregation job {ids['aggregate']} done" in stdout and f"finished: {run_dir}/results.csv" in stdout
     return run_dir, ids
 
 
@@ -205,10 +214,12 @@ def test_failed_array_task_is_reported_by_aggregation(chain_run, tmp_path, slurm
 def test_failed_training_cancels_evaluation_and_aggregation_reports_it(slurm_cluster, tmp_path):
     """torchrun out of restarts fails the training job: the array never runs, aggregation names every gap."""
     (tmp_path / "empty").mkdir()
-    run_dir, ids = launch("--partition", slurm_cluster.partition, "--benchmarks", *BENCHMARKS, "--", *FEW_STEPS,
-                          f"output_root={tmp_path}", f"data.root={tmp_path / 'empty'}", "train.max_restarts=0",
-                          cwd=REPO)  # fmt: skip
-    (agg,) = wait_ended(ids["aggregate"], 240)
+    run_dir, ids, stdout = launch_and_wait("--partition", slurm_cluster.partition, "--benchmarks", *BENCHMARKS,
+                                           "--", *FEW_STEPS, f"output_root={tmp_path}",
+                                           f"data.root={tmp_path / 'empty'}", "train.max_restarts=0", cwd=REPO,
+                                           expect_exit=1)  # fmt: skip
+    assert f"aggregation job {ids['aggregate']} failed" in stdout and f"FAILED: {run_dir}/results.csv" in stdout
+    (agg,) = wait_ended(ids["aggregate"], 60)
     assert records(ids["train"])[0]["JobState"] == "FAILED"
     assert "torchrun exited with 1" in logs(run_dir, ids["train"])
     assert {t["JobState"] for t in records(ids["eval_array"])} == {"CANCELLED"}
@@ -302,3 +313,30 @@ def test_eval_sbatch_by_hand_after_a_compression_killed_by_sigkill(chain_run, tm
     with open(run_dir / "results.csv") as f:
         (row,) = list(csv.DictReader(f))
     assert 0.0 <= float(row["tinyface_rank1"]) <= 100.0
+
+
+# ---------------------------------------------------------------------------------- the ablation tool
+
+
+def test_ablation_tool_on_slurm_submits_every_run_and_writes_the_table(slurm_cluster, tmp_path):
+    """``tools/ablation.py --cluster slurm``: one ``launch.py --wait`` per run, all at once, then the table."""
+    out = tmp_path / "ablation.md"
+    command = [
+        sys.executable, str(REPO / "tools" / "ablation.py"), "--cluster", "slurm", "--settings", "baseline", "qgface",
+        "--seeds", "0", "--study-dir", str(tmp_path / "study"), "--out", str(out), "--epochs", "1", "--steps", "2",
+        "--batch-size", "8", "--identities", "20", "--images-per-identity", "4", "--eval-identities", "12",
+        "--queue-size", "64", "data.num_workers=0", "eval.num_workers=0", f"cluster.partition={slurm_cluster.partition}",
+    ]  # fmt: skip
+    done = subprocess.run(command, cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert done.stdout.count(": submitted (log ") == 2
+    for name in ("baseline-seed0", "qgface-seed0"):
+        log_text = (tmp_path / "study" / f"{name}.log").read_text()
+        assert "train job: " in log_text and "finished: " in log_text
+        (jobs_file,) = (tmp_path / "study").glob(f"{name}-*/slurm/jobs.json")
+        assert json.loads(jobs_file.read_text())["mode"] == "slurm"
+    rows = [line for line in out.read_text().splitlines() if line.startswith(("| Baseline | flip", "| D (QGFace) | LH"))]
+    assert len(rows) == 2
+    for row in rows:
+        cells = [cell.strip() for cell in row.strip("|").split("|")][4:]
+        assert len(cells) == 7 and all(0.0 <= float(cell) <= 100.0 for cell in cells)

@@ -14,12 +14,18 @@ from __future__ import annotations
 
 import argparse
 import csv
+import datetime
 import json
+import re
 import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from qgface.atomic import atomic_write_text
 
 REPO = Path(__file__).resolve().parents[1]
 SETTINGS = [
@@ -38,7 +44,16 @@ COLUMNS = [
     ("HQ Avg", "hq_avg"),
     ("All Avg", "all_avg"),
 ]
+TRAINING_COLUMNS = [
+    ("first L_cls", "first:train/loss_cls"),
+    ("last L_cls", "last:train/loss_cls"),
+    ("last L_con", "last:train/loss_con"),
+    ("CL active (mean)", "mean:train/contrast_active_fraction"),
+]
+"""what training did, from each run's TensorBoard scalars: is the contrastive term on, does L_cls fall"""
 BENCHMARKS = ["hq", "tinyface", "scface", "ijbb"]
+BEGIN = "<!-- written by tools/ablation.py from here -->"
+END = "<!-- to here; text outside these two lines is kept when the table is rewritten -->"
 
 
 def parse_args() -> argparse.Namespace:
@@ -100,17 +115,22 @@ def finished_run(name: str, args: argparse.Namespace) -> Path | None:
     return runs[-1] if runs else None
 
 
+def launch_command(config: str, seed: int, args: argparse.Namespace) -> list[str]:
+    """launch.py for one setting and seed; ``--wait`` makes a Slurm submission return only at its end."""
+    return [
+        sys.executable, str(REPO / "launch.py"), "--cluster", args.cluster, "--wait", "--name", f"{config}-seed{seed}",
+        "--benchmarks", *BENCHMARKS, "--", str(REPO / "configs" / f"{config}.yaml"), f"seed={seed}",
+        *budget_overrides(args),
+    ]  # fmt: skip
+
+
 def run_setting(config: str, seed: int, args: argparse.Namespace) -> dict[str, float]:
     """Run one setting and seed through launch.py (unless the study already has it); return its results row."""
     name = f"{config}-seed{seed}"
     if (done := finished_run(name, args)) is not None:
         print(f"{name}: reusing {done}", flush=True)
         return read_row(done)
-    command = [
-        sys.executable, str(REPO / "launch.py"), "--cluster", args.cluster, "--name", name,
-        "--benchmarks", *BENCHMARKS, "--", str(REPO / "configs" / f"{config}.yaml"),
-        f"seed={seed}", *budget_overrides(args),
-    ]
+    command = launch_command(config, seed, args)
     print(f"[{time.strftime('%H:%M:%S')}] {name}: {' '.join(command)}", flush=True)
     subprocess.run(command, check=True, cwd=REPO)
     if (done := finished_run(name, args)) is None:
@@ -118,10 +138,46 @@ def run_setting(config: str, seed: int, args: argparse.Namespace) -> dict[str, f
     return read_row(done)
 
 
+def submit_all(runs: list[tuple[int, str]], args: argparse.Namespace) -> None:
+    """On Slurm, every missing run at once: one ``launch.py --wait`` each, its output in <study>/<name>.log."""
+    pending = [(seed, config) for seed, config in runs if finished_run(f"{config}-seed{seed}", args) is None]
+    procs = []
+    for seed, config in pending:
+        log_path = args.study_dir / f"{config}-seed{seed}.log"
+        with log_path.open("w") as log:
+            procs.append((log_path, subprocess.Popen(launch_command(config, seed, args), cwd=REPO, stdout=log,
+                                                     stderr=subprocess.STDOUT)))  # fmt: skip
+        print(f"[{time.strftime('%H:%M:%S')}] {config}-seed{seed}: submitted (log {log_path})", flush=True)
+    failed = [str(log_path) for log_path, proc in procs if proc.wait() != 0]
+    if failed:
+        raise SystemExit(f"{len(failed)} of {len(procs)} runs failed; see {', '.join(failed)}. Started again, the "
+                         "study reuses the runs that finished and resubmits the others.")
+
+
 def read_row(results_csv: Path) -> dict[str, float]:
+    """The table's values of one run, and its wall time in minutes (run directory stamp -> results.csv)."""
     with results_csv.open() as f:
         row = list(csv.DictReader(f))[-1]
-    return {key: float(row[key]) for _, key in COLUMNS if row.get(key)}
+    values = {key: float(row[key]) for _, key in COLUMNS if row.get(key)}
+    values.update(training_summary(results_csv.parent / "tb"))
+    stamp = re.search(r"-(\d{8}-\d{6})", results_csv.parent.name)
+    if stamp:
+        started = datetime.datetime.strptime(stamp.group(1), "%Y%m%d-%H%M%S").timestamp()
+        values["minutes"] = (results_csv.stat().st_mtime - started) / 60
+    return values
+
+
+def training_summary(tb_dir: Path) -> dict[str, float]:
+    """First, last and mean of the logged training scalars that TRAINING_COLUMNS shows."""
+    accumulator = EventAccumulator(str(tb_dir), size_guidance={"scalars": 0}).Reload()
+    tags = set(accumulator.Tags()["scalars"])
+    summary = {}
+    for _, key in TRAINING_COLUMNS:
+        how, tag = key.split(":", 1)
+        if tag in tags:
+            values = [event.value for event in accumulator.Scalars(tag)]
+            summary[key] = {"first": values[0], "last": values[-1], "mean": statistics.mean(values)}[how]
+    return summary
 
 
 def mean_std(values: list[float]) -> str:
@@ -132,47 +188,80 @@ def mean_std(values: list[float]) -> str:
     return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}"
 
 
-def write_table(results: dict[str, list[dict[str, float]]], args: argparse.Namespace, minutes: float) -> None:
-    lines = [
-        "| Setting | Augmentation | QS | CL | " + " | ".join(title for title, _ in COLUMNS) + " |",
-        "|---" * (4 + len(COLUMNS)) + "|",
-    ]
-    for label, config, augmentation, qs, cl in SETTINGS:
-        if config not in results:
-            continue
-        cells = [mean_std([run[key] for run in results[config] if key in run]) for _, key in COLUMNS]
-        lines.append(f"| {label} | {augmentation} | {qs} | {cl} | " + " | ".join(cells) + " |")
-    command = "python tools/ablation.py " + " ".join(sys.argv[1:])
-    text = "\n".join([
-        "# Ablation on the synthetic mixed-quality benchmark",
+def write_table(results: dict[str, list[dict[str, float]]], args: argparse.Namespace) -> None:
+    """The study's part of the Markdown file: command, budget, the paper's table, the training table."""
+    generated = "\n".join([
+        *study_header(results, args),
         "",
-        f"Command: `{command}` ({minutes:.0f} minutes on this machine).",
+        *markdown_table(results, ["Setting", "Augmentation", "QS", "CL"], COLUMNS, with_flags=True),
         "",
-        f"Budget, identical for every setting: backbone `{args.backbone}`, {args.epochs} epochs x {args.steps} steps,"
-        f" batch {args.batch_size} source images, queue K = {args.queue_size} (C, D);"
-        f" synthetic training set {args.identities} identities x {args.images_per_identity} images,"
-        f" {args.eval_identities} identities per benchmark; seeds {', '.join(map(str, args.seeds))}.",
-        "Values are percentages, mean ± standard deviation over the seeds.",
+        ("Training, from each run's TensorBoard scalars (mean ± std over the same seeds): the classification loss"
+         " at the first and last logged step, the contrastive loss at the last one, and the fraction of pairs"
+         " whose contrastive term has a gradient (`train/contrast_active_fraction`), averaged over the logged"
+         " steps."),
         "",
-        *lines,
-        "",
-    ])
+        *markdown_table(results, ["Setting"], TRAINING_COLUMNS, with_flags=False),
+    ])  # fmt: skip
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(text)
-    print(text)
+    atomic_write_text(args.out, with_generated_part(args.out, generated))
+    print(generated, flush=True)
+
+
+def study_header(results: dict[str, list[dict[str, float]]], args: argparse.Namespace) -> list[str]:
+    command = "python tools/ablation.py " + " ".join(sys.argv[1:])
+    minutes = [run["minutes"] for runs in results.values() for run in runs if "minutes" in run]
+    timing = (f" Each run took {statistics.mean(minutes):.1f} minutes on average ({sum(minutes):.0f} minutes for"
+              f" the {len(minutes)} runs) on the machine that ran it." if minutes else "")  # fmt: skip
+    if {len(runs) for runs in results.values()} == {len(args.seeds)} and len(results) == len(args.settings):
+        over = f"the {len(args.seeds)} seeds" if len(args.seeds) > 1 else "one seed (no deviation)"
+    else:
+        done = ", ".join(f"{label} {len(results.get(config, []))}" for label, config, *_ in SETTINGS
+                         if config in args.settings)  # fmt: skip
+        over = f"the seeds that finished (**partial study**, runs per setting: {done})"
+    return [
+        f"Command: `{command}`.{timing}",
+        "",
+        (f"Budget, identical for every setting: backbone `{args.backbone}`, {args.epochs} epochs x {args.steps}"
+         f" steps, batch {args.batch_size} source images, queue K = {args.queue_size} (C, D);"
+         f" synthetic training set {args.identities} identities x {args.images_per_identity} images,"
+         f" {args.eval_identities} identities per benchmark; seeds {', '.join(map(str, args.seeds))}."),
+        f"Values are percentages, mean ± standard deviation over {over}.",
+    ]  # fmt: skip
+
+
+def markdown_table(results: dict[str, list[dict[str, float]]], first: list[str],
+                   columns: list[tuple[str, str]], *, with_flags: bool) -> list[str]:  # fmt: skip
+    """One row per setting that ran: its label (and views/QS/CL flags), then mean ± std of each column."""
+    header = "| " + " | ".join(first + [title for title, _ in columns]) + " |"
+    lines = [header, "|---" * (len(first) + len(columns)) + "|"]
+    for label, config, *flags in SETTINGS:
+        if config in results:
+            cells = [mean_std([run[key] for run in results[config] if key in run]) for _, key in columns]
+            lines.append("| " + " | ".join([label, *(flags if with_flags else []), *cells]) + " |")
+    return lines
+
+
+def with_generated_part(out: Path, generated: str) -> str:
+    """The Markdown file with its generated part replaced; what was written by hand around it is kept."""
+    part = f"{BEGIN}\n{generated}\n{END}"
+    if out.exists() and BEGIN in (old := out.read_text()) and END in old:
+        before, rest = old.split(BEGIN, 1)
+        return before + part + rest.split(END, 1)[1]
+    return f"# Ablation on the synthetic mixed-quality benchmark\n\n{part}\n"
 
 
 def main() -> None:
     args = parse_args()
-    started = time.time()
     check_study_budget(args)
-    results: dict[str, list[dict[str, float]]] = {}
     # seeds outside, settings inside: an interrupted study has compared every setting on its first seeds;
     # started again with the same command it reuses the finished runs and continues
-    for seed in args.seeds:
-        for config in args.settings:
-            results.setdefault(config, []).append(run_setting(config, seed, args))
-            write_table(results, args, (time.time() - started) / 60)  # after every run: a partial study is kept
+    runs = [(seed, config) for seed in args.seeds for config in args.settings]
+    if args.cluster == "slurm":
+        submit_all(runs, args)
+    results: dict[str, list[dict[str, float]]] = {}
+    for seed, config in runs:
+        results.setdefault(config, []).append(run_setting(config, seed, args))
+        write_table(results, args)  # after every run: a partial study is kept
 
 
 if __name__ == "__main__":

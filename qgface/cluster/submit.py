@@ -240,13 +240,13 @@ def _run_local(run: Run, what: str, report: Report, fn: Callable[..., Any], *arg
         job.cancel(check=False)
         raise
     except Exception as err:  # submitit re-raises the job's error (FailedJobError, UncompletedJobError)
-        report(f"{what} failed: {_error_summary(err)} (log: {job.paths.stderr})")
+        report(f"{what} failed: {error_summary(err)} (log: {job.paths.stderr})")
         return False
     report(f"{what} done")
     return True
 
 
-def _error_summary(err: Exception) -> str:
+def error_summary(err: Exception) -> str:
     """The exception line of a job's remote traceback (submitit wraps it in a long message)."""
     lines = [line.strip() for line in str(err).splitlines() if line.strip()]
     raised = [line for line in lines if "Error: " in line or "Exception: " in line]
