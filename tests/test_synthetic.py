@@ -12,11 +12,11 @@ import pytest
 import scipy.io
 
 from qgface.config import from_dict
-from qgface.data import synthetic_faces as sf
 from qgface.data.binfile import load_bin
 from qgface.data.images import decode_bgr
 from qgface.data.recordio import RecordIOReader, read_insightface_header, unpack
-from qgface.data.synthetic import HQ_SETS, ensure_synthetic, generate, synthetic_name
+from qgface.data.synthetic import HQ_SETS, camera, ensure_synthetic, generate, synthetic_name
+from qgface.data.synthetic.faces import TEMPLATE, make_identity
 
 SMALL = dict(identities=4, images_per_identity=3, eval_identities=5, hq_pairs=6, tinyface_probes=2,
              tinyface_gallery=1, tinyface_distractors=4, scface_subjects=3, ijb_templates=2, ijb_media=2, ijb_frames=2)
@@ -161,29 +161,29 @@ def test_ijb_meta_files(small_set):
 
 def test_landmarks_align_a_placed_face_back_to_the_clean_render():
     """Aligning a face placed at a random similarity with its reported 5 points gives the aligned render."""
-    idn, other = sf.make_identity(0, 7), sf.make_identity(0, 8)
-    var = dataclasses.replace(sf.sample_variation(np.random.default_rng(3)), align_noise=0.0,
+    idn, other = make_identity(0, 7), make_identity(0, 8)
+    var = dataclasses.replace(camera.sample_variation(np.random.default_rng(3)), align_noise=0.0,
                               yaw=math.radians(12), roll=math.radians(20), noise=0.5)
     angle, scale = var.roll, 1.6
     rot = scale * np.array([[math.cos(angle), -math.sin(angle)], [math.sin(angle), math.cos(angle)]])
     frame = np.concatenate([rot, (np.array([110.0, 120.0]) - rot @ [55.5, 55.5])[:, None]], 1)
-    crop, marks = sf.render(idn, var, frame, (220, 240))
+    crop, marks = camera.render(idn, var, frame, (220, 240))
     # a least-squares similarity on all five points (a huge RANSAC threshold keeps every point an inlier)
-    matrix, _ = cv2.estimateAffinePartial2D(marks.astype(np.float32), sf.TEMPLATE.astype(np.float32),
+    matrix, _ = cv2.estimateAffinePartial2D(marks.astype(np.float32), TEMPLATE.astype(np.float32),
                                             ransacReprojThreshold=1000)
     aligned = cv2.warpAffine(crop, matrix, (112, 112), flags=cv2.INTER_LINEAR).astype(np.float32)
-    clean = sf.render_aligned(idn, var).astype(np.float32)
-    wrong = sf.render_aligned(other, var).astype(np.float32)
+    clean = camera.render_aligned(idn, var).astype(np.float32)
+    wrong = camera.render_aligned(other, var).astype(np.float32)
     inner = (slice(30, 100), slice(25, 87))
     same, different = np.abs(aligned - clean)[inner].mean(), np.abs(aligned - wrong)[inner].mean()
     assert same < 4 and same < different / 5, (same, different)
 
 
 def test_degrade_reduces_detail_more_at_lower_resolution():
-    img = sf.render_aligned(sf.make_identity(0, 1), sf.sample_variation(np.random.default_rng(0)))
-    details = [np.mean([_detail(sf.degrade(img, px, np.random.default_rng(k))) for k in range(4)]) for px in (12, 24, 48)]
+    img = camera.render_aligned(make_identity(0, 1), camera.sample_variation(np.random.default_rng(0)))
+    details = [np.mean([_detail(camera.degrade(img, px, np.random.default_rng(k))) for k in range(4)]) for px in (12, 24, 48)]
     assert details[0] < details[1] < details[2] < _detail(img)
-    small = sf.degrade(img, 16, np.random.default_rng(0), upscale=False)
+    small = camera.degrade(img, 16, np.random.default_rng(0), upscale=False)
     assert small.shape == (16, 16, 3)
 
 

@@ -1,0 +1,86 @@
+"""Writers of the benchmark layouts (contracts.md): TinyFace, SCface and IJB-B/C from rendered shots.
+
+Each takes the dataset folder and the rendered results by shot key, writes the files the real
+benchmark ships (images, ``.mat`` protocol files, IJB meta text files) and returns counts for
+``synthetic.json``.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from qgface.atomic import atomic_write_bytes, atomic_write_text
+from qgface.data.synthetic.shots import STREAM
+
+
+def _write_mat(path: Path, names: list[str], ids: list[int], names_key: str, ids_key: str) -> None:
+    """MATLAB v5 file: ``names_key`` a cell column of file names, ``ids_key`` an int column."""
+    import scipy.io
+
+    cells = np.empty((len(names), 1), dtype=object)
+    cells[:, 0] = names
+    buf = io.BytesIO()
+    scipy.io.savemat(buf, {names_key: cells, ids_key: np.asarray(ids, np.int32).reshape(-1, 1)})
+    data = bytearray(buf.getvalue())
+    data[:116] = b"MATLAB 5.0 MAT-file, written by qgface (synthetic)".ljust(116)  # no timestamp: reproducible
+    atomic_write_bytes(path, bytes(data))
+
+
+def write_tinyface(out: Path, results: dict[tuple, Any]) -> dict[str, int]:
+    root, aligned = out / "tinyface" / "Testing_Set", out / "aligned_pad_0.1_pad_high"
+    listed: dict[str, list[str]] = {"Probe": [], "Gallery_Match": [], "Gallery_Distractor": []}
+    for key, value in results.items():
+        if key[0] in listed:
+            listed[key[0]].append(key[1])
+            for folder, data in zip((root, aligned), value):
+                (folder / key[0]).mkdir(parents=True, exist_ok=True)
+                (folder / key[0] / key[1]).write_bytes(data)
+    protocol_files = (("Probe", "probe_img_ID_pairs.mat", "probe_set", "probe_ids"),
+                      ("Gallery_Match", "gallery_match_img_ID_pairs.mat", "gallery_set", "gallery_ids"))
+    for folder, mat, names_key, ids_key in protocol_files:
+        names = listed[folder]
+        _write_mat(root / mat, names, [int(n.split("_")[0]) for n in names], names_key, ids_key)
+    return {f"tinyface_{k.lower()}": len(v) for k, v in listed.items()}
+
+
+def write_scface(out: Path, results: dict[tuple, Any]) -> dict[str, int]:
+    folder = out / "scface" / "aligned"
+    folder.mkdir(parents=True, exist_ok=True)
+    names = sorted(k[1] for k in results if k[0] == "scface")
+    for name in names:
+        (folder / name).write_bytes(results[("scface", name)])
+    protocol = [n for n in names if "frontal" in n or int(n.split("_cam")[1][0]) <= 5]  # IR cameras 6-8 excluded
+    atomic_write_text(out / "scface" / "all.txt", "".join(f"{n}\n" for n in protocol))
+    return {"scface_images": len(names), "scface_protocol_images": len(protocol)}
+
+
+def write_ijb(out: Path, which: str, faces: list[tuple[str, int, int, int]], results: dict[tuple, Any],
+               max_pairs: int, seed: int) -> dict[str, int]:
+    prefix, root = which.lower(), out / which
+    (root / "loose_crop").mkdir(parents=True, exist_ok=True)
+    (root / "meta").mkdir(parents=True, exist_ok=True)
+    tid_mid, pts = [], []
+    for name, template, media, _ in faces:
+        data, marks, score = results[(which, name)]
+        (root / "loose_crop" / name).write_bytes(data)
+        tid_mid.append(f"{name} {template} {media}\n")
+        pts.append(" ".join([name, *(f"{v:.2f}" for v in marks.ravel()), f"{score:.4f}"]) + "\n")
+    owner = {template: number for _, template, _, number in faces}
+    templates = sorted(owner)
+    pairs = [(a, b) for i, a in enumerate(templates) for b in templates[i + 1:]]
+    genuine = [pr for pr in pairs if owner[pr[0]] == owner[pr[1]]]
+    impostor = [pr for pr in pairs if owner[pr[0]] != owner[pr[1]]]
+    if len(pairs) > max_pairs:
+        rng = np.random.default_rng([seed, STREAM[which], 1])
+        keep = rng.choice(len(impostor), max(0, max_pairs - len(genuine)), replace=False)
+        impostor = [impostor[i] for i in sorted(keep)]
+    lines = sorted([(a, b, 1) for a, b in genuine] + [(a, b, 0) for a, b in impostor])
+    atomic_write_text(root / "meta" / f"{prefix}_face_tid_mid.txt", "".join(tid_mid))
+    atomic_write_text(root / "meta" / f"{prefix}_name_5pts_score.txt", "".join(pts))
+    atomic_write_text(root / "meta" / f"{prefix}_template_pair_label.txt", "".join(f"{a} {b} {c}\n" for a, b, c in lines))
+    return {f"{prefix}_images": len(faces), f"{prefix}_templates": len(templates),
+            f"{prefix}_genuine_pairs": len(genuine), f"{prefix}_impostor_pairs": len(impostor)}
