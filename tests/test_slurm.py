@@ -274,6 +274,22 @@ def test_killed_worker_is_restarted_by_torchrun(resume_runs):
     assert same_weights(final, checkpoint(runs["reference"][0]))
 
 
+def test_two_node_training_preempted_requeues_on_two_nodes_and_resumes_exactly(chain_run, slurm_cluster, tmp_path):
+    """The chain's 2-node training again, preempted after step 2: requeued, and the chain's final weights."""
+    trained, _ = chain_run
+    run_dir, ids = launch("--nodes", "2", "--partition", slurm_cluster.partition, "--no-eval", "--", *FEW_STEPS,
+                          f"output_root={tmp_path}", cwd=REPO)  # fmt: skip
+    wait_step(run_dir, 2)
+    submitit.SlurmJob(folder=run_dir / "slurm", job_id=ids["train"])._interrupt()  # USR2 to the tasks of both nodes
+    (ended,) = wait_ended(ids["train"], 420)
+    assert ended["JobState"] == "COMPLETED" and ended["Restarts"] == "1"
+    assert hostnames(ended["NodeList"]) == {"node1", "node2"}
+    assert "resumed from" in logs(run_dir, ids["train"])
+    final = checkpoint(run_dir)
+    assert final["finished"] and final["step"] == 6 and len(final["rng"]) == 2
+    assert same_weights(final, checkpoint(trained)), "2-node resume must end with the undisturbed 2-node weights"
+
+
 # ------------------------------------------------------------------------------ slurm/eval.sbatch by hand
 
 
