@@ -290,7 +290,29 @@ def test_two_node_training_preempted_requeues_on_two_nodes_and_resumes_exactly(c
     assert same_weights(final, checkpoint(trained)), "2-node resume must end with the undisturbed 2-node weights"
 
 
-# ------------------------------------------------------------------------------ slurm/eval.sbatch by hand
+# ------------------------------------------------------------------------------ slurm/*.sbatch by hand
+
+
+def test_train_sbatch_by_hand_on_two_nodes_preempted_resumes_exactly(chain_run, slurm_cluster, tmp_path):
+    """slurm/train.sbatch without submitit: the chain's 2-node training; USR2 to the batch script after
+    step 2 -> the trap stops the workers, requeues, the job resumes and ends with the chain's weights."""
+    trained, _ = chain_run
+    job_id = subprocess.run(
+        ["sbatch", "--parsable", "--nodes=2", f"--partition={slurm_cluster.partition}",
+         f"--output={tmp_path}/train-%j.out", "slurm/train.sbatch", "configs/tiny.yaml", *FEW_STEPS,
+         f"output_root={tmp_path}", "name=byhand"],
+        cwd=REPO, env=ENV, capture_output=True, text=True, check=True).stdout.strip()  # fmt: skip
+    run_dir = tmp_path / "byhand"
+    wait_step(run_dir, 2)
+    subprocess.run(["scancel", "--batch", "--signal=USR2", job_id], check=True)
+    (ended,) = wait_ended(job_id, 420)
+    assert ended["JobState"] == "COMPLETED" and ended["Restarts"] == "1"
+    assert hostnames(ended["NodeList"]) == {"node1", "node2"}
+    out = (tmp_path / f"train-{job_id}.out").read_text()
+    assert "got USR2, stopping the workers and requeueing" in out and "restart 1:" in out
+    final = checkpoint(run_dir)
+    assert final["finished"] and final["step"] == 6 and len(final["rng"]) == 2
+    assert same_weights(final, checkpoint(trained)), "train.sbatch must train exactly as launch.py does"
 
 
 def test_eval_sbatch_by_hand_after_a_compression_killed_by_sigkill(chain_run, tmp_path):
