@@ -49,8 +49,10 @@ TRAINING_COLUMNS = [
     ("last L_cls", "last:train/loss_cls"),
     ("last L_con", "last:train/loss_con"),
     ("CL active (mean)", "mean:train/contrast_active_fraction"),
+    ("pos - hardest neg (mean)", "mean:train/dynamic_margin"),
 ]
 """what training did, from each run's TensorBoard scalars: is the contrastive term on, does L_cls fall"""
+CONTRAST_TAGS = {"train/loss_con", "train/contrast_active_fraction", "train/dynamic_margin"}
 BENCHMARKS = ["hq", "tinyface", "scface", "ijbb"]
 BEGIN = "<!-- written by tools/ablation.py from here -->"
 END = "<!-- to here; text outside these two lines is kept when the table is rewritten -->"
@@ -168,9 +170,13 @@ def read_row(results_csv: Path) -> dict[str, float]:
 
 
 def training_summary(tb_dir: Path) -> dict[str, float]:
-    """First, last and mean of the logged training scalars that TRAINING_COLUMNS shows."""
+    """First, last and mean of the logged training scalars that TRAINING_COLUMNS shows; the contrastive
+    ones only for a run whose contrastive term was on (n/a in the table, not a misleading 0)."""
     accumulator = EventAccumulator(str(tb_dir), size_guidance={"scalars": 0}).Reload()
     tags = set(accumulator.Tags()["scalars"])
+    weights = [e.value for e in accumulator.Scalars("train/contrast_weight")] if "train/contrast_weight" in tags else []
+    if not any(weights):
+        tags -= CONTRAST_TAGS
     summary = {}
     for _, key in TRAINING_COLUMNS:
         how, tag = key.split(":", 1)
@@ -196,9 +202,11 @@ def write_table(results: dict[str, list[dict[str, float]]], args: argparse.Names
         *markdown_table(results, ["Setting", "Augmentation", "QS", "CL"], COLUMNS, with_flags=True),
         "",
         ("Training, from each run's TensorBoard scalars (mean ± std over the same seeds): the classification loss"
-         " at the first and last logged step, the contrastive loss at the last one, and the fraction of pairs"
-         " whose contrastive term has a gradient (`train/contrast_active_fraction`), averaged over the logged"
-         " steps."),
+         " at the first and last logged step, the contrastive loss at the last one, the fraction of pairs"
+         " whose contrastive term has a gradient (`train/contrast_active_fraction`) averaged over the logged"
+         " steps, and the moving average of the positive cosine minus the hardest negative cosine of the"
+         " contrastive rows (`train/dynamic_margin`; below 0: the partner view is farther than some other"
+         " identity), averaged over the logged steps too."),
         "",
         *markdown_table(results, ["Setting"], TRAINING_COLUMNS, with_flags=False),
     ])  # fmt: skip
