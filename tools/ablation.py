@@ -170,18 +170,19 @@ def read_row(results_csv: Path) -> dict[str, float]:
 
 
 def training_summary(tb_dir: Path) -> dict[str, float]:
-    """First, last and mean of the logged training scalars that TRAINING_COLUMNS shows; the contrastive
-    ones only for a run whose contrastive term was on (n/a in the table, not a misleading 0)."""
+    """First, last and mean of the logged training scalars that TRAINING_COLUMNS shows. The contrastive
+    ones count only the logged steps where the term was on (``later_joint`` keeps it off at first), and
+    are left out (n/a in the table, not a misleading 0) for a run that never had it."""
     accumulator = EventAccumulator(str(tb_dir), size_guidance={"scalars": 0}).Reload()
     tags = set(accumulator.Tags()["scalars"])
-    weights = [e.value for e in accumulator.Scalars("train/contrast_weight")] if "train/contrast_weight" in tags else []
-    if not any(weights):
-        tags -= CONTRAST_TAGS
+    weight = {e.step: e.value for e in accumulator.Scalars("train/contrast_weight")} if "train/contrast_weight" in tags else {}
     summary = {}
     for _, key in TRAINING_COLUMNS:
         how, tag = key.split(":", 1)
-        if tag in tags:
-            values = [event.value for event in accumulator.Scalars(tag)]
+        if tag not in tags:
+            continue
+        values = [e.value for e in accumulator.Scalars(tag) if tag not in CONTRAST_TAGS or weight.get(e.step, 0) > 0]
+        if values:
             summary[key] = {"first": values[0], "last": values[-1], "mean": statistics.mean(values)}[how]
     return summary
 
