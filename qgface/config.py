@@ -60,6 +60,8 @@ class DataConfig:
     """lh: probability of a random rotation up to 45 degrees of the L view"""
     adaface_p: float = 0.2
     """adaface: probability of each of crop, low-resolution rescale and colour jitter"""
+    adaface_crop: bool = True
+    """adaface: include the zero-padded crop step; false only to study its effect (docs/ablation.md)"""
 
     def __post_init__(self) -> None:
         _check_choice("data.views", self.views, ("lh", "adaface", "flip"))

@@ -131,6 +131,15 @@ def test_adaface_view_with_p_zero_is_flip_only_and_with_p_one_changes_the_image(
         assert not (np.array_equal(out, img) or np.array_equal(out, img[:, ::-1]))
 
 
+def test_adaface_view_without_its_crop_never_blacks_out_part_of_the_face():
+    white = np.full((112, 112, 3), 255, np.uint8)  # rescale and colour jitter (>= 0.5) keep white above 127
+    cropped = [V.adaface_view(white, np.random.default_rng(s), 1.0).min() for s in range(20)]
+    uncropped = [V.adaface_view(white, np.random.default_rng(s), 1.0, crop=False).min() for s in range(20)]
+    assert sum(m < 100 for m in cropped) >= 18 and min(uncropped) > 100
+    cfg = lh_cfg(adaface_p=1.0, adaface_crop=False)
+    assert all(v.min() > 100 for v in V.make_views(white, np.random.default_rng(0), "adaface", cfg))
+
+
 def test_resized_crop_box_follows_torchvision_sampling():
     rng = np.random.default_rng(0)
     for _ in range(300):

@@ -8,6 +8,7 @@ percentile), and the share of pairs for which an image of another identity among
 a view than its partner view is, which is what the contrastive loss's hardest negative measures.
 
     python tools/view_similarity.py logs/ablation/baseline-seed0-<stamp>/checkpoints/last.pt --images 512
+    python tools/view_similarity.py <same checkpoint> --images 512 data.adaface_crop=false   # without the crop
 """
 
 from __future__ import annotations
@@ -32,11 +33,12 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--images", type=int, default=512, help="training images to sample (evenly spaced)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the views (as the trainer's seed)")
     parser.add_argument("--batch-size", type=int, default=128)
-    return parser.parse_args()
+    parser.add_argument("overrides", nargs="*", help="key=value changes to the run's config, e.g. data.adaface_crop=false")
+    return parser.parse_intermixed_args()
 
 
-def training_set(run_dir: Path):
-    cfg = load_config(run_dir / "config.yaml")
+def training_set(run_dir: Path, overrides: list[str]):
+    cfg = load_config(run_dir / "config.yaml", overrides)
     if cfg.data.root:
         return open_train_dataset(cfg.data.root), cfg
     from qgface.data.synthetic import ensure_synthetic  # the run's synthetic set, generated if missing
@@ -72,7 +74,7 @@ def pair_statistics(emb: torch.Tensor, labels: torch.Tensor) -> dict[str, float]
 def main() -> None:
     args = parse_args()
     run_dir = args.checkpoint.resolve().parents[1]
-    base, cfg = training_set(run_dir)
+    base, cfg = training_set(run_dir, args.overrides)
     model = load_backbone(args.checkpoint, cfg.model.backbone)
     indices = np.linspace(0, len(base) - 1, min(args.images, len(base))).round().astype(int).tolist()
     print(f"{args.checkpoint}: {len(indices)} training images of {run_dir.name}")

@@ -191,14 +191,15 @@ def l_view(img: np.ndarray, rng: np.random.Generator, data_cfg: Any) -> np.ndarr
     return hflip(out, rng)
 
 
-def adaface_view(img: np.ndarray, rng: np.random.Generator, p: float) -> np.ndarray:
+def adaface_view(img: np.ndarray, rng: np.random.Generator, p: float, crop: bool = True) -> np.ndarray:
     """AdaFace's augmentation (ablation A-C, METHOD.md §2), then a random flip.
 
     Each with probability ``p``, in this order: zero-padded crop (:func:`zero_pad_crop`, scale
-    (0.2, 1)), low-resolution rescale ``U(0.2, 1)`` without JPEG, colour jitter 0.5.
+    (0.2, 1)), low-resolution rescale ``U(0.2, 1)`` without JPEG, colour jitter 0.5. ``crop=False``
+    leaves the crop out (``data.adaface_crop``, to study its effect).
     """
     out = img
-    if _happens(rng, p):
+    if crop and _happens(rng, p):
         out = zero_pad_crop(out, rng)
     if _happens(rng, p):
         out = random_rescale(out, rng, ADAFACE_LOWRES_RANGE)
@@ -220,4 +221,5 @@ def make_views(img: np.ndarray, rng: np.random.Generator, views: str, data_cfg: 
         return [hflip(img, rng)]
     if views == "lh":
         return [h_view(img, rng), l_view(img, rng, data_cfg)]
-    return [adaface_view(img, rng, data_cfg.adaface_p), adaface_view(img, rng, data_cfg.adaface_p)]
+    p, crop = data_cfg.adaface_p, data_cfg.adaface_crop
+    return [adaface_view(img, rng, p, crop), adaface_view(img, rng, p, crop)]
