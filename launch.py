@@ -113,12 +113,11 @@ def main(argv: list[str] | None = None) -> int:
         if not ns.wait:
             return 0
         ok = wait_for_chain(chain, report=report)
-        print(f"{'finished' if ok else 'FAILED'}: {run.run_dir}" + ("" if ns.no_eval else "/results.csv"))
-        return 0 if ok else 1
-    print(f"watch it with: {tensorboard}", flush=True)
-    code = run_local_chain(run, evaluate=not ns.no_eval, report=report)
-    print(f"{'finished' if code == 0 else 'FAILED'}: {run.run_dir}" + ("" if ns.no_eval else "/results.csv"))
-    return code
+    else:
+        print(f"watch it with: {tensorboard}", flush=True)
+        ok = run_local_chain(run, evaluate=not ns.no_eval, report=report) == 0
+    print(f"{'finished' if ok else 'FAILED'}: {run.run_dir}" + ("" if ns.no_eval else "/results.csv"))
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ import torch
 from qgface.config import load_config
 from qgface.data.datasets import TwoViewDataset, open_train_dataset
 from qgface.models.io import load_backbone
+from qgface.train.engine import train_data_root
 
 RECIPES = ("lh", "adaface")
 
@@ -35,15 +36,6 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("overrides", nargs="*", help="key=value changes to the run's config, e.g. data.adaface_crop=false")
     return parser.parse_intermixed_args()
-
-
-def training_set(run_dir: Path, overrides: list[str]):
-    cfg = load_config(run_dir / "config.yaml", overrides)
-    if cfg.data.root:
-        return open_train_dataset(cfg.data.root), cfg
-    from qgface.data.synthetic import ensure_synthetic  # the run's synthetic set, generated if missing
-
-    return open_train_dataset(ensure_synthetic(cfg)), cfg
 
 
 @torch.no_grad()
@@ -74,7 +66,8 @@ def pair_statistics(emb: torch.Tensor, labels: torch.Tensor) -> dict[str, float]
 def main() -> None:
     args = parse_args()
     run_dir = args.checkpoint.resolve().parents[1]
-    base, cfg = training_set(run_dir, args.overrides)
+    cfg = load_config(run_dir / "config.yaml", args.overrides)
+    base = open_train_dataset(train_data_root(cfg))
     model = load_backbone(args.checkpoint, cfg.model.backbone)
     indices = np.linspace(0, len(base) - 1, min(args.images, len(base))).round().astype(int).tolist()
     print(f"{args.checkpoint}: {len(indices)} training images of {run_dir.name}")

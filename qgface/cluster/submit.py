@@ -235,18 +235,24 @@ def _run_local(run: Run, what: str, report: Report, fn: Callable[..., Any], *arg
     job = _executor(run, "local", what.split()[0], nodes=1, gpus=gpus, time_min=time_min).submit(fn, *args)
     report(f"{what} job: {job.job_id} (local; log {job.paths.stdout})")
     try:
-        job.result()
+        return report_outcome(job, what, report)
     except KeyboardInterrupt:
         job.cancel(check=False)
         raise
+
+
+def report_outcome(job: submitit.Job, what: str, report: Report) -> bool:
+    """Wait for the job's result and report ``<what> done`` or ``<what> failed: <its error>``; True when done."""
+    try:
+        job.result()
     except Exception as err:  # submitit re-raises the job's error (FailedJobError, UncompletedJobError)
-        report(f"{what} failed: {error_summary(err)} (log: {job.paths.stderr})")
+        report(f"{what} failed: {_error_summary(err)} (log: {job.paths.stderr})")
         return False
     report(f"{what} done")
     return True
 
 
-def error_summary(err: Exception) -> str:
+def _error_summary(err: Exception) -> str:
     """The exception line of a job's remote traceback (submitit wraps it in a long message)."""
     lines = [line.strip() for line in str(err).splitlines() if line.strip()]
     raised = [line for line in lines if "Error: " in line or "Exception: " in line]

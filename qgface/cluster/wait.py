@@ -15,7 +15,7 @@ import time
 import submitit
 
 from qgface.cluster import slurm_env
-from qgface.cluster.submit import Chain, Report, error_summary
+from qgface.cluster.submit import Chain, Report, report_outcome
 
 log = logging.getLogger(__name__)
 
@@ -45,14 +45,8 @@ def _in_queue(job_id: str) -> bool:
 
 def _succeeded(job: submitit.Job, what: str, report: Report) -> bool:
     # submitit writes the result pickle when the callable returns or raises; a job killed by Slurm
-    # (cancelled, out of time, node failure) leaves none
+    # (cancelled, out of time, node failure) leaves none, and waiting for its result would never end
     if not job.paths.result_pickle.exists():
         report(f"{what} job {job.job_id} ended without a result (cancelled or killed); see {job.paths.stderr}")
         return False
-    try:
-        job.result()
-    except Exception as err:  # submitit re-raises the job's own error as FailedJobError
-        report(f"{what} job {job.job_id} failed: {error_summary(err)} (log: {job.paths.stderr})")
-        return False
-    report(f"{what} job {job.job_id} done")
-    return True
+    return report_outcome(job, f"{what} job {job.job_id}", report)

@@ -77,8 +77,10 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def _synthetic_root(cfg: Config) -> str:
-    """The synthetic training set (generated once, under a file lock) when data.root is empty."""
+def train_data_root(cfg: Config) -> str:
+    """``data.root``, or the synthetic training set (generated once, under a file lock) when it is empty."""
+    if cfg.data.root:
+        return cfg.data.root
     from qgface.data.synthetic import ensure_synthetic
 
     return str(ensure_synthetic(cfg))
@@ -99,7 +101,7 @@ class Trainer:
         self.run_dir = cfg.resolved_run_dir()
 
         # ---- data (METHOD.md §2)
-        root = cfg.data.root or _synthetic_root(cfg)
+        root = train_data_root(cfg)
         self.loader, self.sampler, dataset = build_train_loader(cfg, root, self.dist.rank, self.dist.world_size)
         self.num_views = dataset.num_views
         batch = cfg.data.batch_size
