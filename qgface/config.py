@@ -93,9 +93,15 @@ class HeadConfig:
     """QS threshold tau_q on the classification logits; 0 disables the quality scaler"""
     quality_scale_warmup: bool = False
     """ramp tau_q linearly from 0 over the first contrast.joint_point epochs"""
+    chunk_elems: int = 0
+    """logits the head holds at once (rows per chunk = chunk_elems // classes); 0 = 16M on CPU, 256M on GPU"""
+    tf32: bool = False
+    """let the head's fp32 matmuls use TF32 on an Ampere+ GPU (faster; ~1e-3 relative error in the cosines)"""
 
     def __post_init__(self) -> None:
         _check_choice("head.kind", self.kind, ("adaface", "arcface", "cosface"))
+        if self.chunk_elems < 0:
+            raise ConfigError(f"head.chunk_elems must be >= 0 (0 = the device's default); got {self.chunk_elems!r}")
 
 
 @dataclass
@@ -169,8 +175,8 @@ class OptimConfig:
 
 @dataclass
 class TrainConfig:
-    precision: str = "bf16"
-    """autocast dtype of the backbone on GPU: bf16, fp16 or fp32 (CPU always runs fp32)"""
+    precision: str = "auto"
+    """autocast dtype of the backbone on GPU: auto (bf16 from compute capability 8, else fp16 with loss scaling), bf16, fp16 or fp32 (CPU always runs fp32)"""
     max_steps: int = 0
     """stop after this many optimiser steps in total; 0 = run all epochs"""
     steps_per_epoch: int = 0
@@ -187,7 +193,7 @@ class TrainConfig:
     """use deterministic algorithms (slower on GPU; exact-resume tests on CPU do not need it)"""
 
     def __post_init__(self) -> None:
-        _check_choice("train.precision", self.precision, ("bf16", "fp16", "fp32"))
+        _check_choice("train.precision", self.precision, ("auto", "bf16", "fp16", "fp32"))
         _check_choice_or_path("train.resume", self.resume, ("auto", "none"))
 
 

@@ -31,13 +31,11 @@ from qgface.models import CheckpointError, build_backbone
 from qgface.train import checkpoint as ckpt
 from qgface.train import dist
 from qgface.train.monitor import build_monitor, norm_similarity_heatmap, pair_grid, progress
+from qgface.train.precision import build_autocast, build_scaler, resolve_precision
 from qgface.train.schedule import contrast_weight_at, quality_scale_at, queue_size_at
 from qgface.train.signals import REQUEUE_EXIT_CODE, StopFlag
 
 log = logging.getLogger(__name__)
-
-_AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
-
 
 class NonFiniteLossError(FloatingPointError):
     """The loss became NaN/Inf; raised before the optimiser step, so last.pt is the last good state."""
@@ -117,7 +115,7 @@ class Trainer:
         # ---- model and losses (METHOD.md §1, §3, §4)
         h = cfg.head
         head = MarginHead(h.kind, dataset.num_classes, m=h.m, h=h.h, s=h.s, t_alpha=h.t_alpha,
-                          quality_scale=h.quality_scale)
+                          quality_scale=h.quality_scale, chunk_elems=h.chunk_elems, tf32=h.tf32)
         self.model = FaceModel(build_backbone(cfg.model.backbone), head).to(self.device)
         self.ddp = self.model if self.dist.world_size == 1 else DistributedDataParallel(
             self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
@@ -128,10 +126,9 @@ class Trainer:
         o = cfg.optim
         self.optimizer = torch.optim.SGD(param_groups(self.model, o.weight_decay), lr=o.lr, momentum=o.momentum)
         self.scheduler = torch.optim.lr_scheduler.MultiStepLR(self.optimizer, milestones=o.milestones, gamma=o.gamma)
-        on_gpu = self.device.type == "cuda"
-        self.autocast = torch.autocast(self.device.type, dtype=_AUTOCAST_DTYPES[cfg.train.precision],
-                                       enabled=on_gpu and cfg.train.precision != "fp32")
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=on_gpu and cfg.train.precision == "fp16")
+        self.precision = resolve_precision(cfg.train.precision, self.device)
+        self.autocast = build_autocast(self.precision, self.device)
+        self.scaler = build_scaler(self.precision, self.device)
 
         # ---- counters, resume, monitoring
         self.epoch, self.step, self.batch_in_epoch = 0, 0, 0
@@ -209,9 +206,9 @@ class Trainer:
             log.info("%s: training already complete (%d of %d steps); nothing to do",
                      self.run_dir, self.step, self.total_steps)
             return 0
-        log.info("training %s for %d steps (%d per epoch, %d epochs), from step %d on %s x%d",
+        log.info("training %s for %d steps (%d per epoch, %d epochs), from step %d on %s x%d in %s",
                  self.cfg.model.backbone, self.total_steps, self.epoch_steps, self.cfg.optim.epochs,
-                 self.step, self.device, self.dist.world_size)
+                 self.step, self.device, self.dist.world_size, self.precision)
         self._bar = progress(self.total_steps, self.step, self.dist.is_main)
         with self.stop:
             while True:
