@@ -190,7 +190,7 @@ class TrainConfig:
     max_restarts: int = 3
     """torchrun restarts of failed workers (each resumes from last.pt)"""
     deterministic: bool = False
-    """use deterministic algorithms (slower on GPU; exact-resume tests on CPU do not need it)"""
+    """deterministic kernels (slower on GPU); needed for a bit-exact resume on a GPU, not on a CPU (README, "On GPUs")"""
 
     def __post_init__(self) -> None:
         _check_choice("train.precision", self.precision, ("auto", "bf16", "fp16", "fp32"))
@@ -207,6 +207,8 @@ class EvalConfig:
     """folder holding every benchmark's data (hq .bin files, tinyface/, scface/, IJBB/, IJBC/); empty = synthetic"""
     batch_size: int = 128
     """images per embedding batch"""
+    tf32: bool = False
+    """let evaluation's fp32 convolutions and matmuls use TF32 on an Ampere+ GPU (faster; embeddings then differ from CPU ones by ~1e-3, not rounding)"""
     num_workers: int = 2
     """DataLoader workers that decode evaluation images"""
     rec_dir: str = ""

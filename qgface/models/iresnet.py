@@ -64,18 +64,23 @@ class Flatten(nn.Module):
 
 
 class SEModule(nn.Module):
-    """Squeeze-excitation: x * sigmoid(fc2(relu(fc1(avgpool(x))))), 1x1 convs without bias."""
+    """Squeeze-excitation: x * sigmoid(fc2(relu(fc1(avgpool(x))))), 1x1 convs without bias.
+
+    The global average pool is a mean over H, W (the same numbers as AdaptiveAvgPool2d(1), which
+    holds no parameters): CUDA's adaptive-pool backward uses atomics and has no deterministic
+    version, so ``train.deterministic`` would refuse it; a mean's backward is deterministic.
+    """
 
     def __init__(self, channels: int, reduction: int = 16) -> None:
         super().__init__()
-        self.avg_pool = nn.AdaptiveAvgPool2d(1)
         self.fc1 = nn.Conv2d(channels, channels // reduction, kernel_size=1, padding=0, bias=False)
         self.relu = nn.ReLU(inplace=True)
         self.fc2 = nn.Conv2d(channels // reduction, channels, kernel_size=1, padding=0, bias=False)
         self.sigmoid = nn.Sigmoid()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x * self.sigmoid(self.fc2(self.relu(self.fc1(self.avg_pool(x)))))
+        pooled = x.mean(dim=(2, 3), keepdim=True)
+        return x * self.sigmoid(self.fc2(self.relu(self.fc1(pooled))))
 
 
 class BasicBlockIR(nn.Module):

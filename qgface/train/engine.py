@@ -31,6 +31,7 @@ from qgface.models import CheckpointError, build_backbone
 from qgface.train import checkpoint as ckpt
 from qgface.train import dist
 from qgface.train.monitor import build_monitor, norm_similarity_heatmap, pair_grid, progress
+from qgface.train.determinism import configure_determinism
 from qgface.train.precision import build_autocast, build_scaler, resolve_precision
 from qgface.train.schedule import contrast_weight_at, quality_scale_at, queue_size_at
 from qgface.train.signals import REQUEUE_EXIT_CODE, StopFlag
@@ -89,13 +90,11 @@ class Trainer:
 
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
+        configure_determinism(cfg.train.deterministic)  # before any CUDA work (cuBLAS reads its env once)
         self.dist = dist.init_distributed()
         self.device = self.dist.device
         seed = cfg.seed + self.dist.rank  # per-rank streams (dropout); DDP broadcasts rank 0's weights
         torch.manual_seed(seed), np.random.seed(seed), random.seed(seed)
-        if cfg.train.deterministic:
-            torch.use_deterministic_algorithms(True)
-        torch.backends.cudnn.benchmark = not cfg.train.deterministic
         self.run_dir = cfg.resolved_run_dir()
 
         # ---- data (METHOD.md §2)
