@@ -18,13 +18,24 @@ row positions of that view, which is what ``qg_contrastive_loss(own_index=...)``
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Union
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
 QUEUE_MODES = ("proxy", "fifo")
+
+
+ProxySource = Union[torch.Tensor, Callable[[torch.Tensor], torch.Tensor]]
+"""the head kernel W [D, C], or a function labels [n] -> proxies [n, D] (the sharded head's ``proxies``)"""
+
+
+def proxies_of(proxy_weight: ProxySource, labels: torch.Tensor) -> torch.Tensor:
+    """The current proxy W_c [n, D] of each label, detached."""
+    if callable(proxy_weight):
+        return proxy_weight(labels).detach()
+    return proxy_weight.detach()[:, labels].t()
 
 
 def gather_own_first(t: torch.Tensor) -> torch.Tensor:
@@ -63,7 +74,7 @@ class ContrastQueue(nn.Module):
         self,
         local_keys: torch.Tensor,
         local_labels: torch.Tensor,
-        proxy_weight: torch.Tensor | None,
+        proxy_weight: ProxySource | None,
         *,
         gather: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ) -> torch.Tensor:
@@ -84,7 +95,7 @@ class ContrastQueue(nn.Module):
         self.keys[slots] = keys.to(self.keys.device)
         self.labels[slots] = labels.to(self.labels.device)
         if proxy_weight is not None:
-            self.proxies[slots] = proxy_weight.detach()[:, labels].t().to(self.proxies)
+            self.proxies[slots] = proxies_of(proxy_weight, labels).to(self.proxies)
         elif self.mode == "proxy":
             raise ValueError("a 'proxy' queue needs proxy_weight (the head kernel [D, C]) at enqueue")
         self.ptr.copy_((self.ptr + n) % self.size)
@@ -100,7 +111,7 @@ class ContrastQueue(nn.Module):
 
     @torch.no_grad()
     def current(
-        self, proxy_weight: torch.Tensor | None, effective_size: int | None = None
+        self, proxy_weight: ProxySource | None, effective_size: int | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """(keys [K', D], labels [K']) in slot order; in "proxy" mode every key is compensated by
         its class proxy's drift: v + (||v||/||p_stored||)·(W_c(now) - p_stored) (METHOD.md §4)."""
@@ -110,7 +121,7 @@ class ContrastQueue(nn.Module):
             if proxy_weight is None:
                 raise ValueError("a 'proxy' queue needs proxy_weight (the head kernel [D, C]) in current()")
             stored = self.proxies[idx]
-            now = proxy_weight.detach()[:, labels].t().to(keys)
+            now = proxies_of(proxy_weight, labels).to(keys)
             ratio = keys.norm(dim=1, keepdim=True) / stored.norm(dim=1, keepdim=True).clamp_min(1e-12)
             keys = keys + ratio * (now - stored)
         return keys, labels

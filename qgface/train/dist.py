@@ -107,3 +107,58 @@ def gather_objects(obj: Any) -> list[Any]:
 def barrier() -> None:
     if _active():
         dist.barrier()
+
+
+class _GatherWithGrad(torch.autograd.Function):
+    """all_gather in rank order; backward sums every rank's gradient and keeps the own rows."""
+
+    @staticmethod
+    def forward(ctx, local: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        rank, world = dist.get_rank(), dist.get_world_size()
+        parts = [torch.empty_like(local) for _ in range(world)]
+        dist.all_gather(parts, local.contiguous())
+        ctx.rows = slice(rank * local.shape[0], (rank + 1) * local.shape[0])
+        return torch.cat(parts)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        # an all-reduce, not a reduce-scatter: gloo has no reduce-scatter; the rows are few
+        grad = grad.contiguous()
+        dist.all_reduce(grad, op=dist.ReduceOp.SUM)
+        return grad[ctx.rows]
+
+
+class _SumPassGrad(torch.autograd.Function):
+    """SUM all-reduce whose backward is the identity (every rank goes on to the same loss)."""
+
+    @staticmethod
+    def forward(ctx, value: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        value = value.detach().clone()
+        dist.all_reduce(value, op=dist.ReduceOp.SUM)
+        return value
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        return grad
+
+
+class ProcessGroupCollectives:
+    """The collectives the sharded margin head needs (``qgface.losses.partial_fc.Collectives``)
+    over the default process group; without one, a world of one (identities)."""
+
+    def __init__(self) -> None:
+        self.rank = dist.get_rank() if _active() else 0
+        self.world_size = dist.get_world_size() if _active() else 1
+
+    def all_gather(self, local: torch.Tensor) -> torch.Tensor:
+        return local if self.world_size == 1 else _GatherWithGrad.apply(local)
+
+    def all_reduce_sum(self, value: torch.Tensor) -> torch.Tensor:
+        return value if self.world_size == 1 else _SumPassGrad.apply(value)
+
+    def all_reduce_max(self, value: torch.Tensor) -> torch.Tensor:
+        if self.world_size == 1:
+            return value
+        value = value.detach().clone()
+        dist.all_reduce(value, op=dist.ReduceOp.MAX)
+        return value
