@@ -17,7 +17,13 @@ import torch.multiprocessing as mp
 import torch.nn.functional as F
 
 from qgface.losses.margin import MarginHead
-from qgface.losses.partial_fc import PartialFCHead, SingleProcess, sample_classes, sample_size, shard_range
+from qgface.losses.partial_fc import (
+    PartialFCHead,
+    SingleProcess,
+    sample_classes,
+    sample_size,
+    shard_range,
+)
 from qgface.losses.queue import ContrastQueue
 from qgface.train.dist import ProcessGroupCollectives
 
@@ -104,7 +110,7 @@ def _check_sampling(world: int) -> None:
 
 
 def _check_proxies(world: int) -> None:
-    emb, norms, labels, kernel = _batch(world, seed=5)
+    emb, _, labels, kernel = _batch(world, seed=5)
     comm = ProcessGroupCollectives()
     head = PartialFCHead("adaface", C, comm, embedding_size=D, sample_rate=0.3).double()
     head.kernel.data.copy_(kernel[:, head.class_start:head.class_start + head.num_local])
@@ -112,7 +118,9 @@ def _check_proxies(world: int) -> None:
     # proxy compensation of a queue: the sharded proxies give the replicated keys (also after the
     # kernel moved, which is what compensation is for)
     sharded_q, replicated_q = ContrastQueue(32, dim=D).double(), ContrastQueue(32, dim=D).double()
-    gather = lambda t: t  # noqa: E731  every rank already holds the global batch
+    def gather(t):  # every rank already holds the global batch
+        return t
+
     sharded_q.enqueue(emb, labels, head.proxies, gather=gather)
     replicated_q.enqueue(emb, labels, kernel, gather=gather)
     moved = kernel + 0.1 * torch.randn(kernel.shape, generator=torch.Generator().manual_seed(3), dtype=kernel.dtype)
@@ -141,7 +149,7 @@ def test_sharded_head_on_gloo_ranks(tmp_path, world):
 
 def test_one_process_equals_replicated_head():
     emb, norms, labels, kernel = _batch(1, seed=2)
-    loss_r, grad_r, kernel_r, g_r, _ = _replicated("adaface", kernel, emb, norms, labels, 0.5)
+    loss_r, grad_r, _, g_r, _ = _replicated("adaface", kernel, emb, norms, labels, 0.5)
     head = PartialFCHead("adaface", C, SingleProcess(), embedding_size=D, quality_scale=0.5).double()
     head.kernel.data.copy_(kernel)
     e = emb.clone().requires_grad_()

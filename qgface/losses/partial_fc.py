@@ -1,4 +1,4 @@
-"""A sharded margin head (Partial FC) for 600k–2M identities (docs/method.md §3, §9).
+"""A sharded margin head (Partial FC) for 600k–2M identities (the head of docs/method.md §3, sharded).
 
 Rank r of W owns a contiguous slice of the C class proxies (:func:`shard_range`); the kernel slice
 lives outside DDP, so no rank holds, all-reduces or keeps momentum for the whole [D, C] kernel.
@@ -19,8 +19,12 @@ Each step:
 The loss is the mean over the global batch and is the same number on every rank; its gradient with
 respect to a rank's embeddings is d(global mean)/d(local embeddings) and that with respect to the
 kernel slice is d(global mean)/d(slice), which is exactly what the replicated head gives on the
-concatenated batch (``tests/test_partial_fc.py``). The largest tensors are [N_global, C_local]
-(C_local = the sampled slice); there is no [N_global, C] tensor on any rank.
+concatenated batch (``tests/test_partial_fc.py``). A trainer whose backbone is under DDP (which
+averages gradients over the W ranks) must scale the embeddings' gradient by W to train as the
+replicated head does, where each rank's loss is its local mean. The largest tensors are [N_global, C_local]
+(C_local = the sampled slice); there is no [N_global, C] tensor on any rank. Memory: this is plain
+autograd, not MarginHead's fused chunked loss, so backward keeps a few [N_global, C_local] tensors
+and a normalised copy of the slice with its gradient (``tools/bench_partial_fc.py`` measures it).
 
 Collectives are passed in (:class:`Collectives`; ``qgface.train.dist.ProcessGroupCollectives``
 under torchrun, :class:`SingleProcess` in one process), so this module runs and is tested without
@@ -37,7 +41,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from qgface.losses.margin import EPS, MARGIN_KINDS, margin_scaler, quality_scale_factor, target_logit
+from qgface.losses.margin import (
+    EPS,
+    MARGIN_KINDS,
+    margin_scaler,
+    quality_scale_factor,
+    target_logit,
+)
 
 _LO, _HI = -1.0 + EPS, 1.0 - EPS
 

@@ -18,7 +18,7 @@ row positions of that view, which is what ``qg_contrastive_loss(own_index=...)``
 
 from __future__ import annotations
 
-from typing import Callable, Union
+from collections.abc import Callable
 
 import torch
 import torch.distributed as dist
@@ -27,7 +27,7 @@ from torch import nn
 QUEUE_MODES = ("proxy", "fifo")
 
 
-ProxySource = Union[torch.Tensor, Callable[[torch.Tensor], torch.Tensor]]
+ProxySource = torch.Tensor | Callable[[torch.Tensor], torch.Tensor]
 """the head kernel W [D, C], or a function labels [n] -> proxies [n, D] (the sharded head's ``proxies``)"""
 
 
