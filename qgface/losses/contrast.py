@@ -32,6 +32,8 @@ import torch.nn.functional as F
 QUALITY_METHODS = ("sgn", "linear", "cos")
 SCALE_RANGES = ("half", "whole")
 SELECTS = ("low", "mean", "high")
+QUALITY_EPS = 1e-3
+"""ε in the denominators of the linear and cos quality factors, as the reference computes them (docs/method.md §4)."""
 
 
 class ContrastOutput(NamedTuple):
@@ -42,24 +44,29 @@ class ContrastOutput(NamedTuple):
 
 
 def quality_factor(t: torch.Tensor, threshold: float, method: str, scale_range: str) -> torch.Tensor:
-    """Per-pair factor from the pair quality t ∈ [0, 1] (METHOD.md §4): s1 where t < τ_c, else s2."""
+    """Per-pair factor from the pair quality t ∈ [0, 1] (METHOD.md §4): s1 where t < τ_c, else s2.
+
+    ``linear`` and ``cos`` divide by ``τ_c + ε``, ``τ_c - 1 + ε`` and ``1 - τ_c + ε`` with ε = 1e-3,
+    exactly as the reference implementation does (docs/method.md §4), so s1 at ``t -> τ_c`` and s2 at
+    ``t = τ_c`` are slightly off 1 and the factor is not exactly continuous there.
+    """
     if method not in QUALITY_METHODS:
         raise ValueError(f"unknown quality method {method!r}; valid: {', '.join(QUALITY_METHODS)}")
     if scale_range not in SCALE_RANGES:
         raise ValueError(f"unknown scale_range {scale_range!r}; valid: {', '.join(SCALE_RANGES)}")
     if not 0.0 < threshold < 1.0:
         raise ValueError(f"quality threshold τ_c must be in (0, 1), got {threshold}")
-    tau = threshold
+    tau, eps = threshold, QUALITY_EPS
     whole = scale_range == "whole"
     if method == "sgn":
         s1 = torch.ones_like(t)
         s2 = torch.full_like(t, 1.0 if whole else 0.0)
     elif method == "linear":
-        s1 = t / tau
-        s2 = (t - 1) / (tau - 1) if whole else torch.zeros_like(t)
+        s1 = t / (tau + eps)
+        s2 = (t - 1) / (tau - 1 + eps) if whole else torch.zeros_like(t)
     else:
-        s1 = (1 - torch.cos(math.pi * t / tau)) / 2
-        s2 = torch.cos(math.pi * (t - tau + 1 - tau) / (2 * (1 - tau))) + 1 if whole else torch.zeros_like(t)
+        s1 = (1 - torch.cos(math.pi * t / (tau + eps))) / 2
+        s2 = torch.cos(math.pi * (t - tau + 1 - tau) / (2 * (1 - tau + eps))) + 1 if whole else torch.zeros_like(t)
     return torch.where(t < tau, s1, s2)
 
 
