@@ -104,7 +104,9 @@ def make_scface(root: Path, rng: np.random.Generator, subjects: int = 6, cameras
                 names.append(f"{subject:03d}_cam{cam}_{d}.jpg")
                 # infrared cameras 6-8 get another identity's pattern: counting them would lower rank-1
                 write_jpeg(aligned / names[-1], face(subject if cam <= 5 else subject % 6 + 1, rng))
-    (root / "scface" / "all.txt").write_text("\n".join(names[::-1]) + "\n")
+    # the distributed all.txt: name without extension, tab, landmark columns; every camera listed
+    marks = "\t".join(f"{v:.3f}" for v in ARCFACE_TEMPLATE.ravel())
+    (root / "scface" / "all.txt").write_text("".join(f"{n[:-4]}\t{marks}\n" for n in names[::-1]))
 
 
 def make_ijb(root: Path, name: str, rng: np.random.Generator) -> None:
@@ -200,11 +202,29 @@ def test_scface_excludes_infrared_and_splits_distances(data_root):
     assert not any(f"_cam{c}_" in n for n in bench.image_names for c in (6, 7, 8))
 
 
-def test_scface_rejects_unknown_names(tmp_path):
+def _scface_bench(tmp_path, listing: str):
     (tmp_path / "scface").mkdir()
-    (tmp_path / "scface" / "all.txt").write_text("001_frontal.jpg\nsomething_else.jpg\n")
-    with pytest.raises(BenchmarkError, match="something_else.jpg"):
-        make_benchmark("scface", tmp_path)
+    (tmp_path / "scface" / "all.txt").write_text(listing)
+    return make_benchmark("scface", tmp_path)
+
+
+def test_scface_reads_the_distributed_all_txt_and_skips_what_the_protocol_does_not_use(tmp_path):
+    lines = ["001_frontal\t38.3\t51.7", "001_cam1_1\t38.3\t51.7", "001_cam5_2\t1\t2", "001_cam3_3\t1\t2",
+             "001_cam6_1\t1\t2", "001_cam8_3\t1\t2",  # infrared: not in the protocol
+             "001_cam1_4\t1\t2", "001_other\t1\t2", ""]  # nothing the protocol knows
+    bench = _scface_bench(tmp_path, "\n".join(lines))
+    assert bench.image_names == ["001_cam1_1.jpg", "001_cam3_3.jpg", "001_cam5_2.jpg", "001_frontal.jpg"]
+    assert list(bench.distance) == [1, 3, 2, 0] and list(bench.labels) == [1, 1, 1, 1]
+
+
+def test_scface_reads_one_file_name_per_line_too(tmp_path):
+    bench = _scface_bench(tmp_path, "002_frontal.jpg\n002_cam2_1.jpg\n002_cam2_2.jpg\n002_cam2_3.jpg\nnotes.jpg\n")
+    assert bench.image_names == ["002_cam2_1.jpg", "002_cam2_2.jpg", "002_cam2_3.jpg", "002_frontal.jpg"]
+
+
+def test_scface_without_a_distance_or_gallery_names_the_file(tmp_path):
+    with pytest.raises(BenchmarkError, match=r"all.txt lists no visible-camera probe at distance 3"):
+        _scface_bench(tmp_path, "001_frontal\t1\n001_cam1_1\t1\n001_cam1_2\t1\n001_cam6_3\t1\n")
 
 
 @pytest.mark.parametrize("name", ["ijbb", "ijbc"])

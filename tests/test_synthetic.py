@@ -17,6 +17,7 @@ from qgface.data.images import decode_bgr
 from qgface.data.recordio import RecordIOReader, read_insightface_header, unpack
 from qgface.data.synthetic import HQ_SETS, camera, ensure_synthetic, generate, synthetic_name
 from qgface.data.synthetic.faces import TEMPLATE, make_identity
+from qgface.eval.align import ARCFACE_TEMPLATE
 
 SMALL = dict(identities=4, images_per_identity=3, eval_identities=5, hq_pairs=6, tinyface_probes=2,
              tinyface_gallery=1, tinyface_distractors=4, scface_subjects=3, ijb_templates=2, ijb_media=2, ijb_frames=2)
@@ -110,8 +111,10 @@ def test_scface_layout(small_set):
     on_disk = sorted(p.name for p in folder.iterdir())
     expected = [f"{n:03d}_cam{c}_{d}.jpg" for n in (1, 2, 3) for c in range(1, 9) for d in (1, 2, 3)]
     assert on_disk == sorted(expected + [f"{n:03d}_frontal.jpg" for n in (1, 2, 3)])
-    listed = (small_set / "scface" / "all.txt").read_text().split()
-    assert sorted(listed) == sorted(n for n in on_disk if "frontal" in n or int(n.split("_cam")[1][0]) <= 5)
+    # the distributed all.txt: every image, name without extension, then the 5 landmarks, tab-separated
+    rows = [line.split("\t") for line in (small_set / "scface" / "all.txt").read_text().splitlines()]
+    assert [r[0] + ".jpg" for r in rows] == on_disk and all(len(r) == 11 for r in rows)
+    assert np.allclose(np.array(rows[0][1:], float).reshape(5, 2), ARCFACE_TEMPLATE, atol=0.01)
     for name in on_disk:
         img = _read(folder / name).astype(np.int32)
         assert img.shape == (112, 112, 3)

@@ -32,7 +32,7 @@ __all__ = ["GENERATOR_VERSION", "HQ_SETS", "generate", "ensure_synthetic", "synt
 
 log = logging.getLogger(__name__)
 
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2  # 2: SCface all.txt in the distributed tab-separated layout
 HQ_SETS = ("lfw", "cfp_fp", "agedb_30", "calfw", "cplfw")
 # image A / image B nuisance of each HQ set: cfp_fp frontal vs half-profile, agedb/calfw an age gap
 _HQ_STYLE = {

@@ -1,4 +1,4 @@
-"""Writers of the benchmark layouts (contracts.md): TinyFace, SCface and IJB-B/C from rendered shots.
+"""Writers of the benchmark layouts (docs/method.md §7): TinyFace, SCface and IJB-B/C from rendered shots.
 
 Each takes the dataset folder and the rendered results by shot key, writes the files the real
 benchmark ships (images, ``.mat`` protocol files, IJB meta text files) and returns counts for
@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from qgface.atomic import atomic_write_bytes, atomic_write_text
+from qgface.data.synthetic.faces import TEMPLATE
 from qgface.data.synthetic.shots import STREAM
 
 
@@ -48,13 +49,16 @@ def write_tinyface(out: Path, results: dict[tuple, Any]) -> dict[str, int]:
 
 
 def write_scface(out: Path, results: dict[tuple, Any]) -> dict[str, int]:
+    """The distributed ``all.txt`` layout: every image (infrared cameras too), one tab-separated line each,
+    the name without extension then the five landmarks (x, y) of the aligned crop (the face template)."""
     folder = out / "scface" / "aligned"
     folder.mkdir(parents=True, exist_ok=True)
     names = sorted(k[1] for k in results if k[0] == "scface")
     for name in names:
         (folder / name).write_bytes(results[("scface", name)])
+    marks = "\t".join(f"{v:.2f}" for v in TEMPLATE.ravel())
+    atomic_write_text(out / "scface" / "all.txt", "".join(f"{Path(n).stem}\t{marks}\n" for n in names))
     protocol = [n for n in names if "frontal" in n or int(n.split("_cam")[1][0]) <= 5]  # IR cameras 6-8 excluded
-    atomic_write_text(out / "scface" / "all.txt", "".join(f"{n}\n" for n in protocol))
     return {"scface_images": len(names), "scface_protocol_images": len(protocol)}
 
 
