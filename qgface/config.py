@@ -209,8 +209,13 @@ class EvalConfig:
     """TinyFace: folder under data_root with the aligned Probe/, Gallery_Match/, Gallery_Distractor/ images"""
     scface_aligned_dir: str = "scface/aligned"
     """SCface: folder under data_root with the aligned NNN_camK_D.jpg probes and NNN_frontal.jpg mugshots"""
+    ijb_protocol: str = "qgface"
+    """IJB-B/C convention: qgface (the paper's: unit embeddings, lower TAR on ties) or insightface (N1D1F2)"""
     checkpoint: str = "last.pt"
     """checkpoint of the run evaluated after training"""
+
+    def __post_init__(self) -> None:
+        _check_choice("eval.ijb_protocol", self.ijb_protocol, ("qgface", "insightface"))
 
 
 @dataclass

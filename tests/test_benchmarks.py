@@ -134,6 +134,17 @@ def make_ijb(root: Path, name: str, rng: np.random.Generator) -> None:
     (base / "meta" / f"{name}_name_5pts_score.txt").write_text("\n".join(lines_5pts) + "\n")
     (base / "meta" / f"{name}_face_tid_mid.txt").write_text("\n".join(lines_tid) + "\n")
     (base / "meta" / f"{name}_template_pair_label.txt").write_text("\n".join(pairs) + "\n")
+    # 1:N: template 2i-1 is identity i's gallery template (identities 0-2 in gallery 1, 3-5 in 2), 2i a probe
+    first, second = ("S1", "S2") if name == "ijbb" else ("G1", "G2")
+    rows = {first: [], second: [], "probe": []}
+    for line in lines_tid:
+        file, template, _ = line.split()
+        ident = (int(template) - 1) // 2
+        role = "probe" if int(template) % 2 == 0 else (first if ident < 3 else second)
+        rows[role].append(f"{template},{ident},{file}")
+    for role, lines in rows.items():
+        csv_name = f"{name}_1N_probe_mixed.csv" if role == "probe" else f"{name}_1N_gallery_{role}.csv"
+        (base / "meta" / csv_name).write_text("TEMPLATE_ID,SUBJECT_ID,FILENAME\n" + "\n".join(lines) + "\n")
 
 
 @pytest.fixture(scope="module")
@@ -148,8 +159,8 @@ def data_root(tmp_path_factory) -> Path:
     return root
 
 
-def run(name: str, root: Path, rec_dir: Path | None = None):
-    bench = make_benchmark(name, root)
+def run(name: str, root: Path, rec_dir: Path | None = None, **options):
+    bench = make_benchmark(name, root, **options)
     source = bench if rec_dir is None else open_source(bench, rec_dir)[0]
     emb, norms = embed_benchmark(BlockColourNet(), bench, source, batch_size=16, num_workers=0)
     return bench, bench.evaluate(emb, norms)
@@ -277,17 +288,109 @@ def test_scface_without_a_distance_or_gallery_names_the_file(tmp_path):
 
 @pytest.mark.parametrize("name", ["ijbb", "ijbc"])
 def test_ijb_aligns_pools_templates_and_scores_pairs(data_root, name, tmp_path):
-    bench, out = run(name, data_root)
+    bench, out = run(name, data_root, ijb_protocol="insightface")
     assert set(out.metrics) == {f"{name}_tar_at_1e-{k}" for k in range(1, 7)}
-    assert all(v == 100.0 for v in out.metrics.values())
+    # 60 impostor pairs resolve FAR 1e-1 only; the others are empty, not numbers
+    assert out.metrics[f"{name}_tar_at_1e-1"] == 100.0
+    assert all(out.metrics[f"{name}_tar_at_1e-{k}"] is None for k in range(2, 7))
     assert bench.sizes() == {"images": 36, "templates": 12, "medias": 24, "pairs": 66}
+    # separable scores: the ROC is (0,0), (0,1), (1,1); at FAR 0.1 the qgface rule takes the lower of
+    # the two equally near points (0,0) and (0,1), i.e. TAR 0, exactly as the reference computes it
+    assert run(name, data_root)[1].metrics[f"{name}_tar_at_1e-1"] == 0.0
     # the aligned crop reproduces the identity pattern (alignment inverts the known warp)
     aligned = cv2.imdecode(np.frombuffer(bench.load_bytes(0), np.uint8), cv2.IMREAD_COLOR)
     truth = face(0, np.random.default_rng(0)).astype(int)
     assert np.abs(aligned[10:100, 10:100].astype(int) - truth[10:100, 10:100]).mean() < 12
     # from the compressed .rec: the same numbers
-    _, from_rec = run(name, data_root, tmp_path)
+    _, from_rec = run(name, data_root, tmp_path, ijb_protocol="insightface")
     assert from_rec.metrics == out.metrics
+
+
+def _reference_ijb_tars(bench, emb, weights, flip):
+    """Template pooling and TAR@FAR re-derived as the reference scripts loop: per template, per media the
+    mean of its (weighted) image features, summed, normalised; cosine pair scores; sklearn's ROC, then
+    min over (|fpr - far|, index), on the flipped curve for InsightFace."""
+    from sklearn.metrics import roc_curve
+
+    feats = emb * weights[:, None]
+    pooled = {}
+    for t in np.unique(bench.templates):
+        rows = np.flatnonzero(bench.templates == t)
+        media = [feats[rows[bench.medias[rows] == m]].mean(0) for m in np.unique(bench.medias[rows])]
+        total = np.sum(media, 0)
+        pooled[t] = total / np.linalg.norm(total)
+    pairs = np.loadtxt(bench.pair_file, dtype=int)
+    scores = np.array([pooled[a] @ pooled[b] for a, b, _ in pairs])
+    fpr, tpr, _ = roc_curve(pairs[:, 2], scores)
+    if flip:
+        fpr, tpr = fpr[::-1], tpr[::-1]
+    return {far: tpr[min(zip(abs(fpr - far), range(len(fpr))))[1]] * 100 for far in (0.1, 0.2, 0.5)}
+
+
+@pytest.mark.parametrize("protocol", ["qgface", "insightface"])
+def test_ijb_protocols_pool_and_pick_points_as_their_references(data_root, protocol):
+    from qgface.eval.benchmarks.ijb import pair_scores, template_features
+    from qgface.eval.metrics import tar_at_far
+
+    bench = make_benchmark("ijbb", data_root, ijb_protocol=protocol)
+    rng = np.random.default_rng(5)
+    emb = rng.normal(size=(len(bench), 3)).round(1)  # coarse values: tied scores, so the rules differ
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    norms = rng.uniform(1, 30, len(bench))
+    bench.scores = rng.uniform(0.3, 1.0, len(bench))
+    weights = np.ones(len(bench)) if protocol == "qgface" else norms * bench.scores
+    want = _reference_ijb_tars(bench, emb, weights, flip=protocol == "insightface")
+    out = bench.evaluate(emb, norms)
+    assert out.metrics["ijbb_tar_at_1e-1"] == pytest.approx(want[0.1])
+    ids, feats = template_features(emb, bench.templates, bench.medias, None if protocol == "qgface" else weights)
+    pairs = np.loadtxt(bench.pair_file, dtype=int)
+    scores = pair_scores(feats, np.searchsorted(ids, pairs[:, 0]), np.searchsorted(ids, pairs[:, 1]))
+    got = tar_at_far(scores, pairs[:, 2], [0.2, 0.5], rule="lower" if protocol == "qgface" else "higher")
+    assert got[0.2] * 100 == pytest.approx(want[0.2]) and got[0.5] * 100 == pytest.approx(want[0.5])
+
+
+def test_ijb_protocol_is_recorded_and_validated(data_root):
+    assert make_benchmark("ijbb", data_root).protocol == "qgface"
+    assert make_benchmark("ijbb_1n", data_root, ijb_protocol="insightface").protocol == "insightface"
+    with pytest.raises(ValueError, match="qgface, insightface"):
+        make_benchmark("ijbb", data_root, ijb_protocol="adaface")
+
+
+@pytest.mark.parametrize("name", ["ijbb_1n", "ijbc_1n"])
+def test_ijb_1n_identification_on_separable_templates(data_root, name, tmp_path):
+    bench, out = run(name, data_root, tmp_path)
+    assert out.metrics == {f"{name}_rank1": 100.0, f"{name}_rank5": 100.0,
+                           f"{name}_tpir_at_fpir_1e-2": 100.0, f"{name}_tpir_at_fpir_1e-1": 100.0}
+    assert bench.sizes() == {"images": 36, "gallery_templates": 6, "probe_templates": 6}
+    assert list(bench.gallery_templates) == [1, 3, 5, 7, 9, 11] and list(bench.probe_templates) == [2, 4, 6, 8, 10, 12]
+    # it reads the 1:1 benchmark's compressed images
+    assert (tmp_path / f"{name[:4]}.rec").is_file() and not (tmp_path / f"{name}.rec").exists()
+
+
+def test_identification_metrics_by_hand():
+    from qgface.eval.benchmarks.ijb_1n import identification_metrics
+
+    # 4 probes x 3 gallery rows given directly as scores (gallery = identity, probe rows = scores)
+    scores = np.array([[0.9, 0.1, 0.2],   # mate 0: rank 1
+                       [0.8, 0.7, 0.0],   # mate 1: rank 2 (0.8 above)
+                       [0.3, 0.2, 0.6],   # mate 2: rank 1
+                       [0.5, 0.4, 0.45]])  # mate 0: rank 1
+    mate = np.array([0, 1, 2, 0])
+    rates, tpir = identification_metrics(scores, np.eye(3), mate, ranks=(1, 2), fpirs=(0.25, 0.5))
+    assert rates == {1: 0.75, 2: 1.0}
+    # non-mate scores, descending: 0.8, 0.45, 0.4, 0.3, 0.2, 0.2, 0.1, 0.0; FPIR 0.25 -> ceil(1)-th = 0.8:
+    # mates above 0.8: 0.9 -> 1/4; FPIR 0.5 -> 2nd = 0.45: mates 0.9, 0.7, 0.6, 0.5 -> 4/4
+    assert tpir == {0.25: 0.25, 0.5: 1.0}
+
+
+def test_ijb_1n_needs_one_gallery_template_per_probe_subject(data_root, tmp_path):
+    import shutil
+
+    shutil.copytree(data_root / "IJBB", tmp_path / "IJBB")
+    probe = tmp_path / "IJBB" / "meta" / "ijbb_1N_probe_mixed.csv"
+    probe.write_text(probe.read_text() + "99,77,x.jpg\n")
+    with pytest.raises(BenchmarkError, match="probe subject 77 has no gallery template"):
+        make_benchmark("ijbb_1n", tmp_path)
 
 
 def test_ijb_template_pooling_is_media_mean_then_sum():

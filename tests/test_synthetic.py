@@ -162,6 +162,38 @@ def test_ijb_meta_files(small_set):
             assert marks[2, 1] > marks[:2, 1].max() and marks[3:, 1].min() > marks[2, 1] - 5
 
 
+def test_ijb_1n_lists(small_set):
+    """Each identity's first template is its one gallery template (first half in gallery 1, second half
+    in gallery 2); its other templates are the probes; one CSV row per image, header first."""
+    for which, galleries in (("IJBB", ("S1", "S2")), ("IJBC", ("G1", "G2"))):
+        meta, prefix = small_set / which / "meta", which.lower()
+        faces = [line.split() for line in (meta / f"{prefix}_face_tid_mid.txt").read_text().splitlines()]
+        rows = {}
+        for role in (*(f"gallery_{g}" for g in galleries), "probe_mixed"):
+            lines = (meta / f"{prefix}_1N_{role}.csv").read_text().splitlines()
+            assert lines[0] == "TEMPLATE_ID,SUBJECT_ID,FILENAME"
+            rows[role] = [line.split(",") for line in lines[1:]]
+        listed = sorted(r[2] for group in rows.values() for r in group)
+        assert listed == sorted(f[0] for f in faces)  # every image once
+        gallery = [{(int(r[0]), int(r[1])) for r in rows[f"gallery_{g}"]} for g in galleries]
+        subjects = [s for g in gallery for _, s in g]
+        assert len(subjects) == len(set(subjects)) == 5 and len(gallery[0]) == 3 and len(gallery[1]) == 2
+        probes = {(int(r[0]), int(r[1])) for r in rows["probe_mixed"]}
+        assert len(probes) == 5 and {s for _, s in probes} == set(subjects)
+
+
+def test_synthetic_ijb_resolves_far_1e4():
+    """The demo's 40 evaluation identities get 4 templates each: 160 x 159 / 2 - 240 genuine = 12,480
+    impostor pairs >= 10,000, so TAR at FAR 1e-4 is resolvable; the default 100 identities keep 3."""
+    from qgface.data.synthetic.dataset import _defaults, _resolve
+
+    for identities, templates in ((40, 4), (100, 3), (5, 32)):
+        p = _resolve({**_defaults(), "eval_identities": identities})
+        assert p["ijb_templates"] == templates
+        total = identities * templates
+        assert total * (total - 1) // 2 - identities * templates * (templates - 1) // 2 >= 10_000
+
+
 def test_landmarks_align_a_placed_face_back_to_the_clean_render():
     """Aligning a face placed at a random similarity with its reported 5 points gives the aligned render."""
     idn, other = make_identity(0, 7), make_identity(0, 8)

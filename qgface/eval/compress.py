@@ -67,14 +67,14 @@ def _sha256_file(path: Path) -> str:
 def check_rec(benchmark: Benchmark, rec_dir: str | Path) -> Path | None:
     """The ``.rec`` path when an up-to-date compressed copy exists, ``None`` when there is none (no
     manifest, or no ``.rec``/``.idx`` beside it), and :class:`StaleRecError` when it does not match."""
-    files = rec_files(benchmark.name, rec_dir)
+    files = rec_files(benchmark.rec_name or benchmark.name, rec_dir)
     if not (files["manifest"].is_file() and files["rec"].is_file() and files["idx"].is_file()):
         return None
     try:
         manifest = json.loads(files["manifest"].read_text())
     except (OSError, ValueError) as exc:
         _refuse(files, f"the manifest is unreadable ({exc})")
-    expected = {"format_version": MANIFEST_VERSION, "benchmark": benchmark.name, "params": benchmark.params,
+    expected = {"format_version": MANIFEST_VERSION, "benchmark": benchmark.rec_name or benchmark.name, "params": benchmark.params,
                 "num_records": len(benchmark), "list_sha256": _sha256_lines(benchmark.image_names)}
     for key, value in expected.items():
         if manifest.get(key) != value:
@@ -130,7 +130,7 @@ def compress_benchmark(benchmark: Benchmark, rec_dir: str | Path, *, num_workers
     ``num_workers`` processes read (and, for IJB, align) the images in order. ``force`` rebuilds
     even a mismatching or up-to-date copy.
     """
-    files = rec_files(benchmark.name, rec_dir)
+    files = rec_files(benchmark.rec_name or benchmark.name, rec_dir)
     files["rec"].parent.mkdir(parents=True, exist_ok=True)
     with _locked(files["lock"]):
         if not force:
@@ -150,7 +150,8 @@ def compress_benchmark(benchmark: Benchmark, rec_dir: str | Path, *, num_workers
                 data_digest.update(payload)
                 writer.write(i, pack(IRHeader(0, float(labels[i]), i, 0), payload))
         manifest = {
-            "format_version": MANIFEST_VERSION, "benchmark": benchmark.name, "params": benchmark.params,
+            "format_version": MANIFEST_VERSION, "benchmark": benchmark.rec_name or benchmark.name,
+            "params": benchmark.params,
             "num_records": len(benchmark), "list_sha256": _sha256_lines(benchmark.image_names),
             "data_sha256": data_digest.hexdigest(), "rec_size": files["rec"].stat().st_size,
             "idx_sha256": _sha256_file(files["idx"]), "list": benchmark.image_names,
@@ -200,7 +201,7 @@ def open_source(benchmark: Benchmark, rec_dir: str | Path, *, compress: bool = T
 
 def verify_data(benchmark: Benchmark, rec_dir: str | Path) -> bool:
     """Recompute the SHA-256 of every record payload and compare with the manifest (slow: reads all)."""
-    files = rec_files(benchmark.name, rec_dir)
+    files = rec_files(benchmark.rec_name or benchmark.name, rec_dir)
     manifest = json.loads(files["manifest"].read_text())
     source = RecordSource(files["rec"])
     digest = hashlib.sha256()

@@ -125,7 +125,7 @@ def evaluate(checkpoint_path: str | Path, benchmark_name: str, cfg: Config,
     info = checkpoint_info(checkpoint_path)  # fail early, before any data is generated or compressed
     data_root = eval_data_root(cfg)
     benchmark = make_benchmark(name, data_root, tinyface_aligned_dir=cfg.eval.tinyface_aligned_dir,
-                               scface_aligned_dir=cfg.eval.scface_aligned_dir)
+                               scface_aligned_dir=cfg.eval.scface_aligned_dir, ijb_protocol=cfg.eval.ijb_protocol)
     lap("protocol")
     source, source_desc = open_source(benchmark, cfg.eval.rec_dir or data_root, compress=compress,
                                       num_workers=cfg.eval.num_workers)
@@ -140,7 +140,8 @@ def evaluate(checkpoint_path: str | Path, benchmark_name: str, cfg: Config,
     timings["total_s"] = round(time.perf_counter() - started, 3)
     result = {
         "format_version": RESULT_VERSION, "status": "ok", "benchmark": name,
-        "metrics": output.metrics, "sizes": benchmark.sizes(), "curves": output.curves,
+        "protocol": benchmark.protocol or None, "metrics": output.metrics, "sizes": benchmark.sizes(),
+        "curves": output.curves,
         "checkpoint": str(Path(checkpoint_path).resolve()), "step": info["step"], "epoch": info["epoch"],
         "data_root": str(Path(data_root).resolve()), "source": source_desc,
         "device": str(device or ("cuda" if torch.cuda.is_available() else "cpu")),
@@ -167,4 +168,4 @@ def _now() -> str:
 
 
 def _summary(metrics: dict[str, float]) -> str:
-    return ", ".join(f"{k}={v:.2f}" for k, v in metrics.items() if not k.endswith("_std"))
+    return ", ".join(f"{k}={'empty' if v is None else f'{v:.2f}'}" for k, v in metrics.items() if not k.endswith("_std"))

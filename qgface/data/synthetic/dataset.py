@@ -32,7 +32,7 @@ __all__ = ["GENERATOR_VERSION", "HQ_SETS", "generate", "ensure_synthetic", "synt
 
 log = logging.getLogger(__name__)
 
-GENERATOR_VERSION = 2  # 2: SCface all.txt in the distributed tab-separated layout
+GENERATOR_VERSION = 3  # 2: SCface all.txt in the distributed layout; 3: IJB 1:N lists, >= 10k impostor pairs
 HQ_SETS = ("lfw", "cfp_fp", "agedb_30", "calfw", "cplfw")
 # image A / image B nuisance of each HQ set: cfp_fp frontal vs half-profile, agedb/calfw an age gap
 _HQ_STYLE = {
@@ -49,14 +49,29 @@ def _defaults() -> dict[str, Any]:
     """Generation parameters; ``None`` sizes scale with ``eval_identities`` (see :func:`_resolve`)."""
     return {"identities": 300, "images_per_identity": 20, "eval_identities": 100, "seed": 0, "hq_pairs": None,
             "tinyface_probes": 2, "tinyface_gallery": 2, "tinyface_distractors": None, "scface_subjects": None,
-            "ijb_templates": 3, "ijb_media": 2, "ijb_frames": 2, "ijb_max_pairs": 100_000}
+            "ijb_templates": None, "ijb_media": 2, "ijb_frames": 2, "ijb_max_pairs": 100_000}
+
+
+IJB_MIN_IMPOSTORS = 10_000
+"""Impostor template pairs the synthetic IJB sets need so that TAR at FAR 1e-4 is resolvable (docs/method.md §7.5)."""
+
+
+def _ijb_templates(eval_identities: int) -> int:
+    """Templates per identity: at least 3, and enough that the T^2 E (E - 1) / 2 impostor pairs of E
+    identities reach :data:`IJB_MIN_IMPOSTORS` (3 for 100 identities, 4 for the demo's 40)."""
+    t = 3
+    while t * t * eval_identities * (eval_identities - 1) // 2 < IJB_MIN_IMPOSTORS and t < 100:
+        t += 1
+    return t
 
 
 def _resolve(p: dict[str, Any]) -> dict[str, Any]:
     """Fill the sizes left ``None``: 3 HQ pairs, 4 TinyFace distractors per evaluation identity
-    (capped at 300 pairs), SCface on up to 50 subjects (the real set has 130)."""
+    (capped at 300 pairs), SCface on up to 50 subjects (the real set has 130), IJB templates per
+    identity by :func:`_ijb_templates`."""
     e = p["eval_identities"]
-    return {**p, "hq_pairs": min(300, 3 * e) // 2 * 2 if p["hq_pairs"] is None else p["hq_pairs"],
+    return {**p, "ijb_templates": _ijb_templates(e) if p["ijb_templates"] is None else p["ijb_templates"],
+            "hq_pairs": min(300, 3 * e) // 2 * 2 if p["hq_pairs"] is None else p["hq_pairs"],
             "tinyface_distractors": 4 * e if p["tinyface_distractors"] is None else p["tinyface_distractors"],
             "scface_subjects": min(50, e) if p["scface_subjects"] is None else p["scface_subjects"]}
 
@@ -129,14 +144,15 @@ def _plan_ijb(plan: Plan, p: dict, eval_ids: list[int], which: str) -> list[tupl
 def generate(out_dir: str | os.PathLike, *, identities: int = 300, images_per_identity: int = 20,
              eval_identities: int = 100, seed: int = 0, hq_pairs: int | None = None, tinyface_probes: int = 2,
              tinyface_gallery: int = 2, tinyface_distractors: int | None = None, scface_subjects: int | None = None,
-             ijb_templates: int = 3, ijb_media: int = 2, ijb_frames: int = 2, ijb_max_pairs: int = 100_000,
+             ijb_templates: int | None = None, ijb_media: int = 2, ijb_frames: int = 2, ijb_max_pairs: int = 100_000,
              workers: int = 2) -> None:
     """Write the whole synthetic set into the empty (or new) folder ``out_dir``; ``synthetic.json`` last.
 
     Training identities are ``0..identities-1``; every benchmark uses the next ``eval_identities``
     (TinyFace distractors come after those), so evaluation never sees a training identity.
     ``hq_pairs`` must be even (half genuine); sizes left ``None`` scale with ``eval_identities``
-    (defaults: 300 pairs per HQ set, 400 TinyFace distractors, 50 SCface subjects).
+    (defaults: 300 pairs per HQ set, 400 TinyFace distractors, 50 SCface subjects, 3 IJB templates
+    per identity, more for fewer identities so that there are >= 10,000 impostor pairs).
     ``workers`` processes render (1 = in this process).
     """
     p = _resolve({k: v for k, v in locals().items() if k in _defaults()})

@@ -86,5 +86,27 @@ def write_ijb(out: Path, which: str, faces: list[tuple[str, int, int, int]], res
     atomic_write_text(root / "meta" / f"{prefix}_face_tid_mid.txt", "".join(tid_mid))
     atomic_write_text(root / "meta" / f"{prefix}_name_5pts_score.txt", "".join(pts))
     atomic_write_text(root / "meta" / f"{prefix}_template_pair_label.txt", "".join(f"{a} {b} {c}\n" for a, b, c in lines))
+    counts = _write_ijb_1n(root / "meta", prefix, faces)
     return {f"{prefix}_images": len(faces), f"{prefix}_templates": len(templates),
-            f"{prefix}_genuine_pairs": len(genuine), f"{prefix}_impostor_pairs": len(impostor)}
+            f"{prefix}_genuine_pairs": len(genuine), f"{prefix}_impostor_pairs": len(impostor), **counts}
+
+
+def _write_ijb_1n(meta: Path, prefix: str, faces: list[tuple[str, int, int, int]]) -> dict[str, int]:
+    """The 1:N lists (CSV with a header, one row per image): each identity's first template joins
+    gallery 1 (first half of the identities) or gallery 2 (second half); its other templates are probes."""
+    galleries = ("S1", "S2") if prefix == "ijbb" else ("G1", "G2")
+    subjects = sorted({number for *_, number in faces})
+    first_template: dict[int, int] = {}
+    for _, template, _, number in faces:
+        first_template.setdefault(number, template)
+    half = {number: int(k >= len(subjects) / 2) for k, number in enumerate(subjects)}
+    rows: dict[str, list[str]] = {galleries[0]: [], galleries[1]: [], "probe_mixed": []}
+    for name, template, _, number in faces:
+        role = galleries[half[number]] if first_template[number] == template else "probe_mixed"
+        rows[role].append(f"{template},{number},{name}\n")
+    for role, lines in rows.items():
+        kind = "probe" if role == "probe_mixed" else "gallery"
+        file = f"{prefix}_1N_{role}.csv" if kind == "probe" else f"{prefix}_1N_gallery_{role}.csv"
+        atomic_write_text(meta / file, "TEMPLATE_ID,SUBJECT_ID,FILENAME\n" + "".join(lines))
+    probes = len({t for _, t, _, n in faces if first_template[n] != t})
+    return {f"{prefix}_1n_gallery_templates": len(first_template), f"{prefix}_1n_probe_templates": probes}

@@ -26,7 +26,7 @@ class BenchmarkError(ValueError):
 class EvalOutput:
     """Metrics (percentages, keyed as in results.csv) and curves for plots (lists of floats)."""
 
-    metrics: dict[str, float]
+    metrics: dict[str, float | None]  # None: not resolvable by this data (e.g. a FAR below 1/impostors)
     curves: dict[str, dict[str, list[float]]] = dataclasses.field(default_factory=dict)
 
 
@@ -34,6 +34,10 @@ class Benchmark:
     """Base class; subclasses set ``name`` and fill ``image_names`` / ``labels`` in ``__init__``."""
 
     name: str = ""
+    rec_name: str = ""
+    """Name of the compressed ``.rec`` it reads; empty = ``name`` (IJB 1:N shares the 1:1 set's images)."""
+    protocol: str = ""
+    """The named convention its metrics follow where several exist (IJB: qgface | insightface); in the results."""
     params: dict[str, Any] = {}
     """What determines the record bytes besides the list (e.g. alignment, encoding); in the manifest."""
 
