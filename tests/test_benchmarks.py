@@ -297,13 +297,34 @@ def test_ijb_aligns_pools_templates_and_scores_pairs(data_root, name, tmp_path):
     # separable scores: the ROC is (0,0), (0,1), (1,1); at FAR 0.1 the qgface rule takes the lower of
     # the two equally near points (0,0) and (0,1), i.e. TAR 0, exactly as the reference computes it
     assert run(name, data_root)[1].metrics[f"{name}_tar_at_1e-1"] == 0.0
-    # the aligned crop reproduces the identity pattern (alignment inverts the known warp)
-    aligned = cv2.imdecode(np.frombuffer(bench.load_bytes(0), np.uint8), cv2.IMREAD_COLOR)
+    # the image bytes are the distributed loose crop; aligned when read, it reproduces the identity
+    # pattern (alignment inverts the known warp)
+    raw = bench.load_bytes(0)
+    assert raw == (data_root / name.upper() / "loose_crop" / "0.jpg").read_bytes()
+    aligned = bench.transform(bench.embed_items()[0][1], cv2.imdecode(np.frombuffer(raw, np.uint8), cv2.IMREAD_COLOR))
     truth = face(0, np.random.default_rng(0)).astype(int)
+    assert aligned.shape == (112, 112, 3)
     assert np.abs(aligned[10:100, 10:100].astype(int) - truth[10:100, 10:100]).mean() < 12
     # from the compressed .rec: the same numbers
     _, from_rec = run(name, data_root, tmp_path, ijb_protocol="insightface")
     assert from_rec.metrics == out.metrics
+
+
+def test_ijb_record_holds_the_distributed_bytes_landmarks_and_score(data_root, tmp_path):
+    from qgface.data.recordio import RecordIOReader, unpack
+    from qgface.eval.compress import compress_benchmark
+
+    bench = make_benchmark("ijbc", data_root)
+    rec = compress_benchmark(bench, tmp_path)
+    reader = RecordIOReader(rec, rec.with_suffix(".idx"))
+    for i in (0, 7, len(bench) - 1):
+        header, payload = unpack(reader.read(i))
+        assert payload == (data_root / "IJBC" / "loose_crop" / f"{i}.jpg").read_bytes()  # not re-encoded
+        line = (data_root / "IJBC" / "meta" / "ijbc_name_5pts_score.txt").read_text().splitlines()[i].split()
+        assert header.flag == 11 and header.id == i
+        np.testing.assert_allclose(header.label, np.array(line[1:], np.float32))
+    loose = sum((data_root / "IJBC" / "loose_crop" / f"{i}.jpg").stat().st_size for i in range(len(bench)))
+    assert loose < rec.stat().st_size < loose + 100 * len(bench)  # bytes + 24-byte header + 44-byte label + framing
 
 
 def _reference_ijb_tars(bench, emb, weights, flip):

@@ -1,8 +1,10 @@
 """Compress a benchmark into ``<name>.rec/.idx`` + ``<name>.manifest.json`` and check it (METHOD.md §8).
 
-Record ``i`` holds ``pack(IRHeader(0, label_i, i, 0), bytes_i)`` where ``bytes_i`` are exactly the bytes
-:meth:`Benchmark.load_bytes` returns for image ``i`` of the canonical list (raw file / ``.bin`` bytes;
-aligned PNG for IJB) and ``label_i`` the benchmark's record label. The manifest names the format
+Record ``i`` holds ``pack(IRHeader(flag, label_i, i, 0), bytes_i)`` where ``bytes_i`` are exactly the bytes
+:meth:`Benchmark.load_bytes` returns for image ``i`` of the canonical list (the raw file / ``.bin``
+bytes as distributed, never re-encoded; for IJB the loose crop) and ``label_i`` is
+:meth:`Benchmark.record_label`: the record label, or for IJB the float32 array of its 5 landmarks and
+detector score (``flag`` = 11; the image is aligned when read, docs/method.md §8). The manifest names the format
 version, the benchmark and its ``params``, the list and its SHA-256, the SHA-256 of all record payloads,
 and the ``.rec`` size and ``.idx`` SHA-256 it describes.
 
@@ -25,6 +27,7 @@ import struct
 from pathlib import Path
 from typing import Iterator
 
+import numpy as np
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
@@ -139,7 +142,6 @@ def compress_benchmark(benchmark: Benchmark, rec_dir: str | Path, *, num_workers
                 return rec
         files["manifest"].unlink(missing_ok=True)  # before the .rec changes: a crash leaves no manifest
         _remove_leftovers(files)
-        labels = benchmark.labels
         loader = DataLoader(_BytesDataset(benchmark), batch_size=None, collate_fn=_identity,
                             **worker_options(num_workers))
         data_digest = hashlib.sha256()
@@ -148,7 +150,9 @@ def compress_benchmark(benchmark: Benchmark, rec_dir: str | Path, *, num_workers
                                              unit="img")):
                 data_digest.update(struct.pack("<Q", len(payload)))
                 data_digest.update(payload)
-                writer.write(i, pack(IRHeader(0, float(labels[i]), i, 0), payload))
+                label = benchmark.record_label(i)
+                flag = 0 if isinstance(label, float) else int(np.asarray(label).size)
+                writer.write(i, pack(IRHeader(flag, label, i, 0), payload))
         manifest = {
             "format_version": MANIFEST_VERSION, "benchmark": benchmark.rec_name or benchmark.name,
             "params": benchmark.params,

@@ -53,6 +53,11 @@ class Benchmark:
         """The encoded bytes of image ``index`` of the canonical list, read from the original files."""
         raise NotImplementedError
 
+    def record_label(self, index: int) -> float | np.ndarray:
+        """The label of record ``index`` in the compressed ``.rec``: the record label by default; a float
+        array where the record carries more (IJB: the 5 landmarks and the detector score)."""
+        return float(self.labels[index])
+
     def embed_items(self) -> list[tuple[int, Hashable]]:
         """(image index, variant) pairs to embed, in order; by default every image once, unmodified."""
         return [(i, None) for i in range(len(self))]

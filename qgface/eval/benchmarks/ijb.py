@@ -6,9 +6,11 @@ template, media; same images in the same order), ``meta/ijbb_template_pair_label
 crops ``loose_crop/<image>``.
 
 Image ``i`` = line ``i`` of the 5-point file; its canonical-list entry is that whole line, so changed
-landmarks change the list. Its bytes are the loose crop aligned to the ArcFace template
-(:mod:`qgface.eval.align`) and encoded ONCE as lossless PNG: the ``.rec`` holds exactly the pixels
-the network sees, as InsightFace aligns in memory.
+landmarks change the list (and a compressed copy no longer matches). Its bytes are the distributed
+loose crop, unchanged; the compressed record also carries its 5 landmarks and detector score as the
+float32 label array. The crop is aligned to the ArcFace template (:mod:`qgface.eval.align`) when it
+is read, with the protocol file's landmarks, in memory as InsightFace does: the files and the
+``.rec`` give the same pixels.
 
 Two protocols (``eval.ijb_protocol``, docs/method.md §7.5) differ in the image feature and the ROC point:
 - ``qgface`` (default; the paper's reference): the fused flip-test unit embedding, unweighted; among ROC
@@ -22,12 +24,11 @@ pair score = cosine of the two templates. A FAR below 1 / impostor pairs is repo
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Hashable
 
-import cv2
 import numpy as np
 import torch
 
-from qgface.data.images import decode_bgr
 from qgface.eval.align import align_face
 from qgface.eval.benchmarks.base import Benchmark, BenchmarkError, EvalOutput, read_file_bytes
 from qgface.eval.metrics import l2_normalize, tar_at_far
@@ -117,7 +118,8 @@ def pair_scores(template_feats: np.ndarray, first: np.ndarray, second: np.ndarra
 class IJB(Benchmark):
     """Keys ``<name>_tar_at_1e-6`` ... ``<name>_tar_at_1e-1`` (%) for ``ijbb`` / ``ijbc``."""
 
-    params = {"align": "arcface112-umeyama-warpaffine-v1", "encoding": "png"}
+    params = {"payload": "distributed-loose-crop", "label": "5pts+score-float32",
+              "align_at_read": "arcface112-umeyama-warpaffine-v1"}
 
     def __init__(self, data_root: str | Path, name: str = "ijbb", protocol: str = "qgface") -> None:
         super().__init__(data_root)
@@ -149,11 +151,16 @@ class IJB(Benchmark):
         self._num_pairs: int | None = None
 
     def load_bytes(self, index: int) -> bytes:
-        loose = decode_bgr(read_file_bytes(self.root / "loose_crop" / self.files[index], self.name))
-        ok, png = cv2.imencode(".png", align_face(loose, self.landmarks[index]))
-        if not ok:
-            raise BenchmarkError(f"{self.name}: could not encode the aligned {self.files[index]}")
-        return png.tobytes()
+        return read_file_bytes(self.root / "loose_crop" / self.files[index], self.name)
+
+    def record_label(self, index: int) -> np.ndarray:
+        return np.append(self.landmarks[index].ravel(), self.scores[index]).astype(np.float32)
+
+    def embed_items(self) -> list[tuple[int, Hashable]]:
+        return [(i, i) for i in range(len(self))]  # the variant is the image index: its landmarks
+
+    def transform(self, variant: Hashable, bgr: np.ndarray) -> np.ndarray:
+        return align_face(bgr, self.landmarks[int(variant)])
 
     def evaluate(self, embeddings: np.ndarray, norms: np.ndarray) -> EvalOutput:
         self._check_features(embeddings, norms)
