@@ -1,4 +1,4 @@
-"""Training checkpoints: format, atomic save, strict load, RNG capture, resume resolution (contracts.md).
+"""Training checkpoints: format, atomic save, strict load, RNG capture, resume resolution (see README).
 
 A checkpoint is one ``torch.save`` dict, loadable with ``torch.load(weights_only=True)``, so every
 value is a tensor, a number, a string, None or a list/dict of those:
