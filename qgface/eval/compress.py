@@ -77,8 +77,9 @@ def check_rec(benchmark: Benchmark, rec_dir: str | Path) -> Path | None:
         manifest = json.loads(files["manifest"].read_text())
     except (OSError, ValueError) as exc:
         _refuse(files, f"the manifest is unreadable ({exc})")
-    expected = {"format_version": MANIFEST_VERSION, "benchmark": benchmark.rec_name or benchmark.name, "params": benchmark.params,
-                "num_records": len(benchmark), "list_sha256": _sha256_lines(benchmark.image_names)}
+    expected = {"format_version": MANIFEST_VERSION, "benchmark": benchmark.rec_name or benchmark.name,
+                "params": benchmark.params, "num_records": len(benchmark),
+                "list_sha256": _sha256_lines(benchmark.image_names)}
     for key, value in expected.items():
         if manifest.get(key) != value:
             detail = ""

@@ -168,4 +168,5 @@ def _now() -> str:
 
 
 def _summary(metrics: dict[str, float]) -> str:
-    return ", ".join(f"{k}={'empty' if v is None else f'{v:.2f}'}" for k, v in metrics.items() if not k.endswith("_std"))
+    return ", ".join(f"{k}={'empty' if v is None else f'{v:.2f}'}" for k, v in metrics.items()
+                     if not k.endswith("_std"))

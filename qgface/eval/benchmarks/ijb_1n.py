@@ -99,7 +99,8 @@ class IJB1N(IJB):
                                  f"in {self.meta}/{base}_1N_gallery_{first}/{second}.csv (one each expected)")
         position = np.searchsorted(subjects, self.probe_subjects).clip(0, max(len(subjects) - 1, 0))
         if len(subjects) == 0 or (subjects[position] != self.probe_subjects).any():
-            missing = self.probe_subjects[subjects[position] != self.probe_subjects] if len(subjects) else self.probe_subjects
+            missing = (self.probe_subjects[subjects[position] != self.probe_subjects] if len(subjects)
+                       else self.probe_subjects)
             raise BenchmarkError(f"{name}: {self.probe_file}: probe subject {missing[0]} has no gallery template")
         order = np.argsort(self.gallery_subjects)
         self.mate = order[position]  # gallery row of each probe's subject
