@@ -370,6 +370,15 @@ def test_ijb_protocols_pool_and_pick_points_as_their_references(data_root, proto
     assert got[0.2] * 100 == pytest.approx(want[0.2]) and got[0.5] * 100 == pytest.approx(want[0.5])
 
 
+def test_ijb_protocol_config_key():
+    from qgface.config import ConfigError
+
+    assert load_config(None).eval.ijb_protocol == "qgface"
+    assert load_config(None, ["eval.ijb_protocol=insightface"]).eval.ijb_protocol == "insightface"
+    with pytest.raises(ConfigError, match="eval.ijb_protocol must be one of qgface, insightface"):
+        load_config(None, ["eval.ijb_protocol=adaface"])
+
+
 def test_ijb_protocol_is_recorded_and_validated(data_root):
     assert make_benchmark("ijbb", data_root).protocol == "qgface"
     assert make_benchmark("ijbb_1n", data_root, ijb_protocol="insightface").protocol == "insightface"
@@ -447,6 +456,7 @@ def test_cli_writes_json_with_a_real_checkpoint(tmp_path, capsys):
     assert eval_main(["--checkpoint", str(ckpt), "--benchmark", "scface"]) == 0
     result = json.loads((run_dir / "eval" / "scface.json").read_text())
     assert result["status"] == "ok" and result["step"] == 123 and result["benchmark"] == "scface"
+    assert result["protocol"] is None  # only benchmarks with several conventions (IJB) name one
     assert set(result["metrics"]) == {"scface_d1", "scface_d2", "scface_d3"}
     assert all(0 <= v <= 100 for v in result["metrics"].values())
     assert result["sizes"]["gallery"] == 2 and result["source"].endswith("scface.rec")
