@@ -80,7 +80,8 @@ def main() -> None:
         seconds, _ = _timed(lambda: save_checkpoint(last, state))
         print(f"  save last.pt (torch.save + fsync + rename)  {seconds:7.2f} s  {size / 1e9 / seconds:6.2f} GB/s")
         seconds, linked = _timed(lambda: link_or_copy(last, folder / "epoch_1.pt"))
-        print(f"  epoch copy as {'hard link' if linked else 'copy (no links here)'}              {seconds:7.3f} s")
+        how = "hard link" if linked else "copy (no links here)"
+        print(f"  epoch copy as {how:29s}{seconds:7.3f} s")
         seconds, _ = _timed(lambda: save_checkpoint(folder / "epoch_1_written.pt", state))
         print(f"  epoch copy as a second save (before)        {seconds:7.2f} s")
         del state
