@@ -25,11 +25,11 @@ import torch
 import torch.distributed as torch_dist
 from torch.utils.data import DataLoader
 
+from qgface.data.cpus import (available_cpus, ranks_on_this_node, resolve_num_workers, resolve_prefetch_factor,
+                              warn_if_few_cpus)
 from qgface.data.datasets import IMAGE_EXTENSIONS, TwoViewDataset, has_folder_layout, open_train_dataset
 from qgface.data.folder_index import ensure_folder_index, folder_index_path
 from qgface.data.sampler import ResumableDistributedSampler
-from qgface.data.cpus import (available_cpus, ranks_on_this_node, resolve_num_workers, resolve_prefetch_factor,
-                              warn_if_few_cpus)
 from qgface.data.workers import worker_options
 
 __all__ = ["INDEX_CACHE_DIR", "build_train_loader", "loader_workers"]
