@@ -81,3 +81,18 @@ def test_a_text_parsed_in_many_pieces_gives_the_same_index(monkeypatch):
     assert [pieces.offset(k) for k in keys + [900]] == offsets + [5000]
     with pytest.raises(ValueError, match=r"x\.idx: line 504: duplicate key 7"):
         parse_idx(text + b"7\t12\n", "x.idx")
+
+
+def test_a_shared_index_reaches_a_worker_as_a_handle_not_a_copy():
+    from multiprocessing.reduction import ForkingPickler  # what DataLoader's spawned workers receive
+
+    import torch.multiprocessing  # noqa: F401  (registers torch's shared-memory reductions)
+
+    n = 100_000
+    index = parse_idx(idx_text(range(n), range(0, 4 * n, 4)), "x.idx")
+    assert len(ForkingPickler.dumps(index)) > 8 * n  # before: the table's bytes travel
+    index.share_memory()
+    assert len(ForkingPickler.dumps(index)) < 4096  # after: a handle to the shared memory
+    for clone in (pickle.loads(ForkingPickler.dumps(index)), pickle.loads(pickle.dumps(index))):
+        assert clone.offset(0) == 0 and clone.offset(n - 1) == 4 * (n - 1) and clone.offset(n) is None
+        assert clone.keys().tolist() == list(range(n))

@@ -62,6 +62,7 @@ class RecordTrainDataset(Dataset):
             raise DatasetLayoutError(f"{self.reader.rec_path}: key 0: header label {list(header.label)} "
                                      "gives no identities (expected [N+1, N+1+num_ids])")
         self.reader.close()  # mapped again lazily, per process
+        self.reader.index.share_memory()  # spawned loader workers map the index instead of copying it
         log.info("%s: %d images of %d identities", self.reader.rec_path, self.num_images, self.num_classes)
 
     def __len__(self) -> int:

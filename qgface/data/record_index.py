@@ -1,13 +1,14 @@
 """The ``.idx`` of an indexed RecordIO file as compact numpy arrays: key -> byte offset.
 
 A training set of WebFace12M size has 12.7 M records. Held as a Python dict (or list of ints) the
-index costs ~94 bytes per record in every process that opens it (each rank and each spawned loader
+index costs ~125 bytes per record (measured) in every process that opens it (each rank and each spawned loader
 worker); here it costs 8 bytes per record when the keys are dense (``0..N``, the
 InsightFace layout: one int64 offset per key in a table, -1 for a missing key) and 16 when they are
 not (keys sorted, with their offsets; a lookup is a binary search). The order of the ``.idx`` lines
 is kept only when it differs from the order of the offsets (every writer writes both in the same
-order); otherwise it is recovered from the offsets when asked for. Pickling copies the arrays'
-buffers once: no per-record Python objects are built in a worker.
+order); otherwise it is recovered from the offsets when asked for. Pickled, the arrays travel as
+their buffers (no per-record Python objects); after :meth:`RecordIndex.share_memory` they sit in
+shared memory, and a spawned ``DataLoader`` worker receives a handle to them instead of a copy.
 
 Parsing is vectorised (the line structure is checked with array operations, the numbers read by
 ``np.fromstring``), piece by piece; a malformed file is read again line by line for an error naming
@@ -17,6 +18,7 @@ the line.
 from __future__ import annotations
 
 import numpy as np
+import torch
 
 __all__ = ["RecordIndex", "parse_idx"]
 
@@ -30,6 +32,9 @@ _SPACE = np.zeros(256, bool)
 _SPACE[list(b"\t\n\r ")] = True
 
 
+_ARRAY_FIELDS = ("_line_keys", "_table", "_sorted_keys", "_sorted_offsets")
+
+
 class RecordIndex:
     """Byte offset of every key of a ``.idx``; ``keys()`` lists them in ``.idx`` line order."""
 
@@ -39,6 +44,7 @@ class RecordIndex:
         offsets = np.asarray(offsets, np.int64)
         n = len(keys)
         self._size = n
+        self._shared: dict[str, torch.Tensor] = {}  # array name -> its shared-memory tensor (share_memory)
         monotone = n < 2 or bool(np.all(offsets[1:] > offsets[:-1]))
         self._line_keys = None if monotone else keys.copy()
         self._table = self._sorted_keys = self._sorted_offsets = None
@@ -72,8 +78,26 @@ class RecordIndex:
 
     def nbytes(self) -> int:
         """Bytes held by the arrays (what one process pays for this index)."""
-        arrays = (self._line_keys, self._table, self._sorted_keys, self._sorted_offsets)
-        return sum(a.nbytes for a in arrays if a is not None)
+        return sum(getattr(self, name).nbytes for name in _ARRAY_FIELDS if getattr(self, name) is not None)
+
+    def share_memory(self) -> None:
+        """Move the arrays into shared memory: a ``DataLoader`` worker then maps them instead of
+        receiving a copy (torch's multiprocessing pickler sends a handle to a shared tensor)."""
+        for name in _ARRAY_FIELDS:
+            array = getattr(self, name)
+            if array is not None and name not in self._shared:
+                self._shared[name] = torch.from_numpy(array).clone().share_memory_()
+                setattr(self, name, self._shared[name].numpy())  # a view: the tensor's memory
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state.update(self._shared)  # the shared tensors travel in place of their numpy views
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        for name, tensor in self._shared.items():
+            setattr(self, name, tensor.numpy())
 
     def __len__(self) -> int:
         return self._size
