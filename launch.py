@@ -51,7 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--qos", help="Slurm quality of service (cluster.qos)")
     p.add_argument("--constraint", help="Slurm node features, e.g. a100 (cluster.constraint)")
     p.add_argument("--cpus-per-task", type=int, help="CPUs per node task: give the data loader workers room "
-                   "(cluster.cpus_per_task; default: Slurm's)")
+                   "(cluster.cpus_per_task; default: GPUs x (1 + loader workers), also given to srun)")
     p.add_argument("--mem", help="memory per node, e.g. 64G (cluster.mem; default: Slurm's)")
     p.add_argument("--cluster", choices=("auto", "slurm", "local"), default="auto",
                    help="where to run: slurm, local (this machine, one step after the other, waits for the end), "

@@ -21,6 +21,7 @@ import torch
 
 from qgface.config import load_config
 from qgface.data.datasets import TwoViewDataset, open_train_dataset
+from qgface.data.images import to_network_input
 from qgface.models.io import load_backbone
 from qgface.train.engine import train_data_root
 
@@ -44,7 +45,7 @@ def pair_embeddings(model: torch.nn.Module, pairs: TwoViewDataset, indices: list
     embeddings, labels = [], []
     for start in range(0, len(indices), batch_size):
         items = [pairs[i] for i in indices[start:start + batch_size]]
-        views = torch.stack([views for views, _ in items])  # [b, 2, 3, 112, 112]
+        views = to_network_input(torch.stack([views for views, _ in items]))  # [b, 2, 3, 112, 112]
         emb, _ = model(views.flatten(0, 1))
         embeddings.append(emb.reshape(len(items), 2, -1))
         labels += [label for _, label in items]

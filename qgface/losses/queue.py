@@ -25,6 +25,26 @@ import torch.distributed as dist
 from torch import nn
 
 QUEUE_MODES = ("proxy", "fifo")
+PAPER_QUEUE_SIZE = 16384
+"""the published K (METHOD.md §4); the automatic size never goes below it"""
+MIN_HISTORY_STEPS = 4
+"""a queue holding fewer steps than this is mostly the current step's own keys: warned about"""
+
+
+def queue_size_for(queue_size: int, queue_steps: int, step_keys: int) -> int:
+    """K: ``queue_size``, or for 0 ``max(PAPER_QUEUE_SIZE, queue_steps x step_keys)``.
+
+    ``step_keys`` is what one step enqueues over all ranks (views x batch x ranks). What the queue
+    adds to the loss is history, the negatives of earlier steps, so the automatic size keeps at
+    least ``queue_steps`` steps of them at any number of GPUs (docs/method.md §4): at 2 x 8 GPUs x
+    512 images x 2 views a step enqueues 16,384 keys, which K = 16,384 would hold no step of.
+    """
+    return queue_size if queue_size > 0 else max(PAPER_QUEUE_SIZE, queue_steps * step_keys)
+
+
+def history_steps(queue_size: int, step_keys: int) -> float:
+    """Steps of keys the queue holds: ``queue_size / step_keys`` (1 = only the current step)."""
+    return queue_size / step_keys
 
 
 def gather_own_first(t: torch.Tensor) -> torch.Tensor:

@@ -25,8 +25,10 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from qgface.config import Config, ConfigError, save_config
+from qgface.data.images import to_network_input
 from qgface.data.loader import build_train_loader
 from qgface.losses import ContrastOutput, ContrastQueue, MarginHead, qg_contrastive_loss
+from qgface.losses.queue import MIN_HISTORY_STEPS, history_steps, queue_size_for
 from qgface.models import CheckpointError, build_backbone
 from qgface.train import checkpoint as ckpt
 from qgface.train import dist
@@ -147,14 +149,20 @@ class Trainer:
         c = self.cfg.contrast
         if not c.enabled or self.num_views < 2:
             return None
-        if c.queue_size < self.world_keys:
+        size = queue_size_for(c.queue_size, c.queue_steps, self.world_keys)
+        if size < self.world_keys:
             raise ConfigError(f"contrast.queue_size={c.queue_size} cannot hold one step's {self.world_keys} keys "
-                              f"(2 views x data.batch_size x {self.dist.world_size} ranks); raise it")
-        return ContrastQueue(c.queue_size, mode=c.queue, t_alpha=self.cfg.head.t_alpha).to(self.device)
+                              f"(2 views x data.batch_size x {self.dist.world_size} ranks); raise it, or set 0 "
+                              "to derive it from contrast.queue_steps")
+        if self.dist.is_main and history_steps(size, self.world_keys) < MIN_HISTORY_STEPS:
+            log.warning("contrast.queue_size=%d holds %.1f steps of %d keys (fewer than %d): the negatives are "
+                        "mostly this step's own; set contrast.queue_size=0 to keep contrast.queue_steps=%d steps",
+                        size, history_steps(size, self.world_keys), self.world_keys, MIN_HISTORY_STEPS, c.queue_steps)
+        return ContrastQueue(size, mode=c.queue, t_alpha=self.cfg.head.t_alpha).to(self.device)
 
     # ------------------------------------------------------------------ the step (METHOD.md §5)
     def train_step(self, views: torch.Tensor, labels: torch.Tensor) -> StepOutput:
-        views = views.to(self.device, non_blocking=True)
+        views = to_network_input(views.to(self.device, non_blocking=True))  # uint8 over the bus, float here
         labels = labels.to(self.device, non_blocking=True)
         b, v = views.shape[:2]
         # §2: the views as one batch [H_1..H_B, L_1..L_B], labels duplicated
@@ -266,8 +274,8 @@ class Trainer:
         }
         folder = ckpt.checkpoint_dir(c)
         ckpt.save_checkpoint(folder / "last.pt", state)
-        if epoch_end:
-            ckpt.save_checkpoint(folder / f"epoch_{self.epoch}.pt", state)
+        if epoch_end:  # written once: the epoch's copy is a hard link to last.pt
+            ckpt.link_or_copy(folder / "last.pt", folder / f"epoch_{self.epoch}.pt")
         log.info("saved %s at step %d%s", folder / "last.pt", self.step, f" (+ epoch_{self.epoch}.pt)" if epoch_end else "")
 
     def _resume(self) -> None:
@@ -302,7 +310,7 @@ class Trainer:
         h_norm, l_norm = out.norms[:b], out.norms[b:]
         pos_cos = (out.emb[:b] * out.emb[b:]).sum(1) if self.num_views == 2 else None
         if images:  # once per epoch, on its first step
-            self.monitor.image("train/pairs_L_H", pair_grid(views), self.step)
+            self.monitor.image("train/pairs_L_H", pair_grid(to_network_input(views[:8])), self.step)
         if images and pos_cos is not None:
             self.monitor.image("train/norm_vs_similarity",
                                norm_similarity_heatmap(torch.cat([l_norm, h_norm]), pos_cos.repeat(2)), self.step)

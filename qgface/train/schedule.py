@@ -11,6 +11,7 @@ from __future__ import annotations
 import bisect
 
 from qgface.config import Config
+from qgface.losses.queue import queue_size_for
 
 
 def lr_multiplier(epoch: int, milestones: list[int], gamma: float) -> float:
@@ -53,13 +54,14 @@ def queue_size_at(epoch: int, cfg: Config, world_batch: int) -> int:
     """Effective queue size (number of newest entries used as negatives) in ``epoch`` (METHOD.md §5).
 
     ``world_batch`` is the number of keys one step enqueues over all ranks (2·B·world_size with two
-    views). Without ``contrast.progressive`` it is K = ``contrast.queue_size``. With it the size
+    views). Without ``contrast.progressive`` it is K (``contrast.queue_size``, or for 0 the size
+    ``losses.queue.queue_size_for`` derives from ``world_batch``). With it the size
     starts at ``min(world_batch, K)`` (the smallest queue that still holds the step's own keys) up to
     and including epoch ``joint_point``, grows linearly to reach K in the last epoch
     (``optim.epochs - 1``), and is K from then on:
     ``start + (K - start) · (epoch - joint_point) / (epochs - 1 - joint_point)``, rounded down.
     """
-    full = cfg.contrast.queue_size
+    full = queue_size_for(cfg.contrast.queue_size, cfg.contrast.queue_steps, world_batch)
     if not cfg.contrast.progressive:
         return full
     start = min(world_batch, full)
