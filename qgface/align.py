@@ -11,8 +11,6 @@ import logging
 import sys
 from typing import Sequence
 
-from qgface.detect import DetectorWeightsError
-
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m qgface.align", description=__doc__.split("\n\n")[0])
@@ -37,7 +35,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    from qgface.infer.align_folder import AlignOptions, align_folder  # after the parser: --help stays fast
+    from qgface.detect import DetectorWeightsError  # imports torch: after the parser, so --help stays fast
+    from qgface.infer.align_folder import AlignOptions, align_folder
 
     try:
         options = AlignOptions(all_faces=args.all_faces, min_face_size=args.min_face_size, upsample=args.upsample,

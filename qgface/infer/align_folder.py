@@ -18,6 +18,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import torch
 from tqdm import tqdm
 
 from qgface.atomic import atomic_write_bytes, atomic_write_text
@@ -134,9 +135,7 @@ _worker_state: dict[str, object] = {}
 
 
 def _worker_init(src: Path, dst: Path, options: AlignOptions) -> None:
-    cv2.setNumThreads(1)
-    import torch  # the workers run in parallel: one thread each
-
+    cv2.setNumThreads(1)  # the workers run in parallel: one thread each
     torch.set_num_threads(1)
     _worker_state.update(detector=make_detector(options), src=src, dst=dst, options=options)
 
