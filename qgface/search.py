@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from qgface.infer.cli import add_model_options, recognizer_from_args, run_cli
+from qgface.infer.cli import add_model_options, embed_file, recognizer_from_args, run_cli
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -30,13 +30,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
 
     def body() -> int:
-        from qgface.infer.files import read_bgr
         from qgface.infer.folder import embed_folder, identity_templates, load_embeddings, top_k
 
         if args.k < 1:
             raise ValueError(f"-k must be at least 1, got {args.k}")
         recognizer = recognizer_from_args(args)
-        probe, _ = recognizer.embed(read_bgr(args.probe))
+        probe, _ = embed_file(recognizer, args.probe)
         gallery_dir = Path(args.gallery)
         if (gallery_dir / "index.csv").is_file() and (gallery_dir / "embeddings.npy").is_file():
             gallery = load_embeddings(gallery_dir)
@@ -46,11 +45,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"{len(gallery.missing)} gallery images without a face left out", file=sys.stderr)
         if not gallery.paths:
             raise ValueError(f"no gallery face to search in {gallery_dir}")
-        if gallery.embeddings.shape[1] != probe.shape[1]:
+        if gallery.embeddings.shape[1] != probe.shape[0]:
             raise ValueError(f"gallery embeddings in {gallery_dir} are {gallery.embeddings.shape[1]}-d but this "
-                             f"model's are {probe.shape[1]}-d: embed the gallery with the same checkpoint")
+                             f"model's are {probe.shape[0]}-d: embed the gallery with the same checkpoint")
         names, templates, counts = identity_templates(gallery.paths, gallery.embeddings)
-        order, scores = top_k(probe[0], templates, args.k)
+        order, scores = top_k(probe, templates, args.k)
         for rank, (i, score) in enumerate(zip(order, scores), start=1):
             print(f"{rank}\t{names[i]}\t{score:.4f}\t({counts[i]} images)")
         return 0

@@ -12,7 +12,7 @@ import argparse
 import sys
 from typing import Sequence
 
-from qgface.infer.cli import add_model_options, recognizer_from_args, run_cli
+from qgface.infer.cli import add_model_options, embed_file, recognizer_from_args, run_cli
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -33,16 +33,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
 
     def body() -> int:
-        from qgface.infer.files import read_bgr
         from qgface.infer.recognizer import cosine_similarity
         from qgface.infer.threshold import threshold_from_bin
 
         recognizer = recognizer_from_args(args)
-        embeddings, norms = recognizer.embed([read_bgr(args.a), read_bgr(args.b)])
-        similarity = float(cosine_similarity(embeddings[0], embeddings[1])[0])
+        (emb_a, norm_a), (emb_b, norm_b) = embed_file(recognizer, args.a), embed_file(recognizer, args.b)
+        similarity = float(cosine_similarity(emb_a, emb_b)[0])
         print(f"similarity {similarity:.4f}")
-        print(f"norm {norms[0]:.2f} {args.a}")
-        print(f"norm {norms[1]:.2f} {args.b}")
+        print(f"norm {norm_a:.2f} {args.a}")
+        print(f"norm {norm_b:.2f} {args.b}")
         threshold, source = args.threshold, "given"
         if args.threshold_from:
             learnt = threshold_from_bin(recognizer, args.threshold_from)

@@ -182,3 +182,11 @@ def test_search_ranks_the_identity_holding_the_probe_first(checkpoint, gallery, 
     capsys.readouterr()
     assert search_cli.main(["--checkpoint", str(checkpoint), str(probe), str(out), "-k", "2"]) == 0
     assert capsys.readouterr().out.splitlines() == lines
+
+
+def test_verify_names_the_image_without_a_face(checkpoint, crops, tmp_path, capsys):
+    blank = tmp_path / "blank.png"
+    cv2.imwrite(str(blank), np.full((150, 150, 3), 30, np.uint8))
+    assert verify_cli.main(["--checkpoint", str(checkpoint), str(crops["biden.jpg"]), str(blank)]) == 1
+    assert capsys.readouterr().err.strip() == f"qgface.verify: error: {blank}: no face found (try python -m " \
+                                               "qgface.align with --upsample for tiny faces)"

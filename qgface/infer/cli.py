@@ -10,7 +10,7 @@ from collections.abc import Callable
 from qgface.detect import DetectorWeightsError
 from qgface.models import CheckpointError
 
-__all__ = ["add_model_options", "recognizer_from_args", "run_cli"]
+__all__ = ["add_model_options", "embed_file", "recognizer_from_args", "run_cli"]
 
 _USER_ERRORS = (CheckpointError, DetectorWeightsError, FileNotFoundError, ValueError)
 
@@ -30,6 +30,17 @@ def recognizer_from_args(args: argparse.Namespace):
 
     return Recognizer.from_checkpoint(args.checkpoint, name=args.backbone, device=args.device,
                                       batch_size=args.batch_size, detector_weights=args.weights_dir)
+
+
+def embed_file(recognizer, path: str):
+    """``(embedding [512], norm)`` of the image file ``path`` (aligned crop, or raw photo: detected)."""
+    from qgface.infer.files import read_bgr
+
+    crop = recognizer.align(read_bgr(path))
+    if crop is None:
+        raise ValueError(f"{path}: no face found (try python -m qgface.align with --upsample for tiny faces)")
+    embeddings, norms = recognizer.embed_aligned(crop)
+    return embeddings[0], float(norms[0])
 
 
 def run_cli(prog: str, body: Callable[[], int]) -> int:

@@ -56,8 +56,9 @@ def embed_folder(recognizer: Recognizer, root: str | os.PathLike, *, detect: boo
             crops.clear()
 
     for rel in tqdm(files, desc="embed", unit="img", disable=not progress, mininterval=2):
+        image = read_bgr(root / rel)  # its errors name the file
         try:
-            crop = recognizer.align(read_bgr(root / rel), detect)
+            crop = recognizer.align(image, detect)
         except ValueError as exc:
             raise ValueError(f"{root / rel}: {exc}") from None
         if crop is None:
