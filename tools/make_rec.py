@@ -21,7 +21,6 @@ import argparse
 import csv
 import hashlib
 import io
-import json
 import logging
 import multiprocessing
 import shutil
