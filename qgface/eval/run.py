@@ -26,6 +26,7 @@ from qgface.eval.benchmarks import BENCHMARK_NAMES, make_benchmark
 from qgface.eval.compress import open_source
 from qgface.eval.embed import embed_benchmark
 from qgface.models import CheckpointError, load_backbone
+from qgface.models.onnx_backbone import OnnxBackbone
 
 __all__ = ["RESULT_VERSION", "checkpoint_info", "default_output_dir", "eval_data_root", "evaluate",
            "resolve_benchmark", "resolve_config", "write_failure"]
@@ -52,9 +53,11 @@ def resolve_config(checkpoint: str | Path | None, config_path: str | Path | None
 
 
 def checkpoint_info(path: str | Path) -> dict[str, Any]:
-    """``layout`` (qgface | lightning | state_dict), ``step``, ``epoch``, ``backbone``, ``config`` of a checkpoint."""
+    """``layout`` (qgface | lightning | state_dict | onnx), ``step``, ``epoch``, ``backbone``, ``config`` of a checkpoint."""
     if not Path(path).is_file():
         raise CheckpointError(f"checkpoint {path} does not exist or is not a file")
+    if Path(path).suffix == ".onnx":  # an exported backbone (tools/export_onnx.py), run with onnxruntime
+        return {"layout": "onnx", "step": None, "epoch": None, "backbone": None, "config": None}
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except RuntimeError:  # legacy (non-zip) files cannot be memory-mapped
@@ -130,7 +133,8 @@ def evaluate(checkpoint_path: str | Path, benchmark_name: str, cfg: Config,
     source, source_desc = open_source(benchmark, cfg.eval.rec_dir or data_root, compress=compress,
                                       num_workers=cfg.eval.num_workers)
     lap("compress")
-    model = load_backbone(checkpoint_path, name=cfg.model.backbone if info["layout"] == "state_dict" else None)
+    model = OnnxBackbone(checkpoint_path) if info["layout"] == "onnx" else load_backbone(
+        checkpoint_path, name=cfg.model.backbone if info["layout"] == "state_dict" else None)
     lap("load_model")
     embeddings, norms = embed_benchmark(model, benchmark, source, batch_size=cfg.eval.batch_size,
                                         num_workers=cfg.eval.num_workers, device=device)
