@@ -132,3 +132,17 @@ def test_bad_protocol_files_name_the_file(ijbs_root, tmp_path):
     (root / "IJBS" / "protocols" / "cs6_metadata.csv").unlink()
     with pytest.raises(BenchmarkError, match="cs6_metadata.csv not found"):
         make_benchmark("ijbs", root)
+
+
+def test_synthetic_surveillance_frames_carry_less_detail_than_the_photos(ijbs_root):
+    import cv2
+
+    bench = make_benchmark("ijbs", ijbs_root)
+
+    def detail(kind: str) -> float:
+        crops = [cv2.imdecode(np.frombuffer(bench.load_bytes(i), np.uint8), cv2.IMREAD_GRAYSCALE)
+                 for i, name in enumerate(bench.image_names) if f"/{kind}_" in name]
+        assert all(c.shape == (112, 112) for c in crops)
+        return float(np.mean([cv2.Laplacian(c.astype(np.float64), cv2.CV_64F).var() for c in crops]))
+
+    assert detail("videos") < 0.5 * detail("img")
