@@ -154,7 +154,8 @@ def _plan_ijbs(plan: Plan, eval_ids: list[int]) -> tuple[list[int], set[str]]:
     pids = list(range(1, count + 1))
     for pid, number in zip(pids, eval_ids):
         for k in range(3):
-            plan.add(("IJBS", f"{pid}/img_{100000 + 10 * pid + k}.jpg"), "ijbs", number, stream, {"video": 0, "frame": k})
+            plan.add(("IJBS", f"{pid}/img_{100000 + 10 * pid + k}.jpg"), "ijbs", number, stream,
+                     {"video": 0, "frame": k})
         videos = [1000 + pid, IJBS_PROBE_VIDEO_BASE + pid, IJBS_PROBE_VIDEO_BASE + (pid - 2) % count + 1]
         for video in videos:
             for frame in range(3):
