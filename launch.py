@@ -57,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="where to run: slurm, local (this machine, one step after the other, waits for the end), "
                    "or auto = slurm when sbatch is on PATH and the controller answers, else local (default)")
     p.add_argument("--benchmarks", nargs="+", metavar="NAME", help="benchmarks to evaluate after training: "
-                   "hq crlfw tinyface scface ijbb ijbc ijbb_1n ijbc_1n (eval.benchmarks; default the first six)")
+                   "hq crlfw tinyface scface ijbb ijbc ijbb_1n ijbc_1n ijbs (eval.benchmarks; default the first six)")
     p.add_argument("--no-eval", action="store_true", help="train only: no evaluation array, no aggregation")
     p.add_argument("--wait", action="store_true", help="on Slurm, stay until the chain has ended and exit 0 only "
                    "if it succeeded (for scripts; local mode always waits)")

@@ -2,7 +2,7 @@
 
 Evaluates one checkpoint on one benchmark (compressing the benchmark first when needed) and writes
 ``<run>/eval/<NAME>.json`` (METHOD.md §7-8). NAME is one of hq, crlfw, tinyface, scface, ijbb, ijbc, ijbb_1n, ijbc_1n,
-or an index into ``eval.benchmarks`` (handy as a Slurm array task id). Exits 1 with one message on failure.
+ijbs, or an index into ``eval.benchmarks`` (handy as a Slurm array task id). Exits 1 with one message on failure.
 """
 
 from __future__ import annotations

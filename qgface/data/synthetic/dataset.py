@@ -2,7 +2,7 @@
 
 :func:`generate` writes a training set (InsightFace ``train.rec/.idx``, mostly high quality like
 MS1MV2; METHOD.md §2 makes the low-quality views during training) and the evaluation data root of
-METHOD.md §7: five HQ ``.bin`` pair sets, TinyFace, SCface, IJB-B and IJB-C, on identities disjoint
+METHOD.md §7: five HQ ``.bin`` pair sets, TinyFace, SCface, IJB-B, IJB-C and IJB-S, on identities disjoint
 from training. :func:`ensure_synthetic` caches one such set per parameter combination under
 ``cfg.data.synthetic_dir`` (file lock, temporary folder + rename; ``synthetic.json`` written last).
 """
@@ -25,14 +25,14 @@ from qgface.atomic import atomic_write_text, fsync_dir
 from qgface.data.binfile import save_bin
 from qgface.data.recordio import write_insightface_rec
 from qgface.data.synthetic.faces import make_identity
-from qgface.data.synthetic.layouts import write_ijb, write_scface, write_tinyface
+from qgface.data.synthetic.layouts import IJBS_PROBE_VIDEO_BASE, write_ijb, write_ijbs, write_scface, write_tinyface
 from qgface.data.synthetic.shots import STREAM, Plan, Renderer
 
 __all__ = ["GENERATOR_VERSION", "HQ_SETS", "generate", "ensure_synthetic", "synthetic_name"]
 
 log = logging.getLogger(__name__)
 
-GENERATOR_VERSION = 3  # 2: SCface all.txt in the distributed layout; 3: IJB 1:N lists, >= 10k impostor pairs
+GENERATOR_VERSION = 4  # 2: SCface all.txt in the distributed layout; 3: IJB 1:N lists, >= 10k impostor pairs; 4: IJB-S
 HQ_SETS = ("lfw", "cfp_fp", "agedb_30", "calfw", "cplfw")
 # image A / image B nuisance of each HQ set: cfp_fp frontal vs half-profile, agedb/calfw an age gap
 _HQ_STYLE = {
@@ -141,6 +141,29 @@ def _plan_ijb(plan: Plan, p: dict, eval_ids: list[int], which: str) -> list[tupl
     return faces
 
 
+IJBS_SUBJECTS = 20
+"""synthetic IJB-S subjects (at most; the first evaluation identities): 3 photos, a 3-frame gallery video
+and 2 shared 3-frame probe videos each, about 240 images"""
+
+
+def _plan_ijbs(plan: Plan, eval_ids: list[int]) -> tuple[list[int], set[str]]:
+    """Subject PIDs 1..S: photos ``img_<100000 + 10 PID + k>``, gallery video ``1000 + PID`` alone, and
+    probe video ``2000 + m`` showing subjects m and m + 1 (mod S). Returns (PIDs, failed frames): the
+    last frame of probe video 2000 + 1 of PID 1 is an alignment failure (listed, never imaged)."""
+    stream, count = STREAM["IJBS"], min(IJBS_SUBJECTS, len(eval_ids) // 2 * 2)
+    pids = list(range(1, count + 1))
+    for pid, number in zip(pids, eval_ids):
+        for k in range(3):
+            plan.add(("IJBS", f"{pid}/img_{100000 + 10 * pid + k}.jpg"), "ijbs", number, stream,
+                     {"video": 0, "frame": k})
+        videos = [1000 + pid, IJBS_PROBE_VIDEO_BASE + pid, IJBS_PROBE_VIDEO_BASE + (pid - 2) % count + 1]
+        for video in videos:
+            for frame in range(3):
+                plan.add(("IJBS", f"{pid}/videos_{video}_{10 * frame}.jpg"), "ijbs", number, stream,
+                         {"video": video, "frame": frame})
+    return pids, {f"1/videos_{IJBS_PROBE_VIDEO_BASE + 1}_20.jpg"}
+
+
 def generate(out_dir: str | os.PathLike, *, identities: int = 300, images_per_identity: int = 20,
              eval_identities: int = 100, seed: int = 0, hq_pairs: int | None = None, tinyface_probes: int = 2,
              tinyface_gallery: int = 2, tinyface_distractors: int | None = None, scface_subjects: int | None = None,
@@ -179,6 +202,7 @@ def generate(out_dir: str | os.PathLike, *, identities: int = 300, images_per_id
         _plan_tinyface(plan, p, eval_ids, identities + eval_identities)
         _plan_scface(plan, p, eval_ids)
         ijb = {which: _plan_ijb(plan, p, eval_ids, which) for which in ("IJBB", "IJBC")}
+        ijbs_subjects, ijbs_failed = _plan_ijbs(plan, eval_ids)
         results = plan.render(renderer, seed)
     finally:
         renderer.close()
@@ -190,6 +214,7 @@ def generate(out_dir: str | os.PathLike, *, identities: int = 300, images_per_id
     counts.update(write_scface(out, results))
     for which, faces in ijb.items():
         counts.update(write_ijb(out, which, faces, results, ijb_max_pairs, seed))
+    counts.update(write_ijbs(out, ijbs_subjects, results, ijbs_failed))
     os.sync()  # the image files above are plain writes: make them durable before the completion marker
     summary = {"generator_version": GENERATOR_VERSION, "parameters": p, "counts": counts}
     atomic_write_text(out / "synthetic.json", json.dumps(summary, indent=2, sort_keys=True) + "\n")

@@ -110,3 +110,54 @@ def _write_ijb_1n(meta: Path, prefix: str, faces: list[tuple[str, int, int, int]
         atomic_write_text(meta / file, "TEMPLATE_ID,SUBJECT_ID,FILENAME\n" + "".join(lines))
     probes = len({t for _, t, _, n in faces if first_template[n] != t})
     return {f"{prefix}_1n_gallery_templates": len(first_template), f"{prefix}_1n_probe_templates": probes}
+
+
+def write_ijbs(out: Path, subjects: list[int], results: dict[tuple, Any], failed: set[str]) -> dict[str, int]:
+    """The IJB-S layout read by :mod:`qgface.eval.benchmarks.ijbs` (docs/method.md §7.7). ``results`` maps
+    ``("IJBS", path)`` to the JPEG of ``<PID>/videos_<VIDEO>_<FRAME>.jpg`` or ``<PID>/img_<IMAGE>.jpg``;
+    ``subjects`` lists the PIDs (first half: galleries g1, second half: g2). Paths in ``failed`` are
+    listed in the metadata but left out of the image list and the folder (alignment failures)."""
+    root = out / "IJBS"
+    paths = sorted((k[1] for k in results if k[0] == "IJBS"), key=_ijbs_order)
+    for path in paths:
+        if path not in failed:
+            (root / "aligned" / path).parent.mkdir(parents=True, exist_ok=True)
+            (root / "aligned" / path).write_bytes(results[("IJBS", path)])
+    kept = [p for p in paths if p not in failed]
+    atomic_write_text(root / IJBS_IMAGE_LIST, ",path\n" + "".join(f"{i},{p}\n" for i, p in enumerate(kept)))
+    meta, photos, gallery_video, probe_videos = [], {}, {}, set()
+    for path in paths:
+        pid, stem = path.split("/")[0], Path(path).stem.split("_")
+        file = f"videos/{stem[1]}.mp4" if stem[0] == "videos" else f"img/{stem[1]}.jpg"
+        meta.append(f"{pid},{file},{stem[2] if stem[0] == 'videos' else 0}\n")
+        if stem[0] == "img":
+            photos.setdefault(int(pid), []).append(file)
+        elif int(stem[1]) < IJBS_PROBE_VIDEO_BASE:
+            gallery_video[int(pid)] = file
+        else:
+            probe_videos.add(file)
+    proto = root / "protocols"
+    (proto / "galleries").mkdir(parents=True, exist_ok=True)
+    atomic_write_text(proto / "cs6_metadata.csv", "SUBJECT_ID,FILENAME,FRAME\n" + "".join(meta))
+    probes = "FILENAME\n" + "".join(f"{v}\n" for v in sorted(probe_videos))
+    atomic_write_text(proto / "cs6_surveillance_to_single-booking_probe.csv", probes)
+    atomic_write_text(proto / "cs6_surveillance_to_surveillance_probe.csv", probes)
+    half = len(subjects) // 2
+    for g, members in ((1, subjects[:half]), (2, subjects[half:])):
+        header = "TEMPLATE_ID,SUBJECT_ID,FILENAME\n"
+        rows = {"single": [f"{s},{s},{photos[s][0]}\n" for s in members],
+                "booking": [f"{s},{s},{f}\n" for s in members for f in photos[s]],
+                "surveillance": [f"{s},{s},{gallery_video[s]}\n" for s in members]}
+        for kind, lines in rows.items():
+            atomic_write_text(proto / "galleries" / f"cs6_surveillance_to_{kind}_g{g}.csv", header + "".join(lines))
+    return {"ijbs_images": len(kept), "ijbs_subjects": len(subjects), "ijbs_probe_videos": len(probe_videos)}
+
+
+IJBS_IMAGE_LIST = "image_list_mtcnn_fail_skipped_v1.csv"
+IJBS_PROBE_VIDEO_BASE = 2000
+"""synthetic IJB-S video ids: 1000 + PID are gallery videos (one subject each), 2000 + m probe videos"""
+
+
+def _ijbs_order(path: str) -> tuple:
+    pid, stem = path.split("/")
+    return (int(pid), *(int(v) if v.isdigit() else v for v in Path(stem).stem.split("_")))

@@ -8,12 +8,13 @@ from qgface.eval.benchmarks.base import Benchmark, BenchmarkError, EvalOutput
 from qgface.eval.benchmarks.hq import CrossResolutionLFW, HQVerification
 from qgface.eval.benchmarks.ijb import IJB, IJB_PROTOCOLS
 from qgface.eval.benchmarks.ijb_1n import IJB1N
+from qgface.eval.benchmarks.ijbs import IJBS
 from qgface.eval.benchmarks.scface import SCface
 from qgface.eval.benchmarks.tinyface import TinyFace
 
 __all__ = ["BENCHMARK_NAMES", "IJB_PROTOCOLS", "Benchmark", "BenchmarkError", "EvalOutput", "make_benchmark"]
 
-BENCHMARK_NAMES = ("hq", "crlfw", "tinyface", "scface", "ijbb", "ijbc", "ijbb_1n", "ijbc_1n")
+BENCHMARK_NAMES = ("hq", "crlfw", "tinyface", "scface", "ijbb", "ijbc", "ijbb_1n", "ijbc_1n", "ijbs")
 
 
 def make_benchmark(name: str, data_root: str | Path, *, tinyface_aligned_dir: str = "aligned_pad_0.1_pad_high",
@@ -31,4 +32,6 @@ def make_benchmark(name: str, data_root: str | Path, *, tinyface_aligned_dir: st
         return IJB(data_root, name, ijb_protocol)
     if name in ("ijbb_1n", "ijbc_1n"):
         return IJB1N(data_root, name, ijb_protocol)
+    if name == "ijbs":
+        return IJBS(data_root)
     raise BenchmarkError(f"unknown benchmark {name!r}; choose one of {', '.join(BENCHMARK_NAMES)}")
