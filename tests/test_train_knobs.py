@@ -112,9 +112,9 @@ def test_compiled_backbone_trains_like_the_eager_one(train_root, tmp_path):
     try:
         views, labels = _one_batch(eager)
         _one_batch(compiled)
-        torch.manual_seed(0)
+        # eval mode: no dropout (compiled code draws its random numbers differently from eager code)
+        eager.model.eval(), compiled.model.eval()
         a = eager.train_step(views, labels)
-        torch.manual_seed(0)
         b = compiled.train_step(views, labels)
         torch.testing.assert_close(b.loss, a.loss, rtol=1e-4, atol=1e-4)
         assert set(compiled.model.backbone.state_dict()) == set(eager.model.backbone.state_dict())  # no prefix
