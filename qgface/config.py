@@ -99,9 +99,15 @@ class HeadConfig:
     """QS threshold tau_q on the classification logits; 0 disables the quality scaler"""
     quality_scale_warmup: bool = False
     """ramp tau_q linearly from 0 over the first contrast.joint_point epochs"""
+    chunk_elems: int = 0
+    """logits the head holds at once (rows per chunk = chunk_elems // classes); 0 = 16M on CPU, 256M on GPU"""
+    tf32: bool = False
+    """let the head's fp32 matmuls use TF32 on an Ampere+ GPU (faster; ~1e-3 relative error in the cosines)"""
 
     def __post_init__(self) -> None:
         _check_choice("head.kind", self.kind, ("adaface", "arcface", "cosface"))
+        if self.chunk_elems < 0:
+            raise ConfigError(f"head.chunk_elems must be >= 0 (0 = the device's default); got {self.chunk_elems!r}")
 
 
 @dataclass
@@ -179,8 +185,8 @@ class OptimConfig:
 
 @dataclass
 class TrainConfig:
-    precision: str = "bf16"
-    """autocast dtype of the backbone on GPU: bf16, fp16 or fp32 (CPU always runs fp32)"""
+    precision: str = "auto"
+    """autocast dtype of the backbone on GPU: auto (bf16 from compute capability 8, else fp16 with loss scaling), bf16, fp16 or fp32 (CPU always runs fp32)"""
     max_steps: int = 0
     """stop after this many optimiser steps in total; 0 = run all epochs"""
     steps_per_epoch: int = 0
@@ -194,10 +200,27 @@ class TrainConfig:
     max_restarts: int = 3
     """torchrun restarts of failed workers (each resumes from last.pt)"""
     deterministic: bool = False
-    """use deterministic algorithms (slower on GPU; exact-resume tests on CPU do not need it)"""
+    """deterministic kernels (slower on GPU); needed for a bit-exact resume on a GPU, not on a CPU (README, "On GPUs")"""
+
+    channels_last: bool = True
+    """NHWC memory layout of the backbone and its input on GPU (faster tensor-core convolutions); CPU keeps NCHW"""
+    compile: bool = False
+    """torch.compile the backbone (minutes of compilation at start, faster steps after)"""
+    fused_optimizer: bool = True
+    """fused SGD (one kernel for every parameter) where the device supports it"""
+    static_graph: bool = True
+    """tell DDP the autograd graph is the same every step (lets it overlap and skip per-step checks)"""
+    grad_compression: str = "none"
+    """DDP all-reduce of gradients in: none (fp32), bf16 or fp16 (half the traffic, e.g. the 1.27 GB head at WebFace12M)"""
+    grad_accum: int = 1
+    """micro-batches per optimiser step: data.batch_size is split into this many (memory knob; same gradient up to BatchNorm)"""
+    activation_checkpointing: bool = False
+    """recompute each IR unit's activations in backward instead of keeping them (memory knob, ~30% slower)"""
 
     def __post_init__(self) -> None:
-        _check_choice("train.precision", self.precision, ("bf16", "fp16", "fp32"))
+        _check_choice("train.precision", self.precision, ("auto", "bf16", "fp16", "fp32"))
+        _check_choice("train.grad_compression", self.grad_compression, ("none", "bf16", "fp16"))
+        _check_positive("train.grad_accum", self.grad_accum)
         _check_choice_or_path("train.resume", self.resume, ("auto", "none"))
 
 
@@ -211,6 +234,8 @@ class EvalConfig:
     """folder holding every benchmark's data (hq .bin files, tinyface/, scface/, IJBB/, IJBC/); empty = synthetic"""
     batch_size: int = 128
     """images per embedding batch"""
+    tf32: bool = False
+    """let evaluation's fp32 convolutions and matmuls use TF32 on an Ampere+ GPU (faster; embeddings then differ from CPU ones by ~1e-3, not rounding)"""
     num_workers: int = 2
     """DataLoader workers that decode evaluation images"""
     rec_dir: str = ""

@@ -154,3 +154,59 @@ def test_fp32_under_autocast():
 def test_unknown_kind():
     with pytest.raises(ValueError, match="adaface, arcface, cosface"):
         MarginHead("sphereface", 3)
+
+
+def test_chunk_size_is_device_aware_and_a_config_key():
+    from qgface.config import ConfigError, load_config
+    from qgface.losses.margin import DEFAULT_CHUNK_ELEMS
+
+    head = MarginHead("adaface", 1000, 8)
+    assert head.chunk_rows() == DEFAULT_CHUNK_ELEMS["cpu"] // 1000
+    assert DEFAULT_CHUNK_ELEMS["cuda"] // 617_970 >= 256  # WebFace12M: hundreds of rows per kernel read
+    assert MarginHead("adaface", 1000, 8, chunk_elems=3000).chunk_rows() == 3
+    assert MarginHead("adaface", 1000, 8, chunk_elems=10).chunk_rows() == 1
+    assert load_config().head.chunk_elems == 0
+    with pytest.raises(ConfigError, match="head.chunk_elems must be >= 0"):
+        load_config(overrides=["head.chunk_elems=-1"])
+
+
+@pytest.mark.parametrize("rows_per_chunk", [1, 5, 12, 100])
+def test_chunking_does_not_change_loss_or_gradients(rows_per_chunk):
+    ref_head = _head("adaface", qs=0.6, chunk_elems=37 * 100)
+    e, norms, y = _batch()
+    e.requires_grad_()
+    ref = ref_head(e, norms, y)[0]
+    want = torch.autograd.grad(ref, [e, ref_head.kernel])
+    head = _head("adaface", qs=0.6, chunk_elems=37 * rows_per_chunk)
+    head.kernel.data.copy_(ref_head.kernel.data)
+    loss = head(e, norms, y)[0]
+    torch.testing.assert_close(loss, ref, rtol=1e-13, atol=1e-13)
+    for a, b in zip(torch.autograd.grad(loss, [e, head.kernel]), want):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
+
+
+def test_gradient_follows_the_upstream_factor_and_clamped_cosines_get_none():
+    # the gradient is formed in forward; backward must scale it by whatever multiplies the loss
+    head = _head("arcface", classes=5, dim=3)
+    e, norms, y = _batch(n=4, dim=3, classes=5)
+    e = e.detach()
+    # row 0 equals class 2's proxy, so its cosine with class 2 (a non-target) is clamped at 1 - ε
+    y[0] = 0
+    e[0] = F.normalize(head.kernel.detach()[:, 2], dim=0)
+    e.requires_grad_()
+    loss = head(e, norms, y)[0]
+    (g1,) = torch.autograd.grad(loss, [e], retain_graph=True)
+    (g3,) = torch.autograd.grad(3.0 * loss, [e])
+    torch.testing.assert_close(g3, 3.0 * g1)
+    ref = dense_loss(head, e, head.margin_scaler(norms).double(), y)
+    (g_ref,) = torch.autograd.grad(ref, [e])
+    torch.testing.assert_close(g1, g_ref, rtol=1e-10, atol=1e-12)
+
+
+def test_no_gradient_work_or_backward_under_no_grad():
+    head = _head("adaface")
+    e, norms, y = _batch()
+    with torch.no_grad():
+        loss, _ = head(e.requires_grad_(), norms, y)
+    assert not loss.requires_grad
+    torch.testing.assert_close(loss, dense_loss(head, e.detach(), head.margin_scaler(norms).double(), y))

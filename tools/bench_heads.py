@@ -2,6 +2,9 @@
 
 Cases (METHOD.md §3/§4 at paper scale):
   head      MarginHead("adaface"), C = 85,742 classes (MS1MV2), N = 512 rows (two views of 256)
+  dense     the reference for ``head``: the same loss written the plain way AdaFace's own head does it
+            (normalised kernel copy, full [N, C] logits, acos/cos and a one-hot over the whole matrix,
+            autograd); ``head`` is reported as a fraction of its time and memory
   contrast  qg_contrastive_loss, K = 16,384 queue, B = 256 pairs (2B = 512 rows)
 
 How memory is measured (honest, and why): torch's CPU allocator keeps no peak statistics and
@@ -11,7 +14,8 @@ touches its inputs, (2) reads the process's peak resident set size ``ru_maxrss``
 memory of that step, including the parameter gradient that backward allocates. Large tensors
 are mmap-ed by glibc and returned to the OS on free, so RSS follows torch's live tensors closely;
 small allocator/thread-pool overheads of the first call (a few MiB) are included. Timing is the
-median of the following repetitions.
+median of the following repetitions, as wall time and as the process's CPU time (threads summed;
+the fairer figure on a machine shared with other jobs).
 
 Usage:  python tools/bench_heads.py [--threads 2] [--reps 3] [--case head|contrast|all]
 """
@@ -36,11 +40,11 @@ def _peak_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
 
 
-def _run_head(reps: int) -> dict:
+def _run_head(reps: int, dense: bool, chunk_elems: int) -> dict:
     from qgface.losses.margin import MarginHead
 
     n, c, d = 512, 85_742, 512
-    head = MarginHead("adaface", c, d, quality_scale=0.5).train()
+    head = MarginHead("adaface", c, d, quality_scale=0.5, chunk_elems=chunk_elems).train()
     emb = torch.nn.functional.normalize(torch.randn(n, d), dim=1).requires_grad_()
     norms = torch.rand(n, 1) * 30 + 5
     labels = torch.randint(0, c, (n,))
@@ -48,25 +52,44 @@ def _run_head(reps: int) -> dict:
     def step() -> None:
         head.kernel.grad = None
         emb.grad = None
-        loss, _ = head(emb, norms, labels)
+        loss = _dense_loss(head, emb, norms, labels) if dense else head(emb, norms, labels)[0]
         loss.backward()
 
-    extra, seconds = _measure(step, reps)
-    return {"case": "head", "rows": n, "classes": c, "extra_bytes": extra, "seconds": seconds,
-            "logits_bytes": n * c * 4, "kernel_grad_bytes": d * c * 4}
+    extra, seconds, cpu_seconds = _measure(step, reps)
+    return {"case": "dense" if dense else "head", "rows": n, "classes": c, "extra_bytes": extra,
+            "seconds": seconds, "cpu_seconds": cpu_seconds, "logits_bytes": n * c * 4, "kernel_grad_bytes": d * c * 4,
+            "chunk_rows": head.chunk_rows()}
 
 
-def _measure(step: Callable[[], None], reps: int) -> tuple[int, float]:
-    """Peak extra memory of the first call (it allocates everything), then the median time of ``reps`` calls."""
+def _dense_loss(head, emb: torch.Tensor, norms: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """METHOD.md §3 the way AdaFace's head computes it: dense [N, C] margins from a one-hot."""
+    import math
+
+    from qgface.losses.margin import EPS
+
+    g_hat = head.margin_scaler(norms)
+    w = torch.nn.functional.normalize(head.kernel, dim=0)
+    cos = (emb @ w).clamp(-1 + EPS, 1 - EPS)
+    onehot = torch.zeros_like(cos).scatter_(1, labels[:, None], 1.0)
+    theta = (cos.acos() - onehot * (head.m * g_hat)).clamp(EPS, math.pi - EPS)
+    z = theta.cos() - onehot * (head.m + head.m * g_hat)
+    z = z * head._row_scale(g_hat)
+    return torch.nn.functional.cross_entropy(z, labels)
+
+
+def _measure(step: Callable[[], None], reps: int) -> tuple[int, float, float]:
+    """Peak extra memory of the first call (it allocates everything), then the median wall and CPU
+    times of ``reps`` calls."""
     base = _peak_bytes()
     step()
     extra = _peak_bytes() - base
-    times = []
+    wall, cpu = [], []
     for _ in range(reps):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         step()
-        times.append(time.perf_counter() - t0)
-    return extra, statistics.median(times)
+        wall.append(time.perf_counter() - t0)
+        cpu.append(time.process_time() - c0)
+    return extra, statistics.median(wall), statistics.median(cpu)
 
 
 def _run_contrast(reps: int) -> dict:
@@ -86,46 +109,62 @@ def _run_contrast(reps: int) -> dict:
         loss = qg_contrastive_loss(q, kk, queue, q_s, k_s, q_labels=labels, queue_labels=queue_labels)
         loss.backward()
 
-    extra, seconds = _measure(step, reps)
+    extra, seconds, cpu_seconds = _measure(step, reps)
     return {"case": "contrast", "rows": 2 * b, "queue": k, "extra_bytes": extra, "seconds": seconds,
+            "cpu_seconds": cpu_seconds,
             "logits_bytes": 2 * b * (k + 1) * 4}
 
 
-def _child(case: str, reps: int, threads: int) -> None:
+def _child(case: str, reps: int, threads: int, chunk_elems: int) -> None:
     torch.set_num_threads(threads)
-    result = _run_head(reps) if case == "head" else _run_contrast(reps)
+    if case == "contrast":
+        result = _run_contrast(reps)
+    else:
+        result = _run_head(reps, dense=case == "dense", chunk_elems=chunk_elems)
     print(json.dumps(result))
 
 
-def _report(r: dict) -> None:
+def _report(r: dict, reference: dict | None) -> None:
     ratio = r["extra_bytes"] / r["logits_bytes"]
-    if r["case"] == "head":
-        print(f"MarginHead('adaface') N={r['rows']} C={r['classes']:,}: fwd+bwd {r['seconds'] * 1e3:.0f} ms, "
+    if r["case"] in ("head", "dense"):
+        name = "dense reference" if r["case"] == "dense" else f"MarginHead('adaface') ({r['chunk_rows']} rows/chunk)"
+        print(f"{name} N={r['rows']} C={r['classes']:,}: fwd+bwd {r['seconds'] * 1e3:.0f} ms "
+              f"(CPU time {r['cpu_seconds'] * 1e3:.0f} ms), "
               f"peak extra {r['extra_bytes'] / MIB:.0f} MiB = {ratio:.2f}x the logits tensor "
               f"({r['logits_bytes'] / MIB:.0f} MiB); of which the kernel gradient {r['kernel_grad_bytes'] / MIB:.0f} MiB; "
               f"excluding it {(r['extra_bytes'] - r['kernel_grad_bytes']) / r['logits_bytes']:.2f}x")
+        if reference is not None and r["case"] == "head":
+            print(f"  = {r['seconds'] / reference['seconds']:.2f}x the dense reference's wall time, "
+                  f"{r['cpu_seconds'] / reference['cpu_seconds']:.2f}x its CPU time, "
+                  f"{r['extra_bytes'] / reference['extra_bytes']:.2f}x its peak extra memory")
     else:
-        print(f"qg_contrastive_loss 2B={r['rows']} K={r['queue']:,}: fwd+bwd {r['seconds'] * 1e3:.0f} ms, "
+        print(f"qg_contrastive_loss 2B={r['rows']} K={r['queue']:,}: fwd+bwd {r['seconds'] * 1e3:.0f} ms "
+              f"(CPU time {r['cpu_seconds'] * 1e3:.0f} ms), "
               f"peak extra {r['extra_bytes'] / MIB:.0f} MiB = {ratio:.2f}x the logits tensor "
               f"({r['logits_bytes'] / MIB:.0f} MiB)")
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--case", choices=["head", "contrast", "all"], default="all")
+    p.add_argument("--case", choices=["head", "dense", "contrast", "all"], default="all")
     p.add_argument("--reps", type=int, default=3)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--chunk-elems", type=int, default=0, help="head.chunk_elems (0 = the CPU default)")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child:
-        _child(args.case, args.reps, args.threads)
+        _child(args.case, args.reps, args.threads, args.chunk_elems)
         return
-    for case in (["head", "contrast"] if args.case == "all" else [args.case]):
+    reference = None
+    for case in (["dense", "head", "contrast"] if args.case == "all" else [args.case]):
         out = subprocess.run(
-            [sys.executable, __file__, "--child", "--case", case, "--reps", str(args.reps), "--threads", str(args.threads)],
+            [sys.executable, __file__, "--child", "--case", case, "--reps", str(args.reps),
+             "--threads", str(args.threads), "--chunk-elems", str(args.chunk_elems)],
             check=True, capture_output=True, text=True,
         )
-        _report(json.loads(out.stdout.strip().splitlines()[-1]))
+        result = json.loads(out.stdout.strip().splitlines()[-1])
+        reference = result if case == "dense" else reference
+        _report(result, reference)
 
 
 if __name__ == "__main__":

@@ -3,7 +3,9 @@
 For every (image, variant) item of a benchmark: decode the bytes (BGR), apply the variant transform,
 normalise, run the backbone on the image and its horizontal flip, and fuse
 ``f = e*n + e_flip*n_flip``; the result is ``f/||f||`` with the fused norm ``||f||`` kept. Runs on the
-GPU when there is one, always in float32 (no autocast) so CPU and GPU runs agree to rounding.
+GPU when there is one, always in float32 (no autocast) and by default without TF32 (cuDNN would
+otherwise use it for every fp32 convolution, PyTorch's default), so CPU and GPU runs agree to
+rounding; ``tf32=True`` (``eval.tf32``) trades that for speed.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from tqdm import tqdm
 from qgface.data.images import decode_bgr, normalize_bgr
 from qgface.data.workers import worker_options
 from qgface.eval.benchmarks.base import Benchmark, BenchmarkError
+from qgface.tf32 import tf32_policy
 
 __all__ = ["ImageSource", "embed_benchmark", "fused_embedding"]
 
@@ -66,12 +69,12 @@ def fused_embedding(model: nn.Module, images: torch.Tensor) -> tuple[torch.Tenso
 
 
 def embed_benchmark(model: nn.Module, benchmark: Benchmark, source: ImageSource | None = None, *,
-                    batch_size: int = 128, num_workers: int = 2,
-                    device: torch.device | str | None = None) -> tuple[np.ndarray, np.ndarray]:
+                    batch_size: int = 128, num_workers: int = 2, device: torch.device | str | None = None,
+                    tf32: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Fused embeddings ``[N, 512]`` (float32, unit rows) and norms ``[N]`` of ``benchmark.embed_items()``.
 
     ``source`` gives the image bytes (default: the benchmark's own files); ``device`` defaults to CUDA
-    when available, else CPU.
+    when available, else CPU; ``tf32`` lets a GPU's fp32 convolutions and matmuls use TF32.
     """
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     items = benchmark.embed_items()
@@ -82,7 +85,8 @@ def embed_benchmark(model: nn.Module, benchmark: Benchmark, source: ImageSource 
     norms = np.empty(len(items), dtype=np.float32)
     start = 0
     for images in tqdm(loader, desc=f"embed {benchmark.name}", mininterval=5, unit="batch"):
-        emb, norm = fused_embedding(model, images.to(device, non_blocking=True))
+        with tf32_policy(matmul=tf32, conv=tf32):
+            emb, norm = fused_embedding(model, images.to(device, non_blocking=True))
         if embeddings.shape[1] != emb.shape[1]:
             embeddings = np.empty((len(items), emb.shape[1]), dtype=np.float32)
         embeddings[start:start + len(emb)] = emb.float().cpu().numpy()

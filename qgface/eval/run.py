@@ -137,7 +137,7 @@ def evaluate(checkpoint_path: str | Path, benchmark_name: str, cfg: Config,
         checkpoint_path, name=cfg.model.backbone if info["layout"] == "state_dict" else None)
     lap("load_model")
     embeddings, norms = embed_benchmark(model, benchmark, source, batch_size=cfg.eval.batch_size,
-                                        num_workers=cfg.eval.num_workers, device=device)
+                                        num_workers=cfg.eval.num_workers, device=device, tf32=cfg.eval.tf32)
     lap("embed")
     output = benchmark.evaluate(embeddings, norms)
     lap("metrics")

@@ -154,10 +154,8 @@ def qg_contrastive_loss(
     with torch.no_grad():
         hard = neg.detach() if mask is None else neg.detach().masked_fill(mask.repeat(2, 1), float("-inf"))
         hardest = hard.max(dim=1).values
-        hardest = hardest[torch.isfinite(hardest)]
-        return ContrastOutput(
-            loss,
-            (factor != 0).to(dtype).mean(),
-            pos.detach().mean(),
-            hardest.mean() if hardest.numel() else torch.zeros((), dtype=dtype, device=q.device),
-        )
+        # mean over rows with an unmasked negative (0 when none), with no boolean indexing: that
+        # would read the count on the host, a GPU sync every step
+        finite = torch.isfinite(hardest)
+        hardest_mean = torch.where(finite, hardest, 0.0).sum() / finite.sum().clamp_min(1)
+        return ContrastOutput(loss, (factor != 0).to(dtype).mean(), pos.detach().mean(), hardest_mean)

@@ -4,11 +4,15 @@ Only the target logit is changed: the target cosine is gathered from the cosine 
 (``gather(1, y)``), the margin is applied to that [N, 1] column, and the result is scattered back
 in place. No dense [N, C] one-hot or margin matrix exists, and acos/cos run on [N, 1] only.
 
-Memory: the loss is one fused autograd function (:class:`_MarginCrossEntropy`) that walks the rows
-in chunks of at most ``chunk_elems`` logits. Forward keeps only the per-row log-sum-exp; backward
-recomputes a chunk's logits in one buffer and turns them in place into the gradient. So the only
-full-size tensor backward allocates is the kernel gradient [D, C]; no [N, C] matrix is ever live
-(C is 85k for MS1MV2, 617k for WebFace12M). ``tools/bench_heads.py`` prints the figures.
+Memory and time: the loss is one fused autograd function (:class:`_MarginCrossEntropy`) that walks
+the rows in chunks of at most ``chunk_elems`` logits. Each chunk's logits are computed once, in one
+buffer, and turned in place into their gradient during forward (the loss is a scalar, so backward
+only scales). So the full-size tensors are the normalised kernel copy and the kernel gradient
+[D, C]; no [N, C] matrix is ever live (C is 85k for MS1MV2, 617k for WebFace12M). The chunk size
+is device-aware (``chunk_elems=0``: 16M logits = 64 MiB on a CPU, 256M = 1 GiB on a GPU, where
+small chunks would re-read the 1.27 GB kernel of WebFace12M many times per step), and the TF32
+policy of its fp32 matmuls is explicit (``tf32``, off by default: TF32's ~1e-3 relative error
+on a cosine is ~0.06 on a logit scaled by s = 64). ``tools/bench_heads.py`` prints the figures.
 
 Margin choices for the swapped heads (METHOD.md §3 "same head with the margin function swapped"):
 - ArcFace: ``cos(clip(θ + m, ε, π-ε))``, the same angle clipping as AdaFace's angular margin and
@@ -31,7 +35,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from qgface.tf32 import tf32_policy
+
 MARGIN_KINDS = ("adaface", "arcface", "cosface")
+DEFAULT_CHUNK_ELEMS = {"cpu": 1 << 24, "cuda": 1 << 28}
+"""logits held at once when ``chunk_elems=0``, per device type (others use the CPU figure)"""
 EPS = 1e-3
 _LO, _HI = -1.0 + EPS, 1.0 - EPS
 
@@ -72,49 +80,67 @@ class _MarginCrossEntropy(torch.autograd.Function):
     """mean_i CE(z_i, y_i), z = row_scale · (clamped cos with the target replaced by cos'_y).
 
     Inputs: e [N, D], kernel W [D, C] (unnormalised; cos uses W_c/||W_c||), y [N, 1] long,
-    g_hat [N, 1] and row_scale [N, 1] (s, times the QS factor) constant.
+    g_hat [N, 1] and row_scale [N, 1] (s, times the QS factor) constant, ``with_grad``: whether
+    the gradient is wanted (the caller knows; inside ``forward`` grad mode is always off).
+
+    The loss is a scalar, so its gradient is known up to the scalar ``grad_out`` as soon as the
+    softmax is: forward computes each chunk's logits ONCE and turns them in place into the
+    gradient; backward only multiplies by ``grad_out``. That is three matmuls per chunk and no
+    recomputation (the kernel gradient [D, C] is allocated in forward instead of backward).
     """
 
     @staticmethod
-    def forward(ctx, e, w, y, g_hat, row_scale, kind, m, chunk_rows):  # type: ignore[override]
-        inv = w.norm(dim=0).clamp_min(1e-12).reciprocal()
-        lse = e.new_empty(e.shape[0])
-        z_y = e.new_empty(e.shape[0], 1)
-        for r in _chunks(e.shape[0], chunk_rows):
-            z = (e[r] @ w).mul_(inv).clamp_(_LO, _HI)
-            t = target_logit(kind, z.gather(1, y[r]), g_hat[r], m)
-            z.scatter_(1, y[r], t).mul_(row_scale[r])
-            lse[r] = torch.logsumexp(z, dim=1)
-            z_y[r] = t * row_scale[r]
-        ctx.save_for_backward(e, w, y, g_hat, row_scale, inv, lse)
-        ctx.kind, ctx.m, ctx.chunk_rows = kind, m, chunk_rows
-        return (lse - z_y.squeeze(1)).mean()
+    def forward(ctx, e, w, y, g_hat, row_scale, kind, m, chunk_rows, with_grad):  # type: ignore[override]
+        n = e.shape[0]
+        inv = w.norm(dim=0).clamp_min(1e-12).reciprocal()  # 1/||W_c||, applied to the logits (no kernel copy)
+        loss_rows = e.new_empty(n)
+        grad_e = torch.empty_like(e) if with_grad else None
+        grad_w = torch.zeros_like(w) if with_grad else None  # first e^T dL/d(e @ W), see below
+        # one logits buffer and one mask for every chunk: fresh [R, C] allocations would cost a
+        # page fault per 4 KiB on a CPU, as much as the elementwise work itself
+        buf_all = e.new_empty(min(n, chunk_rows), w.shape[1])
+        clamped_all = torch.empty_like(buf_all, dtype=torch.bool) if with_grad else None
+        below_all = torch.empty_like(clamped_all) if with_grad else None
+        for r in _chunks(n, chunk_rows):
+            rows = r.stop - r.start
+            buf = torch.mm(e[r], w, out=buf_all[:rows]).mul_(inv)  # cos before clamping [R, C]
+            if with_grad:  # the clamp passes the gradient only inside [LO, HI]
+                clamped, below = clamped_all[:rows], below_all[:rows]
+                torch.gt(buf, _HI, out=clamped)
+                clamped.logical_or_(torch.lt(buf, _LO, out=below))
+            buf.clamp_(_LO, _HI)
+            t, slope = _target_and_slope(kind, buf.gather(1, y[r]), g_hat[r], m)
+            rs = row_scale[r]
+            buf.scatter_(1, y[r], t).mul_(rs)  # z
+            z_max = buf.amax(1, keepdim=True)
+            buf.sub_(z_max).exp_()
+            total = buf.sum(1, keepdim=True)
+            loss_rows[r] = (z_max + total.log() - t * rs).squeeze(1)  # log-sum-exp - z_y
+            if not with_grad:
+                continue
+            buf.div_(total)  # softmax p
+            d_zy = buf.gather(1, y[r]).sub_(1.0)  # dCE/dz_y = p_y - 1
+            buf.mul_(rs / n)  # dL/dcos off the target (dz/dcos = row_scale), mean over rows
+            buf.scatter_(1, y[r], d_zy * (rs / n) * slope)  # target: through cos'_y(cos_y)
+            buf.masked_fill_(clamped, 0.0).mul_(inv)  # dL/d(e @ W): undo the column normalisation
+            torch.mm(buf, w.t(), out=grad_e[r])
+            grad_w.addmm_(e[r].t(), buf)
+        if with_grad:
+            # ||W_c|| depends on W_c too: dL/dW += -W_c · inv_c² · (W_c · A_c), A = e^T dL/d(e @ W)
+            col_dot = torch.zeros_like(inv)
+            for r in _chunks(w.shape[0], max(1, chunk_rows)):
+                col_dot += (w[r] * grad_w[r]).sum(0)
+            grad_w.addcmul_(w, (-(inv * inv) * col_dot).unsqueeze(0))
+            ctx.save_for_backward(grad_e, grad_w)  # released by autograd after backward
+        ctx.with_grad = with_grad
+        return loss_rows.mean()
 
     @staticmethod
     def backward(ctx, grad_out):  # type: ignore[override]
-        e, w, y, g_hat, row_scale, inv, lse = ctx.saved_tensors
-        n = e.shape[0]
-        grad_e = torch.empty_like(e)
-        grad_w = torch.zeros_like(w)
-        for r in _chunks(n, ctx.chunk_rows):
-            buf = (e[r] @ w).mul_(inv)  # cos before clamping
-            keep = (buf >= _LO) & (buf <= _HI)  # clamp passes the gradient only inside
-            buf.clamp_(_LO, _HI)
-            t, slope = _target_and_slope(ctx.kind, buf.gather(1, y[r]), g_hat[r], ctx.m)
-            rs = row_scale[r]
-            buf.scatter_(1, y[r], t).mul_(rs).sub_(lse[r].unsqueeze(1)).exp_()  # softmax p
-            d_zy = buf.gather(1, y[r]).sub_(1.0)  # dCE/dz_y = p_y - 1
-            buf.mul_(rs * (grad_out / n))  # dL/dcos off the target (dz/dcos = row_scale)
-            buf.scatter_(1, y[r], d_zy * rs * (grad_out / n) * slope)  # target: through cos'_y(cos_y)
-            buf.mul_(keep).mul_(inv)  # dL/d(e @ W): undo the column normalisation
-            grad_e[r] = buf @ w.t()
-            grad_w.addmm_(e[r].t(), buf)
-        # ||W_c|| depends on W_c too: dL/dW += -W_c · inv_c² · (W_c · A_c), A = e^T dL/d(e @ W)
-        col_dot = torch.zeros_like(inv)
-        for r in _chunks(w.shape[0], max(1, ctx.chunk_rows)):
-            col_dot += (w[r] * grad_w[r]).sum(0)
-        grad_w.addcmul_(w, (-(inv * inv) * col_dot).unsqueeze(0))
-        return grad_e, grad_w, None, None, None, None, None, None
+        if not ctx.with_grad:
+            raise RuntimeError("MarginHead's loss was computed with grad disabled or on inputs that need none")
+        grad_e, grad_w = ctx.saved_tensors
+        return grad_e * grad_out, grad_w * grad_out, None, None, None, None, None, None, None
 
 
 def _chunks(n: int, size: int) -> list[slice]:
@@ -126,7 +152,9 @@ class MarginHead(nn.Module):
 
     ``forward(embeddings [N, D], norms [N, 1], labels [N]) -> (loss, margin_scaler [N, 1] detached)``.
     ``quality_scale`` (τ_q) is a plain attribute the trainer may change (warm-up ramp); 0 disables QS.
-    ``chunk_elems`` bounds the logits held at once (rows per chunk = chunk_elems // C, at least 1).
+    ``chunk_elems`` bounds the logits held at once (rows per chunk = chunk_elems // C, at least 1;
+    0 = ``DEFAULT_CHUNK_ELEMS`` of the kernel's device). ``tf32``: let the head's fp32 matmuls use
+    TF32 on CUDA.
     """
 
     def __init__(
@@ -139,14 +167,17 @@ class MarginHead(nn.Module):
         s: float = 64.0,
         t_alpha: float = 0.01,
         quality_scale: float = 0.0,
-        chunk_elems: int = 1 << 24,
+        chunk_elems: int = 0,
+        tf32: bool = False,
     ) -> None:
         super().__init__()
         if kind not in MARGIN_KINDS:
             raise ValueError(f"unknown margin head kind {kind!r}; valid: {', '.join(MARGIN_KINDS)}")
         self.kind, self.m, self.h, self.s, self.t_alpha = kind, m, h, s, t_alpha
         self.quality_scale = float(quality_scale)
-        self.chunk_elems = chunk_elems
+        if chunk_elems < 0:
+            raise ValueError(f"chunk_elems must be >= 0 (0 = the device's default), got {chunk_elems}")
+        self.chunk_elems, self.tf32 = chunk_elems, tf32
         kernel = torch.empty(embedding_size, num_classes).uniform_(-1.0, 1.0)
         kernel.renorm_(2, 1, 1e-5).mul_(1e5)  # every column (class proxy) to unit L2 norm
         self.kernel = nn.Parameter(kernel)
@@ -156,6 +187,11 @@ class MarginHead(nn.Module):
     def extra_repr(self) -> str:
         d, c = self.kernel.shape
         return f"kind={self.kind}, classes={c}, dim={d}, m={self.m}, h={self.h}, s={self.s}, quality_scale={self.quality_scale}"
+
+    def chunk_rows(self) -> int:
+        """Rows of logits per chunk on the kernel's current device."""
+        elems = self.chunk_elems or DEFAULT_CHUNK_ELEMS.get(self.kernel.device.type, DEFAULT_CHUNK_ELEMS["cpu"])
+        return max(1, elems // self.kernel.shape[1])
 
     @torch.no_grad()
     def _update_stats(self, norms: torch.Tensor) -> None:
@@ -187,15 +223,15 @@ class MarginHead(nn.Module):
     def forward(
         self, embeddings: torch.Tensor, norms: torch.Tensor, labels: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        with torch.autocast(device_type=embeddings.device.type, enabled=False):
+        with torch.autocast(device_type=embeddings.device.type, enabled=False), tf32_policy(matmul=self.tf32):
             dtype = torch.promote_types(embeddings.dtype, torch.float32)  # fp32, or fp64 for gradcheck
             norms = norms.to(dtype).reshape(-1, 1)
             if self.training:
                 self._update_stats(norms)
             g_hat = margin_scaler(norms, self.batch_mean.to(dtype), self.batch_std.to(dtype), self.h)
-            rows = max(1, self.chunk_elems // self.kernel.shape[1])
+            with_grad = torch.is_grad_enabled() and (embeddings.requires_grad or self.kernel.requires_grad)
             loss = _MarginCrossEntropy.apply(
                 embeddings.to(dtype), self.kernel.to(dtype), labels.reshape(-1, 1).long(),
-                g_hat, self._row_scale(g_hat), self.kind, self.m, rows,
+                g_hat, self._row_scale(g_hat), self.kind, self.m, self.chunk_rows(), with_grad,
             )
         return loss, g_hat

@@ -49,8 +49,9 @@ def history_steps(queue_size: int, step_keys: int) -> float:
 
 def gather_own_first(t: torch.Tensor) -> torch.Tensor:
     """all_gather ``t`` (same shape on every rank, no gradient) and concatenate own rank first,
-    then the other ranks in rank order (METHOD.md §4). Without a process group: ``t`` unchanged."""
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+    then the other ranks in rank order (METHOD.md §4). Without a process group: ``t`` unchanged
+    (a group of size 1 still runs the collective, which is how ``tools/gpu_check.py`` tests NCCL)."""
+    if not (dist.is_available() and dist.is_initialized()):
         return t
     rank, world = dist.get_rank(), dist.get_world_size()
     t = t.detach().contiguous()
@@ -135,13 +136,23 @@ class ContrastQueue(nn.Module):
             keys = keys + ratio * (now - stored)
         return keys, labels
 
-    def index_in_current(self, slots: torch.Tensor, effective_size: int | None = None) -> torch.Tensor:
-        """Row positions in ``current(..., effective_size)`` of the given slot indices (same shape)."""
+    def index_in_current(self, slots: torch.Tensor, effective_size: int | None = None,
+                         check: bool = True) -> torch.Tensor:
+        """Row positions in ``current(..., effective_size)`` of the given slot indices (same shape).
+
+        ``check`` raises when a slot is not in that view, which reads a flag on the host (a GPU
+        sync); the trainer passes ``check=False`` and reads :meth:`holds_slots` with its other
+        per-step flags instead.
+        """
         sel = self._selected(effective_size)
-        if not bool(sel[slots].all()):
+        if check and not bool(self.holds_slots(slots, effective_size)):
             raise ValueError(f"some slots are not in the current view (effective_size={effective_size} is "
                              f"smaller than one step's gathered keys?)")
         return (sel.cumsum(0) - 1)[slots]
+
+    def holds_slots(self, slots: torch.Tensor, effective_size: int | None = None) -> torch.Tensor:
+        """0-dim bool tensor (no host read): are all ``slots`` in ``current(..., effective_size)``?"""
+        return self._selected(effective_size)[slots].all()
 
     @torch.no_grad()
     def update_dynamic_margin(self, pos_cos: torch.Tensor | float, hardest_neg_cos: torch.Tensor | float) -> torch.Tensor:

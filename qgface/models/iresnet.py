@@ -19,10 +19,12 @@ not a published architecture and has no pretrained weights.
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from contextlib import contextmanager, nullcontext
+from typing import Iterator, NamedTuple
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 
 class _Stage(NamedTuple):
@@ -64,18 +66,23 @@ class Flatten(nn.Module):
 
 
 class SEModule(nn.Module):
-    """Squeeze-excitation: x * sigmoid(fc2(relu(fc1(avgpool(x))))), 1x1 convs without bias."""
+    """Squeeze-excitation: x * sigmoid(fc2(relu(fc1(avgpool(x))))), 1x1 convs without bias.
+
+    The global average pool is a mean over H, W (the same numbers as AdaptiveAvgPool2d(1), which
+    holds no parameters): CUDA's adaptive-pool backward uses atomics and has no deterministic
+    version, so ``train.deterministic`` would refuse it; a mean's backward is deterministic.
+    """
 
     def __init__(self, channels: int, reduction: int = 16) -> None:
         super().__init__()
-        self.avg_pool = nn.AdaptiveAvgPool2d(1)
         self.fc1 = nn.Conv2d(channels, channels // reduction, kernel_size=1, padding=0, bias=False)
         self.relu = nn.ReLU(inplace=True)
         self.fc2 = nn.Conv2d(channels // reduction, channels, kernel_size=1, padding=0, bias=False)
         self.sigmoid = nn.Sigmoid()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x * self.sigmoid(self.fc2(self.relu(self.fc1(self.avg_pool(x)))))
+        pooled = x.mean(dim=(2, 3), keepdim=True)
+        return x * self.sigmoid(self.fc2(self.relu(self.fc1(pooled))))
 
 
 class BasicBlockIR(nn.Module):
@@ -116,7 +123,14 @@ class IResNet(nn.Module):
 
     ``forward(x)`` returns ``(e, n)``: the L2-normalised embedding [B, 512] and the norm of the
     un-normalised feature [B, 1] (the quality proxy of METHOD.md §3).
+
+    ``activation_checkpointing`` (train.activation_checkpointing): in training with grad enabled,
+    each IR unit keeps only its input and recomputes its activations in backward (same loss and
+    gradients, much less memory, one more forward of the body). The recomputation leaves the
+    BatchNorm running statistics alone, so they move once per step as without it.
     """
+
+    activation_checkpointing: bool = False
 
     def __init__(self, name: str) -> None:
         super().__init__()
@@ -146,9 +160,31 @@ class IResNet(nn.Module):
         _init_weights(self)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        f = self.output_layer(self.body(self.input_layer(x)))
+        x = self.input_layer(x)
+        if self.activation_checkpointing and self.training and torch.is_grad_enabled():
+            for unit in self.body:
+                x = checkpoint(unit, x, use_reentrant=False,
+                               context_fn=lambda unit=unit: (nullcontext(), _frozen_bn_stats(unit)))
+        else:
+            x = self.body(x)
+        f = self.output_layer(x)
         norm = torch.linalg.vector_norm(f, ord=2, dim=1, keepdim=True)
         return f / norm, norm
+
+
+@contextmanager
+def _frozen_bn_stats(module: nn.Module) -> Iterator[None]:
+    """BatchNorm layers of ``module`` leave their running statistics unchanged (momentum 0) inside."""
+    bns = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    saved = [(m.momentum, m.num_batches_tracked.clone()) for m in bns]
+    try:
+        for m in bns:
+            m.momentum = 0.0
+        yield
+    finally:
+        for m, (momentum, tracked) in zip(bns, saved):
+            m.momentum = momentum
+            m.num_batches_tracked.copy_(tracked)
 
 
 def _init_weights(model: nn.Module) -> None:

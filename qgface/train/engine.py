@@ -12,6 +12,7 @@ RNG streams, queue, AdaFace statistics, optimiser, scheduler and scaler.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import random
@@ -22,7 +23,6 @@ from typing import NamedTuple
 import numpy as np
 import torch
 from torch import nn
-from torch.nn.parallel import DistributedDataParallel
 
 from qgface.config import Config, ConfigError, save_config
 from qgface.data.images import to_network_input
@@ -32,13 +32,16 @@ from qgface.losses.queue import MIN_HISTORY_STEPS, history_steps, queue_size_for
 from qgface.models import CheckpointError, build_backbone
 from qgface.train import checkpoint as ckpt
 from qgface.train import dist
+from qgface.train.determinism import configure_determinism
 from qgface.train.monitor import build_monitor, norm_similarity_heatmap, pair_grid, progress
+from qgface.train.precision import build_autocast, build_scaler, resolve_precision
 from qgface.train.schedule import contrast_weight_at, quality_scale_at, queue_size_at
 from qgface.train.signals import REQUEUE_EXIT_CODE, StopFlag
 
 log = logging.getLogger(__name__)
 
-_AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+FUSED_SGD_DEVICES = ("cuda", "cpu")
+"""device types with a fused SGD kernel (torch >= 2.4); others use the default (foreach) one"""
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -79,6 +82,21 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
+def _merge_micro_outputs(outs: list[StepOutput], num_views: int) -> StepOutput:
+    """One StepOutput for the whole batch: mean losses, rows back in the order [H_1..H_B, L_1..L_B]."""
+    def mean(name: str) -> torch.Tensor:
+        return torch.stack([getattr(o, name) for o in outs]).mean()
+
+    def rows(name: str) -> torch.Tensor:
+        parts = [getattr(o, name).chunk(num_views) for o in outs]  # each micro-batch: [H_micro, L_micro]
+        return torch.cat([p[view] for view in range(num_views) for p in parts])
+
+    contrast = None
+    if outs[0].contrast is not None:
+        contrast = ContrastOutput(*(torch.stack([o.contrast[i] for o in outs]).mean() for i in range(4)))
+    return StepOutput(mean("loss"), mean("loss_cls"), mean("loss_con"), contrast, rows("emb"), rows("norms"))
+
+
 def train_data_root(cfg: Config) -> str:
     """``data.root``, or the synthetic training set (generated once, under a file lock) when it is empty."""
     if cfg.data.root:
@@ -93,13 +111,11 @@ class Trainer:
 
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
+        configure_determinism(cfg.train.deterministic)  # before any CUDA work (cuBLAS reads its env once)
         self.dist = dist.init_distributed()
         self.device = self.dist.device
         seed = cfg.seed + self.dist.rank  # per-rank streams (dropout); DDP broadcasts rank 0's weights
         torch.manual_seed(seed), np.random.seed(seed), random.seed(seed)
-        if cfg.train.deterministic:
-            torch.use_deterministic_algorithms(True)
-        torch.backends.cudnn.benchmark = not cfg.train.deterministic
         self.run_dir = cfg.resolved_run_dir()
 
         # ---- data (METHOD.md §2)
@@ -119,21 +135,32 @@ class Trainer:
         # ---- model and losses (METHOD.md §1, §3, §4)
         h = cfg.head
         head = MarginHead(h.kind, dataset.num_classes, m=h.m, h=h.h, s=h.s, t_alpha=h.t_alpha,
-                          quality_scale=h.quality_scale)
-        self.model = FaceModel(build_backbone(cfg.model.backbone), head).to(self.device)
-        self.ddp = self.model if self.dist.world_size == 1 else DistributedDataParallel(
-            self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+                          quality_scale=h.quality_scale, chunk_elems=h.chunk_elems, tf32=h.tf32)
+        t = cfg.train
+        if batch % t.grad_accum:
+            raise ConfigError(f"data.batch_size={batch} must be a multiple of train.grad_accum={t.grad_accum}")
+        backbone = build_backbone(cfg.model.backbone)
+        backbone.activation_checkpointing = t.activation_checkpointing
+        self.channels_last = t.channels_last and self.device.type == "cuda"
+        self.model = FaceModel(backbone, head).to(self.device)
+        if self.channels_last:
+            self.model.backbone.to(memory_format=torch.channels_last)
+        if t.compile:
+            self.model.backbone.compile()  # in place: parameter names (and checkpoints) stay the same
+        self.ddp = self.model if self.dist.world_size == 1 else dist.wrap_ddp(
+            self.model, self.device, static_graph=t.static_graph, compression=t.grad_compression)
         self.world_keys = self.num_views * batch * self.dist.world_size  # keys one step enqueues
         self.queue = self._build_queue()
 
         # ---- optimiser, schedule, precision (METHOD.md §5)
         o = cfg.optim
-        self.optimizer = torch.optim.SGD(param_groups(self.model, o.weight_decay), lr=o.lr, momentum=o.momentum)
+        fused = t.fused_optimizer and self.device.type in FUSED_SGD_DEVICES
+        self.optimizer = torch.optim.SGD(param_groups(self.model, o.weight_decay), lr=o.lr, momentum=o.momentum,
+                                         fused=fused or None)
         self.scheduler = torch.optim.lr_scheduler.MultiStepLR(self.optimizer, milestones=o.milestones, gamma=o.gamma)
-        on_gpu = self.device.type == "cuda"
-        self.autocast = torch.autocast(self.device.type, dtype=_AUTOCAST_DTYPES[cfg.train.precision],
-                                       enabled=on_gpu and cfg.train.precision != "fp32")
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=on_gpu and cfg.train.precision == "fp16")
+        self.precision = resolve_precision(cfg.train.precision, self.device)
+        self.autocast = build_autocast(self.precision, self.device)
+        self.scaler = build_scaler(self.precision, self.device)
 
         # ---- counters, resume, monitoring
         self.epoch, self.step, self.batch_in_epoch = 0, 0, 0
@@ -164,41 +191,66 @@ class Trainer:
     def train_step(self, views: torch.Tensor, labels: torch.Tensor) -> StepOutput:
         views = to_network_input(views.to(self.device, non_blocking=True))  # uint8 over the bus, float here
         labels = labels.to(self.device, non_blocking=True)
+        self.optimizer.zero_grad(set_to_none=True)
+        # train.grad_accum micro-batches, gradients summed; DDP all-reduces only after the last one
+        micro = self.cfg.train.grad_accum
+        outs = []
+        for i, (v_i, y_i) in enumerate(zip(views.chunk(micro), labels.chunk(micro))):
+            last = i == micro - 1
+            with contextlib.nullcontext() if last or self.ddp is self.model else self.ddp.no_sync():
+                outs.append(self._forward_backward(v_i, y_i, 1.0 / micro))
+        # optional clipping (on unscaled gradients), step (a no-op scaler outside fp16)
+        if self.cfg.optim.grad_clip > 0:
+            self.scaler.unscale_(self.optimizer)
+            nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.optim.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        return outs[0] if micro == 1 else _merge_micro_outputs(outs, views.shape[1])
+
+    def _forward_backward(self, views: torch.Tensor, labels: torch.Tensor, weight: float) -> StepOutput:
+        """One (micro-)batch: the loss of METHOD.md §5, its checks, and ``weight`` x its scaled backward."""
         b, v = views.shape[:2]
         # §2: the views as one batch [H_1..H_B, L_1..L_B], labels duplicated
         x = views.transpose(0, 1).reshape(v * b, *views.shape[2:])
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         # §1 + §3: backbone under autocast -> (e, n) -> AdaFace margin + QS, cross-entropy in fp32
         with self.autocast:
             emb, norms, loss_cls, g_hat = self.ddp(x, labels.repeat(v))
         # §4: quality-guided contrast of q = L against k = H and the queue
-        contrast = self._contrast(emb, g_hat, labels) if self.contrast_weight > 0 else None
+        contrast, queue_ok = None, torch.ones((), dtype=torch.bool, device=self.device)
+        if self.contrast_weight > 0:
+            contrast, queue_ok = self._contrast(emb, g_hat, labels)
         loss_con = contrast.loss if contrast is not None else torch.zeros((), device=self.device)
         loss = loss_cls + self.contrast_weight * loss_con
-        # one collective per step: a non-finite loss or a stop signal on any rank concerns all ranks
-        bad, self.stop_now = dist.any_rank([not bool(torch.isfinite(loss)), self.stop.requested], self.device)
+        # one collective and one host read per (micro-)batch: a non-finite loss, a queue too small for
+        # the step's keys, or a stop signal on any rank concerns all ranks (built on the device: a
+        # tensor made from a host value would be a copy that waits for the GPU)
+        stop = torch.full((), self.stop.requested, dtype=torch.bool, device=self.device)
+        bad, queue_short, self.stop_now = dist.any_rank([~torch.isfinite(loss), ~queue_ok, stop])
+        if queue_short:
+            raise ConfigError(f"the effective contrast queue at epoch {self.epoch} ({self.queue_size} keys) is smaller "
+                              f"than one step's {self.world_keys} gathered keys; raise contrast.queue_size")
         if bad:
             raise NonFiniteLossError(
                 f"non-finite loss at step {self.step + 1} (epoch {self.epoch}, batch {self.batch_in_epoch}); "
                 f"terms on rank {self.dist.rank}: loss={loss.item():.6g}, loss_cls={loss_cls.item():.6g}, "
                 f"loss_con={loss_con.item():.6g} (weight {self.contrast_weight}); nothing was saved after step "
                 f"{self.step}. Lower optim.lr or set optim.grad_clip")
-        # scaled backward (a no-op scaler outside fp16), optional clipping, step
-        self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(loss).backward()
-        if self.cfg.optim.grad_clip > 0:
-            self.scaler.unscale_(self.optimizer)
-            nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.optim.grad_clip)
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
+        self.scaler.scale(loss * weight).backward()
         return StepOutput(loss.detach(), loss_cls.detach(), loss_con.detach(), contrast, emb.detach(), norms.detach())
 
-    def _contrast(self, emb: torch.Tensor, g_hat: torch.Tensor, labels: torch.Tensor) -> ContrastOutput:
-        """METHOD.md §4: enqueue both views of every rank (own first) BEFORE the loss, then the loss."""
+    def _contrast(self, emb: torch.Tensor, g_hat: torch.Tensor, labels: torch.Tensor) -> tuple[ContrastOutput, torch.Tensor]:
+        """METHOD.md §4: enqueue both views of every rank (own first) BEFORE the loss, then the loss.
+
+        Also returns a 0-dim bool tensor: does the queue's current view hold this step's keys."""
         c, b, kernel = self.cfg.contrast, labels.shape[0], self.model.head.kernel
         k, q = emb[:b], emb[b:]  # k = H views, q = L views
         local_slots = self.queue.enqueue(emb.detach(), labels.repeat(2), kernel)
         queue_keys, queue_labels = self.queue.current(kernel, self.queue_size)
-        own_index = self.queue.index_in_current(local_slots, self.queue_size).reshape(2, b).t()  # [B, 2]: H, L
+        # [B, 2]: H, L; whether the view holds them is checked with the step's other flags (until
+        # then a missing slot points at row 0 rather than out of bounds)
+        own_index = self.queue.index_in_current(local_slots, self.queue_size, check=False).clamp_min(0).reshape(2, b).t()
         margin = {"none": 0.0, "static": c.margin, "dynamic": self.queue.dynamic_margin.clone()}[c.margin_mode]
         out = qg_contrastive_loss(
             q, k, queue_keys, g_hat[b:], g_hat[:b], q_labels=labels, queue_labels=queue_labels, s=c.s,
@@ -208,7 +260,7 @@ class Trainer:
         # the EMA moves with the mean over ranks, so every rank keeps the same margin
         gap = dist.all_reduce_mean(torch.stack([out.pos_cos, out.hardest_neg_cos]))
         self.queue.update_dynamic_margin(gap[0], gap[1])
-        return out
+        return out, self.queue.holds_slots(local_slots, self.queue_size)
 
     # ------------------------------------------------------------------ the loop
     def train(self) -> int:
@@ -217,9 +269,9 @@ class Trainer:
             log.info("%s: training already complete (%d of %d steps); nothing to do",
                      self.run_dir, self.step, self.total_steps)
             return 0
-        log.info("training %s for %d steps (%d per epoch, %d epochs), from step %d on %s x%d",
+        log.info("training %s for %d steps (%d per epoch, %d epochs), from step %d on %s x%d in %s",
                  self.cfg.model.backbone, self.total_steps, self.epoch_steps, self.cfg.optim.epochs,
-                 self.step, self.device, self.dist.world_size)
+                 self.step, self.device, self.dist.world_size, self.precision)
         self._bar = progress(self.total_steps, self.step, self.dist.is_main)
         with self.stop:
             while True:
@@ -317,7 +369,7 @@ class Trainer:
         if self.step % self.cfg.train.log_every:
             return
         active = out.contrast.active_fraction if out.contrast is not None else torch.zeros((), device=self.device)
-        # the only loss reduction across ranks, and the only host syncs, happen on logging steps
+        # the loss reduction across ranks and the statistics' host reads happen only on logging steps
         loss, loss_cls, loss_con, active = dist.all_reduce_mean(
             torch.stack([out.loss, out.loss_cls, out.loss_con, active.float()])).tolist()
         now, (then, then_step) = time.perf_counter(), self._last_log
