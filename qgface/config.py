@@ -49,7 +49,7 @@ class DataConfig:
     prefetch_factor: int = 0
     """batches each loader worker prepares ahead; 0 = enough for 4 batches in flight per rank (at least 2 per worker)"""
     views: str = "lh"
-    """view recipe (METHOD.md §2): lh = QGFace L/H pairing, adaface = AdaFace augmentation (A-C), flip = baseline"""
+    """view recipe (docs/method.md §2): lh = QGFace L/H pairing, adaface = AdaFace augmentation (A-C), flip = baseline"""
     lowres_range: list[float] = field(default_factory=lambda: [0.1, 0.5])
     """lh: side ratio range of the random rescale of the L view"""
     jpeg_quality: int = 75
@@ -86,7 +86,7 @@ class ModelConfig:
 @dataclass
 class HeadConfig:
     kind: str = "adaface"
-    """margin head: adaface, arcface or cosface (METHOD.md §3)"""
+    """margin head: adaface, arcface or cosface (docs/method.md §3)"""
     m: float = 0.4
     """margin"""
     h: float = 0.333
@@ -113,7 +113,7 @@ class HeadConfig:
 @dataclass
 class ContrastConfig:
     enabled: bool = True
-    """add the quality-guided contrastive loss (METHOD.md §4); needs two views (data.views lh or adaface)"""
+    """add the quality-guided contrastive loss (docs/method.md §4); needs two views (data.views lh or adaface)"""
     weight: float = 1.0
     """w in L = L_cls + w * L_con"""
     queue_size: int = 0

@@ -1,4 +1,4 @@
-"""Quality-guided contrastive loss (METHOD.md §4)."""
+"""Quality-guided contrastive loss (docs/method.md §4)."""
 
 from __future__ import annotations
 
@@ -114,7 +114,7 @@ def test_same_identity_entries_contribute_nothing():
     other = queue.clone()
     other[0] = -other[0]
     assert qg_contrastive_loss(q, k, other, lo, lo, **kw).item() != pytest.approx(base.item())
-    # masked entries are the constant logit 0 (METHOD.md "set to 0"): the same loss as no masking on a
+    # masked entries are the constant logit 0 (docs/method.md "set to 0"): the same loss as no masking on a
     # queue whose same-identity keys are zero vectors (cosine exactly 0)
     zeroed = torch.where(same.unsqueeze(1), 0.0, queue)
     torch.testing.assert_close(qg_contrastive_loss(q, k, zeroed, lo, lo, mask_same_class=False), base)

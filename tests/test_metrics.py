@@ -1,4 +1,4 @@
-"""Metrics of METHOD.md §7 against slow obvious reimplementations and inputs with known answers."""
+"""Metrics of docs/method.md §7 against slow obvious reimplementations and inputs with known answers."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Schedules of the joint objective as pure functions of the epoch (METHOD.md §3, §5)."""
+"""Schedules of the joint objective as pure functions of the epoch (docs/method.md §3, §5)."""
 
 from __future__ import annotations
 

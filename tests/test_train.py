@@ -1,7 +1,7 @@
 """End-to-end training on a tiny on-disk set: CLI run, exact resume, torchrun DDP, NaN stop, signals.
 
 Everything runs the tiny backbone on the CPU (batch 8, queue 64, a handful of steps). ``head.t_alpha``
-is raised so that the AdaFace norm statistics (which start at 0, METHOD.md §3) settle within a few
+is raised so that the AdaFace norm statistics (which start at 0, docs/method.md §3) settle within a few
 steps and the quality-guided contrastive term becomes active inside these short runs.
 """
 

@@ -2,7 +2,7 @@
 
     python tools/bench_data.py                   # 20,000 synthetic 112x112 JPEG records in a temp dir
     python tools/bench_data.py --dir /scratch/b  # keep (and reuse) the generated .rec/.idx there
-    python tools/bench_data.py --section views   # only read + decode + training views (METHOD.md §2)
+    python tools/bench_data.py --section views   # only read + decode + training views (docs/method.md §2)
     python tools/bench_data.py --section loader --workers 0,1,2,4   # source images/s of the loader
     python tools/bench_data.py --section index --index-records 12700000  # RSS of a WebFace12M-size .idx
 

@@ -1,4 +1,4 @@
-"""Compress evaluation benchmarks into <rec_dir>/<name>.rec/.idx/.manifest.json (METHOD.md §8).
+"""Compress evaluation benchmarks into <rec_dir>/<name>.rec/.idx/.manifest.json (docs/method.md §8).
 
     python tools/compress_valset.py [--config YAML] [--benchmark NAME ...] [--force] [--verify] [key=value ...]
 

@@ -1,7 +1,7 @@
 """How far apart a model puts the two training views of an image, per view recipe (docs/ablation.md).
 
 For N images of a run's training set, makes the pair of views of each two-view recipe with the
-trainer's own functions and seeds (``lh``: the clean H view and the degraded L view of METHOD.md §2;
+trainer's own functions and seeds (``lh``: the clean H view and the degraded L view of docs/method.md §2;
 ``adaface``: two AdaFace-augmented views, ablation settings A-C), embeds them with a checkpoint's
 backbone (eval mode, no flip fusion) and prints per recipe: the cosine of each pair (mean and 10th
 percentile), and the share of pairs for which an image of another identity among the N is closer to

@@ -1,4 +1,4 @@
-"""Training datasets (DESIGN.md "Dataset layouts") and the two-view wrapper (METHOD.md §2).
+"""Training datasets (DESIGN.md "Dataset layouts") and the two-view wrapper (docs/method.md §2).
 
 A base dataset maps an index to ``(uint8 112x112x3 BGR image, identity label)``:
 :class:`RecordTrainDataset` reads an InsightFace ``train.rec/.idx``, :class:`FolderTrainDataset`
@@ -168,7 +168,7 @@ def open_train_dataset(root: str | os.PathLike,
 
 
 class TwoViewDataset(Dataset):
-    """Network input of a training sample: the views of one source image (METHOD.md §2).
+    """Network input of a training sample: the views of one source image (docs/method.md §2).
 
     ``dataset[(index, epoch)]`` (a plain ``index`` means epoch 0) returns ``(views, label)`` with
     ``views`` uint8 ``[V, 3, 112, 112]`` (BGR planes): ``V = 2`` for ``lh`` (view 0 = H, view 1 = L)

@@ -1,4 +1,4 @@
-"""Image bytes <-> BGR arrays, and the network input normalisation (METHOD.md, "Conventions").
+"""Image bytes <-> BGR arrays, and the network input normalisation (docs/method.md, "Conventions").
 
 Images are BGR (OpenCV order) everywhere in qgface. The JPEGs inside InsightFace ``.rec``/``.bin``
 files hold ordinary RGB colour (MXNet's ``mx.image.imdecode`` returns them as RGB, and AdaFace

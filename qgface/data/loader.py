@@ -1,8 +1,8 @@
-"""The training DataLoader: dataset on disk -> views (METHOD.md §2) -> resumable sampler -> batches.
+"""The training DataLoader: dataset on disk -> views (docs/method.md §2) -> resumable sampler -> batches.
 
 A batch is ``(views [B, V, 3, 112, 112] uint8, labels [B] int64)``; the training step normalises the
 views on its device (``images.to_network_input``) and, with two views, feeds ``views[:, 0]`` (H) and
-``views[:, 1]`` (L) as ``[H_1..H_B, L_1..L_B]`` (METHOD.md §2).
+``views[:, 1]`` (L) as ``[H_1..H_B, L_1..L_B]`` (docs/method.md §2).
 
 Worker processes: ``data.num_workers=-1`` gives each rank its share of the CPUs this process may use
 (``os.sched_getaffinity``, shared by the ``LOCAL_WORLD_SIZE`` ranks of the node) less one for the

@@ -1,7 +1,7 @@
 """Indexed RecordIO (``.rec`` + ``.idx``), byte-compatible with MXNet's ``MXIndexedRecordIO``.
 
 Used for InsightFace training sets (``train.rec``) and for compressed validation sets
-(METHOD.md §8). MXNet is never imported: the format is small and fixed (DESIGN.md, "RecordIO
+(docs/method.md §8). MXNet is never imported: the format is small and fixed (DESIGN.md, "RecordIO
 without MXNet at run time"); ``tests/test_mxnet_interop.py`` proves byte identity against MXNet.
 
 On-disk format (dmlc-core recordio). Every record is one or more chunks, each

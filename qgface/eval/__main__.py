@@ -1,7 +1,7 @@
 """``python -m qgface.eval --checkpoint CKPT|--onnx MODEL.onnx --benchmark NAME [--config YAML] [--output-dir DIR] [key=value ...]``
 
 Evaluates one checkpoint on one benchmark (compressing the benchmark first when needed) and writes
-``<run>/eval/<NAME>.json`` (METHOD.md §7-8). NAME is one of hq, crlfw, tinyface, scface, ijbb, ijbc, ijbb_1n, ijbc_1n,
+``<run>/eval/<NAME>.json`` (docs/method.md §7-8). NAME is one of hq, crlfw, tinyface, scface, ijbb, ijbc, ijbb_1n, ijbc_1n,
 ijbs, or an index into ``eval.benchmarks`` (handy as a Slurm array task id). Exits 1 with one message on failure.
 """
 

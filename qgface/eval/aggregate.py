@@ -1,4 +1,4 @@
-"""Collect ``<run>/eval/*.json`` into ``<run>/results.csv`` and TensorBoard (METHOD.md §7, DESIGN.md).
+"""Collect ``<run>/eval/*.json`` into ``<run>/results.csv`` and TensorBoard (docs/method.md §7, DESIGN.md).
 
 One CSV row per evaluated checkpoint: ``checkpoint, step``, the paper-table columns
 ``scface_d1, scface_d2, scface_d3, tinyface_rank1, ijbb_tar_at_1e-4, hq_avg, all_avg``, then every other

@@ -1,4 +1,4 @@
-"""Compress a benchmark into ``<name>.rec/.idx`` + ``<name>.manifest.json`` and check it (METHOD.md §8).
+"""Compress a benchmark into ``<name>.rec/.idx`` + ``<name>.manifest.json`` and check it (docs/method.md §8).
 
 Record ``i`` holds ``pack(IRHeader(flag, label_i, i, 0), bytes_i)`` where ``bytes_i`` are exactly the bytes
 :meth:`Benchmark.load_bytes` returns for image ``i`` of the canonical list (the raw file / ``.bin``

@@ -1,4 +1,4 @@
-"""Protocol metrics of METHOD.md §7: 10-fold verification accuracy, closed-set CMC, TAR at FAR.
+"""Protocol metrics of docs/method.md §7: 10-fold verification accuracy, closed-set CMC, TAR at FAR.
 
 All three return fractions in [0, 1]; the benchmarks turn them into percentages.
 Each function is vectorised and bounded in memory (the benchmark tool ``tools/bench_eval.py`` times
@@ -52,7 +52,7 @@ def pair_distances(embeddings: np.ndarray) -> np.ndarray:
 
 def verification_accuracy(embeddings: np.ndarray, issame: Sequence[bool] | np.ndarray,
                           folds: int = 10) -> tuple[np.ndarray, np.ndarray]:
-    """InsightFace's k-fold verification accuracy (METHOD.md §7, HQ verification).
+    """InsightFace's k-fold verification accuracy (docs/method.md §7, HQ verification).
 
     ``embeddings`` [2N, D] hold the pairs consecutively; they are L2-normalised here and compared by
     squared Euclidean distance (:func:`pair_distances`). Pairs are split by
@@ -102,7 +102,7 @@ def verification_accuracy_from_distances(dist: np.ndarray, issame: Sequence[bool
 
 def cmc(probe: np.ndarray, gallery: np.ndarray, probe_labels: np.ndarray, gallery_labels: np.ndarray,
         ranks: Iterable[int] = (1, 5, 20), chunk: int | None = None) -> np.ndarray:
-    """Closed-set cumulative match characteristic (METHOD.md §7, TinyFace/SCface): fraction of probes
+    """Closed-set cumulative match characteristic (docs/method.md §7, TinyFace/SCface): fraction of probes
     whose rank is ``<= r`` for every ``r`` in ``ranks``.
 
     Cosine similarity of the L2-normalised features (float32). Gallery distractors carry label -1
@@ -161,7 +161,7 @@ TAR_RULES = ("lower", "higher")
 
 def tar_at_far(scores: np.ndarray, labels: np.ndarray, fars: Iterable[float],
                rule: str = "lower") -> dict[float, float | None]:
-    """True accept rate at each false accept rate (METHOD.md §7, IJB-B/C).
+    """True accept rate at each false accept rate (docs/method.md §7, IJB-B/C).
 
     ``roc_curve(labels, scores)`` (sklearn defaults, so collinear points are dropped); for each target
     FAR the operating point is the ROC point whose FPR is NEAREST to it (``argmin |fpr - far|``, which

@@ -1,4 +1,4 @@
-"""Evaluate one checkpoint on one benchmark and write ``<output_dir>/<benchmark>.json`` (METHOD.md §7-8).
+"""Evaluate one checkpoint on one benchmark and write ``<output_dir>/<benchmark>.json`` (docs/method.md §7-8).
 
 Order: protocol files -> compressed ``.rec`` (made when missing, refused when stale) -> backbone ->
 fused embeddings -> protocol metrics -> JSON (atomic). The JSON holds the metrics (percentages), the

@@ -1,4 +1,4 @@
-"""Quality-guided contrastive loss of QGFace (METHOD.md §4).
+"""Quality-guided contrastive loss of QGFace (docs/method.md §4).
 
 The loss takes tensors and returns tensors: the queue (already holding the current batch's keys,
 gathered by the caller, own rank first) is an argument, so this module runs in one CPU process.
@@ -6,7 +6,7 @@ gathered by the caller, own rank first) is an argument, so this module runs in o
 Rows: for each of the B pairs both directions (q→k and k→q, 2B rows), logits
 ``[cos(a_i, p_i), cos(a_i, v_1) … cos(a_i, v_K)]`` with the positive at column 0.
 
-Masking: a masked queue entry's cosine is set to 0, as METHOD.md §4 says ("set to 0"), so its
+Masking: a masked queue entry's cosine is set to 0, as docs/method.md §4 says ("set to 0"), so its
 logit is the constant 0: it no longer depends on the entry (no gradient, and changing the entry
 changes nothing) while every row keeps K+1 columns, which the log(129)/log(K+1) rescale assumes.
 - ``own_index`` [B, J] (long): queue positions that hold sample i's own views (J = 2 for its H
@@ -44,7 +44,7 @@ class ContrastOutput(NamedTuple):
 
 
 def quality_factor(t: torch.Tensor, threshold: float, method: str, scale_range: str) -> torch.Tensor:
-    """Per-pair factor from the pair quality t ∈ [0, 1] (METHOD.md §4): s1 where t < τ_c, else s2.
+    """Per-pair factor from the pair quality t ∈ [0, 1] (docs/method.md §4): s1 where t < τ_c, else s2.
 
     ``linear`` and ``cos`` divide by ``τ_c + ε``, ``τ_c - 1 + ε`` and ``1 - τ_c + ε`` with ε = 1e-3,
     exactly as the reference implementation does (docs/method.md §4), so s1 at ``t -> τ_c`` and s2 at
@@ -123,7 +123,7 @@ def qg_contrastive_loss(
     own_index: torch.Tensor | None = None,
     return_stats: bool = False,
 ) -> torch.Tensor | ContrastOutput:
-    """L_con = CE(s·(cos - margin)·factor, 0) over 2B rows, optionally rescaled (METHOD.md §4).
+    """L_con = CE(s·(cos - margin)·factor, 0) over 2B rows, optionally rescaled (docs/method.md §4).
 
     q (L views) and k (H views) are L2-normalised [B, D]; ``queue`` [K, D]; ``q_scaler``,
     ``k_scaler`` [B, 1] are the classification head's margin scalers ĝ of the two views.

@@ -1,4 +1,4 @@
-"""The QGFace key queue with proxy compensation and the dynamic-margin EMA (METHOD.md §4).
+"""The QGFace key queue with proxy compensation and the dynamic-margin EMA (docs/method.md §4).
 
 A ring buffer of the last ``size`` detached embeddings, their labels and the class proxy ``W_y``
 that was current when each was enqueued. Everything that must survive a requeue is a buffer, so
@@ -26,7 +26,7 @@ from torch import nn
 
 QUEUE_MODES = ("proxy", "fifo")
 PAPER_QUEUE_SIZE = 16384
-"""the published K (METHOD.md §4); the automatic size never goes below it"""
+"""the published K (docs/method.md §4); the automatic size never goes below it"""
 MIN_HISTORY_STEPS = 4
 """a queue holding fewer steps than this is mostly the current step's own keys: warned about"""
 
@@ -49,7 +49,7 @@ def history_steps(queue_size: int, step_keys: int) -> float:
 
 def gather_own_first(t: torch.Tensor) -> torch.Tensor:
     """all_gather ``t`` (same shape on every rank, no gradient) and concatenate own rank first,
-    then the other ranks in rank order (METHOD.md §4). Without a process group: ``t`` unchanged
+    then the other ranks in rank order (docs/method.md §4). Without a process group: ``t`` unchanged
     (a group of size 1 still runs the collective, which is how ``tools/gpu_check.py`` tests NCCL)."""
     if not (dist.is_available() and dist.is_initialized()):
         return t
@@ -124,7 +124,7 @@ class ContrastQueue(nn.Module):
         self, proxy_weight: torch.Tensor | None, effective_size: int | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """(keys [K', D], labels [K']) in slot order; in "proxy" mode every key is compensated by
-        its class proxy's drift: v + (||v||/||p_stored||)·(W_c(now) - p_stored) (METHOD.md §4)."""
+        its class proxy's drift: v + (||v||/||p_stored||)·(W_c(now) - p_stored) (docs/method.md §4)."""
         idx = self._selected(effective_size).nonzero().squeeze(1)
         keys, labels = self.keys[idx], self.labels[idx]
         if self.mode == "proxy":
@@ -156,7 +156,7 @@ class ContrastQueue(nn.Module):
 
     @torch.no_grad()
     def update_dynamic_margin(self, pos_cos: torch.Tensor | float, hardest_neg_cos: torch.Tensor | float) -> torch.Tensor:
-        """EMA with t_alpha of the batch mean of (positive - hardest negative cosine) (METHOD.md §4)."""
+        """EMA with t_alpha of the batch mean of (positive - hardest negative cosine) (docs/method.md §4)."""
         diff = torch.as_tensor(pos_cos, dtype=self.dynamic_margin.dtype, device=self.dynamic_margin.device) - \
             torch.as_tensor(hardest_neg_cos, dtype=self.dynamic_margin.dtype, device=self.dynamic_margin.device)
         self.dynamic_margin.mul_(1 - self.t_alpha).add_(self.t_alpha * diff.mean())

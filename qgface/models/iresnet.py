@@ -1,4 +1,4 @@
-"""IResNet ("IR") face backbones (METHOD.md §1).
+"""IResNet ("IR") face backbones (docs/method.md §1).
 
 The module tree (and so every parameter/buffer name and shape) follows the layout of the
 published AdaFace IR backbones, so their state dicts load without key conversion:
@@ -119,10 +119,10 @@ class BasicBlockIRSE(BasicBlockIR):
 
 
 class IResNet(nn.Module):
-    """IR backbone for 112x112 BGR input normalised to (x/255-0.5)/0.5 (METHOD.md §1).
+    """IR backbone for 112x112 BGR input normalised to (x/255-0.5)/0.5 (docs/method.md §1).
 
     ``forward(x)`` returns ``(e, n)``: the L2-normalised embedding [B, 512] and the norm of the
-    un-normalised feature [B, 1] (the quality proxy of METHOD.md §3).
+    un-normalised feature [B, 1] (the quality proxy of docs/method.md §3).
 
     ``activation_checkpointing`` (train.activation_checkpointing): in training with grad enabled,
     each IR unit keeps only its input and recomputes its activations in backward (same loss and
@@ -200,7 +200,7 @@ def _init_weights(model: nn.Module) -> None:
 
 
 def build_backbone(name: str) -> IResNet:
-    """Build one of ``BACKBONES`` with fresh AdaFace-style weights (METHOD.md §1)."""
+    """Build one of ``BACKBONES`` with fresh AdaFace-style weights (docs/method.md §1)."""
     return IResNet(name)
 
 

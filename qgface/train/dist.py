@@ -1,4 +1,4 @@
-"""Distributed set-up for the trainer (METHOD.md §5: DDP, one process per device).
+"""Distributed set-up for the trainer (docs/method.md §5: DDP, one process per device).
 
 ``init_distributed()`` reads torchrun's variables (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR,
 MASTER_PORT) and returns a frozen ``DistInfo``; without them it describes one process. NCCL and

@@ -1,4 +1,4 @@
-"""The trainer: the joint objective of METHOD.md §5 under DDP, exact resume, stop on signals.
+"""The trainer: the joint objective of docs/method.md §5 under DDP, exact resume, stop on signals.
 
 One process:        python -m qgface.train configs/tiny.yaml
 One node, 8 GPUs:   torchrun --standalone --nproc_per_node=8 -m qgface.train configs/qgface.yaml data.root=/data/faces_emore
@@ -57,7 +57,7 @@ class FaceModel(nn.Module):
 
     def forward(self, x: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, ...]:
         emb, norms = self.backbone(x)
-        emb, norms = emb.float(), norms.float()  # the loss heads run in fp32 (METHOD.md §5)
+        emb, norms = emb.float(), norms.float()  # the loss heads run in fp32 (docs/method.md §5)
         loss_cls, g_hat = self.head(emb, norms, labels)
         return emb, norms, loss_cls, g_hat
 
@@ -72,7 +72,7 @@ class StepOutput(NamedTuple):
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """Weight decay on every parameter (convs, linear, PReLU, class proxies) except BN's (METHOD.md §5).
+    """Weight decay on every parameter (convs, linear, PReLU, class proxies) except BN's (docs/method.md §5).
 
     The same split as AdaFace's ``split_parameters``: parameters of BatchNorm layers get none.
     """
@@ -118,7 +118,7 @@ class Trainer:
         torch.manual_seed(seed), np.random.seed(seed), random.seed(seed)
         self.run_dir = cfg.resolved_run_dir()
 
-        # ---- data (METHOD.md §2)
+        # ---- data (docs/method.md §2)
         root = train_data_root(cfg)
         self.loader, self.sampler, dataset = build_train_loader(cfg, root, self.dist.rank, self.dist.world_size)
         self.num_views = dataset.num_views
@@ -132,7 +132,7 @@ class Trainer:
         if cfg.train.max_steps:
             self.total_steps = min(self.total_steps, cfg.train.max_steps)
 
-        # ---- model and losses (METHOD.md §1, §3, §4)
+        # ---- model and losses (docs/method.md §1, §3, §4)
         h = cfg.head
         head = MarginHead(h.kind, dataset.num_classes, m=h.m, h=h.h, s=h.s, t_alpha=h.t_alpha,
                           quality_scale=h.quality_scale, chunk_elems=h.chunk_elems, tf32=h.tf32)
@@ -152,7 +152,7 @@ class Trainer:
         self.world_keys = self.num_views * batch * self.dist.world_size  # keys one step enqueues
         self.queue = self._build_queue()
 
-        # ---- optimiser, schedule, precision (METHOD.md §5)
+        # ---- optimiser, schedule, precision (docs/method.md §5)
         o = cfg.optim
         fused = t.fused_optimizer and self.device.type in FUSED_SGD_DEVICES
         self.optimizer = torch.optim.SGD(param_groups(self.model, o.weight_decay), lr=o.lr, momentum=o.momentum,
@@ -187,7 +187,7 @@ class Trainer:
                         size, history_steps(size, self.world_keys), self.world_keys, MIN_HISTORY_STEPS, c.queue_steps)
         return ContrastQueue(size, mode=c.queue, t_alpha=self.cfg.head.t_alpha).to(self.device)
 
-    # ------------------------------------------------------------------ the step (METHOD.md §5)
+    # ------------------------------------------------------------------ the step (docs/method.md §5)
     def train_step(self, views: torch.Tensor, labels: torch.Tensor) -> StepOutput:
         views = to_network_input(views.to(self.device, non_blocking=True))  # uint8 over the bus, float here
         labels = labels.to(self.device, non_blocking=True)
@@ -208,7 +208,7 @@ class Trainer:
         return outs[0] if micro == 1 else _merge_micro_outputs(outs, views.shape[1])
 
     def _forward_backward(self, views: torch.Tensor, labels: torch.Tensor, weight: float) -> StepOutput:
-        """One (micro-)batch: the loss of METHOD.md §5, its checks, and ``weight`` x its scaled backward."""
+        """One (micro-)batch: the loss of docs/method.md §5, its checks, and ``weight`` x its scaled backward."""
         b, v = views.shape[:2]
         # §2: the views as one batch [H_1..H_B, L_1..L_B], labels duplicated
         x = views.transpose(0, 1).reshape(v * b, *views.shape[2:])
@@ -241,7 +241,7 @@ class Trainer:
         return StepOutput(loss.detach(), loss_cls.detach(), loss_con.detach(), contrast, emb.detach(), norms.detach())
 
     def _contrast(self, emb: torch.Tensor, g_hat: torch.Tensor, labels: torch.Tensor) -> tuple[ContrastOutput, torch.Tensor]:
-        """METHOD.md §4: enqueue both views of every rank (own first) BEFORE the loss, then the loss.
+        """docs/method.md §4: enqueue both views of every rank (own first) BEFORE the loss, then the loss.
 
         Also returns a 0-dim bool tensor: does the queue's current view hold this step's keys."""
         c, b, kernel = self.cfg.contrast, labels.shape[0], self.model.head.kernel

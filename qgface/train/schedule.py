@@ -1,4 +1,4 @@
-"""Schedules of the joint objective as pure functions of the epoch (METHOD.md §3, §5).
+"""Schedules of the joint objective as pure functions of the epoch (docs/method.md §3, §5).
 
 Each value depends only on the (0-based) epoch index and the config, so a resumed run needs nothing
 but its epoch counter to recompute them. The engine uses ``torch.optim.lr_scheduler.MultiStepLR``
@@ -15,7 +15,7 @@ from qgface.losses.queue import queue_size_for
 
 
 def lr_multiplier(epoch: int, milestones: list[int], gamma: float) -> float:
-    """MultiStepLR: ``gamma ** (number of milestones <= epoch)`` (METHOD.md §5).
+    """MultiStepLR: ``gamma ** (number of milestones <= epoch)`` (docs/method.md §5).
 
     With milestones [12, 20, 24], epochs 0-11 train at the base lr, 12-19 at 0.1x, 20-23 at 0.01x,
     24+ at 0.001x.
@@ -24,7 +24,7 @@ def lr_multiplier(epoch: int, milestones: list[int], gamma: float) -> float:
 
 
 def quality_scale_at(epoch: int, cfg: Config) -> float:
-    """τ_q of the quality scaler in ``epoch`` (METHOD.md §3).
+    """τ_q of the quality scaler in ``epoch`` (docs/method.md §3).
 
     Without warm-up (or with ``contrast.joint_point`` = 0) it is ``head.quality_scale`` throughout.
     With ``head.quality_scale_warmup`` it ramps linearly, ``value · epoch / joint_point``, from 0 in
@@ -37,7 +37,7 @@ def quality_scale_at(epoch: int, cfg: Config) -> float:
 
 
 def contrast_weight_at(epoch: int, cfg: Config, num_views: int) -> float:
-    """w in ``L = L_cls + w·L_con`` (METHOD.md §5).
+    """w in ``L = L_cls + w·L_con`` (docs/method.md §5).
 
     0 when the contrastive loss is disabled or there is only one view (the baseline), 0 before
     epoch ``contrast.joint_point`` with ``contrast.later_joint``, else ``contrast.weight``.
@@ -51,7 +51,7 @@ def contrast_weight_at(epoch: int, cfg: Config, num_views: int) -> float:
 
 
 def queue_size_at(epoch: int, cfg: Config, world_batch: int) -> int:
-    """Effective queue size (number of newest entries used as negatives) in ``epoch`` (METHOD.md §5).
+    """Effective queue size (number of newest entries used as negatives) in ``epoch`` (docs/method.md §5).
 
     ``world_batch`` is the number of keys one step enqueues over all ranks (2·B·world_size with two
     views). Without ``contrast.progressive`` it is K (``contrast.queue_size``, or for 0 the size

@@ -1,8 +1,8 @@
 """The synthetic dataset as a whole: which shots each benchmark needs, :func:`generate`, and the cache.
 
 :func:`generate` writes a training set (InsightFace ``train.rec/.idx``, mostly high quality like
-MS1MV2; METHOD.md §2 makes the low-quality views during training) and the evaluation data root of
-METHOD.md §7: five HQ ``.bin`` pair sets, TinyFace, SCface, IJB-B, IJB-C and IJB-S, on identities disjoint
+MS1MV2; docs/method.md §2 makes the low-quality views during training) and the evaluation data root of
+docs/method.md §7: five HQ ``.bin`` pair sets, TinyFace, SCface, IJB-B, IJB-C and IJB-S, on identities disjoint
 from training. :func:`ensure_synthetic` caches one such set per parameter combination under
 ``cfg.data.synthetic_dir`` (file lock, temporary folder + rename; ``synthetic.json`` written last).
 """

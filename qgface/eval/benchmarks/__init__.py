@@ -1,4 +1,4 @@
-"""Benchmark registry (METHOD.md §7): one protocol object per benchmark name."""
+"""Benchmark registry (docs/method.md §7): one protocol object per benchmark name."""
 
 from __future__ import annotations
 

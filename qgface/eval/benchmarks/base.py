@@ -1,9 +1,9 @@
-"""The protocol object every benchmark implements (METHOD.md §7-8, STYLE.md habit 12).
+"""The protocol object every benchmark implements (docs/method.md §7-8, STYLE.md habit 12).
 
 A benchmark knows its canonical image list (fixed by construction: protocol order or sorted, never
 directory-walk order), how to get the bytes of image ``i`` from the original files, the record label
 of each image, which (image, variant) items to embed, and how to turn their embeddings into metrics.
-The bytes of image ``i`` are exactly what record ``i`` of the compressed ``.rec`` holds (METHOD.md §8),
+The bytes of image ``i`` are exactly what record ``i`` of the compressed ``.rec`` holds (docs/method.md §8),
 so evaluating from the ``.rec`` or from the files gives identical numbers.
 """
 

@@ -1,4 +1,4 @@
-"""HQ verification and cross-resolution LFW (METHOD.md §7).
+"""HQ verification and cross-resolution LFW (docs/method.md §7).
 
 ``hq``: the five InsightFace ``.bin`` sets in the data root, 10-fold accuracy (%) each and their mean
 ``hq_avg``; the image list is the five files' images in the fixed order of ``HQ_SETS``.

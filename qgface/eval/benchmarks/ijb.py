@@ -1,4 +1,4 @@
-"""IJB-B / IJB-C 1:1 template verification (METHOD.md §7), as InsightFace's IJB evaluation.
+"""IJB-B / IJB-C 1:1 template verification (docs/method.md §7), as InsightFace's IJB evaluation.
 
 Files under ``<data_root>/IJBB/`` (``IJBC/`` likewise, ``ijbc_`` prefixes): ``meta/ijbb_name_5pts_score.txt``
 (image, 5 landmarks in loose-crop pixels, detector score), ``meta/ijbb_face_tid_mid.txt`` (image,

@@ -1,4 +1,4 @@
-"""SCface 1:N identification (METHOD.md §7): rank-1 (%) per distance over visible cameras 1..5.
+"""SCface 1:N identification (docs/method.md §7): rank-1 (%) per distance over visible cameras 1..5.
 
 ``<data_root>/scface/all.txt`` names the images; the aligned 112x112 images are in
 ``<data_root>/<eval.scface_aligned_dir>/``. Two line formats are read (docs/method.md §7.4):
