@@ -51,13 +51,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--qos", help="Slurm quality of service (cluster.qos)")
     p.add_argument("--constraint", help="Slurm node features, e.g. a100 (cluster.constraint)")
     p.add_argument("--cpus-per-task", type=int, help="CPUs per node task: give the data loader workers room "
-                   "(cluster.cpus_per_task; default: Slurm's)")
+                   "(cluster.cpus_per_task; default: GPUs x (1 + loader workers), also given to srun)")
     p.add_argument("--mem", help="memory per node, e.g. 64G (cluster.mem; default: Slurm's)")
     p.add_argument("--cluster", choices=("auto", "slurm", "local"), default="auto",
                    help="where to run: slurm, local (this machine, one step after the other, waits for the end), "
                    "or auto = slurm when sbatch is on PATH and the controller answers, else local (default)")
     p.add_argument("--benchmarks", nargs="+", metavar="NAME", help="benchmarks to evaluate after training: "
-                   "hq crlfw tinyface scface ijbb ijbc (eval.benchmarks; default all six)")
+                   "hq crlfw tinyface scface ijbb ijbc ijbb_1n ijbc_1n ijbs (eval.benchmarks; default the first six)")
     p.add_argument("--no-eval", action="store_true", help="train only: no evaluation array, no aggregation")
     p.add_argument("--wait", action="store_true", help="on Slurm, stay until the chain has ended and exit 0 only "
                    "if it succeeded (for scripts; local mode always waits)")

@@ -44,10 +44,12 @@ class DataConfig:
     """identities in each synthetic evaluation set (disjoint from the training identities)"""
     batch_size: int = 64
     """source images per rank and step; the backbone sees 2x this many with two views"""
-    num_workers: int = 2
-    """DataLoader worker processes per rank (0 = load in the training process)"""
+    num_workers: int = -1
+    """DataLoader worker processes per rank (0 = load in the training process); -1 = this rank's share of the CPUs less one, at most 8"""
+    prefetch_factor: int = 0
+    """batches each loader worker prepares ahead; 0 = enough for 4 batches in flight per rank (at least 2 per worker)"""
     views: str = "lh"
-    """view recipe (METHOD.md §2): lh = QGFace L/H pairing, adaface = AdaFace augmentation (A-C), flip = baseline"""
+    """view recipe (docs/method.md §2): lh = QGFace L/H pairing, adaface = AdaFace augmentation (A-C), flip = baseline"""
     lowres_range: list[float] = field(default_factory=lambda: [0.1, 0.5])
     """lh: side ratio range of the random rescale of the L view"""
     jpeg_quality: int = 75
@@ -69,6 +71,10 @@ class DataConfig:
         for key in ("crop_p", "photometric_p", "rotation_p", "adaface_p"):
             _check_probability(f"data.{key}", getattr(self, key))
         _check_positive("data.batch_size", self.batch_size)
+        if self.num_workers < -1:
+            raise ConfigError(f"data.num_workers must be >= 0, or -1 for a count from the CPUs; got {self.num_workers!r}")
+        if self.prefetch_factor < 0:
+            raise ConfigError(f"data.prefetch_factor must be >= 0 (0 = automatic); got {self.prefetch_factor!r}")
 
 
 @dataclass
@@ -80,7 +86,7 @@ class ModelConfig:
 @dataclass
 class HeadConfig:
     kind: str = "adaface"
-    """margin head: adaface, arcface or cosface (METHOD.md §3)"""
+    """margin head: adaface, arcface or cosface (docs/method.md §3)"""
     m: float = 0.4
     """margin"""
     h: float = 0.333
@@ -107,11 +113,13 @@ class HeadConfig:
 @dataclass
 class ContrastConfig:
     enabled: bool = True
-    """add the quality-guided contrastive loss (METHOD.md §4); needs two views (data.views lh or adaface)"""
+    """add the quality-guided contrastive loss (docs/method.md §4); needs two views (data.views lh or adaface)"""
     weight: float = 1.0
     """w in L = L_cls + w * L_con"""
-    queue_size: int = 16384
-    """K, embeddings kept in the queue"""
+    queue_size: int = 0
+    """K, embeddings kept in the queue; 0 = max(16384, queue_steps x the keys one step enqueues over all ranks)"""
+    queue_steps: int = 8
+    """steps of history the automatic queue size (queue_size=0) holds at least"""
     queue: str = "proxy"
     """proxy = keys moved by their class proxy's drift (default), fifo = plain queue"""
     s: float = 64.0
@@ -147,7 +155,9 @@ class ContrastConfig:
         _check_choice("contrast.scale_range", self.scale_range, ("half", "whole"))
         _check_choice("contrast.select", self.select, ("low", "mean", "high"))
         _check_choice("contrast.margin_mode", self.margin_mode, ("none", "static", "dynamic"))
-        _check_positive("contrast.queue_size", self.queue_size)
+        if self.queue_size < 0:
+            raise ConfigError(f"contrast.queue_size must be >= 0 (0 = from contrast.queue_steps); got {self.queue_size!r}")
+        _check_positive("contrast.queue_steps", self.queue_steps)
         if not 0.0 < self.threshold < 1.0:
             raise ConfigError(f"contrast.threshold must lie in (0, 1), got {self.threshold!r}")
 
@@ -192,8 +202,25 @@ class TrainConfig:
     deterministic: bool = False
     """deterministic kernels (slower on GPU); needed for a bit-exact resume on a GPU, not on a CPU (README, "On GPUs")"""
 
+    channels_last: bool = True
+    """NHWC memory layout of the backbone and its input on GPU (faster tensor-core convolutions); CPU keeps NCHW"""
+    compile: bool = False
+    """torch.compile the backbone (minutes of compilation at start, faster steps after)"""
+    fused_optimizer: bool = True
+    """fused SGD (one kernel for every parameter) where the device supports it"""
+    static_graph: bool = True
+    """tell DDP the autograd graph is the same every step (lets it overlap and skip per-step checks)"""
+    grad_compression: str = "none"
+    """DDP all-reduce of gradients in: none (fp32), bf16 or fp16 (half the traffic, e.g. the 1.27 GB head at WebFace12M)"""
+    grad_accum: int = 1
+    """micro-batches per optimiser step: data.batch_size is split into this many (memory knob; same gradient up to BatchNorm)"""
+    activation_checkpointing: bool = False
+    """recompute each IR unit's activations in backward instead of keeping them (memory knob, ~30% slower)"""
+
     def __post_init__(self) -> None:
         _check_choice("train.precision", self.precision, ("auto", "bf16", "fp16", "fp32"))
+        _check_choice("train.grad_compression", self.grad_compression, ("none", "bf16", "fp16"))
+        _check_positive("train.grad_accum", self.grad_accum)
         _check_choice_or_path("train.resume", self.resume, ("auto", "none"))
 
 
@@ -217,8 +244,13 @@ class EvalConfig:
     """TinyFace: folder under data_root with the aligned Probe/, Gallery_Match/, Gallery_Distractor/ images"""
     scface_aligned_dir: str = "scface/aligned"
     """SCface: folder under data_root with the aligned NNN_camK_D.jpg probes and NNN_frontal.jpg mugshots"""
+    ijb_protocol: str = "qgface"
+    """IJB-B/C convention: qgface (the paper's: unit embeddings, lower TAR on ties) or insightface (N1D1F2)"""
     checkpoint: str = "last.pt"
     """checkpoint of the run evaluated after training"""
+
+    def __post_init__(self) -> None:
+        _check_choice("eval.ijb_protocol", self.ijb_protocol, ("qgface", "insightface"))
 
 
 @dataclass
@@ -230,7 +262,7 @@ class ClusterConfig:
     gpus_per_node: int = 0
     """GPUs per node = torchrun workers per node; 0 = CPU training with one worker per node (gloo)"""
     cpus_per_task: int = 0
-    """CPUs per node task; 0 = Slurm's default"""
+    """CPUs per node task, also given to srun; 0 = ranks per node x (1 + loader workers), 4 workers when data.num_workers=-1"""
     mem: str = ""
     """memory per node, e.g. 64G; empty = Slurm's default"""
     time_min: int = 60

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import random
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,7 +13,7 @@ import torch
 from qgface.config import load_config
 from qgface.models import CheckpointError
 from qgface.train.checkpoint import (
-    KEYS, capture_rng, load_checkpoint, load_module_state, restore_rng, resume_path, save_checkpoint,
+    KEYS, capture_rng, link_or_copy, load_checkpoint, load_module_state, restore_rng, resume_path, save_checkpoint,
 )
 
 
@@ -84,3 +86,46 @@ def test_resume_path_modes(tmp_path):
     assert resume_path(load_config(None, [f"run_dir={tmp_path}", "train.resume=none"])) is None
     with pytest.raises(CheckpointError, match="nope.pt"):
         resume_path(load_config(None, [f"run_dir={tmp_path}", f"train.resume={tmp_path}/nope.pt"]))
+
+
+def test_epoch_copy_is_a_hard_link_that_keeps_its_content_when_last_pt_is_replaced(tmp_path):
+    last, epoch = tmp_path / "last.pt", tmp_path / "epoch_1.pt"
+    save_checkpoint(last, _state(step=7))
+    assert link_or_copy(last, epoch) is True
+    assert os.path.samefile(last, epoch)  # no second write of the bytes
+    save_checkpoint(last, _state(step=8))  # atomic replace: a new inode for last.pt
+    assert load_checkpoint(epoch)["step"] == 7 and load_checkpoint(last)["step"] == 8
+    save_checkpoint(last, _state(step=9))
+    assert link_or_copy(last, epoch) is True  # a later epoch of the same name replaces it atomically
+    assert load_checkpoint(epoch)["step"] == 9
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["epoch_1.pt", "last.pt"]  # no temp names left
+
+
+@pytest.mark.skipif(not Path("/dev/shm").is_dir(), reason="needs /dev/shm, a second filesystem, to refuse the link")
+def test_epoch_copy_falls_back_to_a_copy_across_filesystems(tmp_path):
+    other = Path("/dev/shm")
+    if os.stat(other).st_dev == os.stat(tmp_path).st_dev:
+        pytest.skip(f"{other} and {tmp_path} are on one filesystem: a link would not fail")
+    source = other / f"qgface-test-{os.getpid()}-last.pt"
+    try:
+        save_checkpoint(source, _state(step=5))
+        assert link_or_copy(source, tmp_path / "epoch_1.pt") is False  # EXDEV: copied
+        assert not os.path.samefile(source, tmp_path / "epoch_1.pt")
+        assert (tmp_path / "epoch_1.pt").read_bytes() == source.read_bytes()
+    finally:
+        source.unlink(missing_ok=True)
+
+
+def test_load_maps_the_file_and_changing_a_loaded_tensor_never_changes_it(tmp_path):
+    path = tmp_path / "last.pt"
+    state = _state()
+    save_checkpoint(path, state)
+    before = path.read_bytes()
+    loaded = load_checkpoint(path)
+    if Path("/proc/self/maps").is_file():  # Linux: the tensors are backed by a mapping of the file
+        assert str(path) in Path("/proc/self/maps").read_text()
+    weight = loaded["model"]["weight"]
+    assert torch.equal(weight, state["model"]["weight"])
+    weight.add_(1.0)  # e.g. an optimiser updating a loaded momentum buffer in place
+    assert path.read_bytes() == before
+    assert torch.equal(load_checkpoint(path)["model"]["weight"], state["model"]["weight"])

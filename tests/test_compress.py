@@ -1,4 +1,4 @@
-"""Compressed benchmarks (METHOD.md §8): order, manifest checks, fallback, crash safety, concurrency."""
+"""Compressed benchmarks (docs/method.md §8): order, manifest checks, fallback, crash safety, concurrency."""
 
 from __future__ import annotations
 

@@ -15,7 +15,7 @@ def test_defaults_follow_method_md():
     assert cfg.optim.lr == 0.1 and cfg.optim.momentum == 0.9 and cfg.optim.weight_decay == 5e-4
     assert cfg.optim.milestones == [12, 20, 24] and cfg.optim.epochs == 26
     assert (cfg.head.m, cfg.head.h, cfg.head.s, cfg.head.t_alpha) == (0.4, 0.333, 64.0, 0.01)
-    assert cfg.contrast.queue_size == 16384 and cfg.contrast.threshold == 0.5
+    assert cfg.contrast.queue_size == 0 and cfg.contrast.queue_steps == 8 and cfg.contrast.threshold == 0.5
     assert (cfg.data.crop_p, cfg.data.photometric_p, cfg.data.rotation_p) == (0.2, 0.2, 0.0)
 
 

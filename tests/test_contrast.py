@@ -1,4 +1,4 @@
-"""Quality-guided contrastive loss (METHOD.md §4)."""
+"""Quality-guided contrastive loss (docs/method.md §4)."""
 
 from __future__ import annotations
 
@@ -21,18 +21,31 @@ def _scalers(values: list[float]) -> torch.Tensor:
     return torch.tensor(values, dtype=torch.float64).reshape(-1, 1)
 
 
+E = 1e-3  # the reference's ε in every linear/cos denominator
+
+
 @pytest.mark.parametrize("method,range_,t,tau,want", [
-    ("sgn", "half", 0.25, 0.5, 1.0), ("linear", "half", 0.25, 0.5, 0.5), ("cos", "half", 0.25, 0.5, 0.5),
+    ("sgn", "half", 0.25, 0.5, 1.0), ("linear", "half", 0.25, 0.5, 0.25 / 0.501),
+    ("cos", "half", 0.25, 0.5, (1 - math.cos(math.pi * 0.25 / 0.501)) / 2),
     ("sgn", "half", 0.75, 0.5, 0.0), ("linear", "half", 0.75, 0.5, 0.0), ("cos", "half", 0.75, 0.5, 0.0),
-    ("sgn", "whole", 0.75, 0.5, 1.0), ("linear", "whole", 0.75, 0.5, 0.5),
-    ("cos", "whole", 0.75, 0.5, 1 - math.sqrt(0.5)),  # cos(π·0.75/1)+1 = cos(3π/4)+1
-    ("linear", "half", 0.1, 0.4, 0.25), ("cos", "half", 0.1, 0.4, (1 - math.sqrt(0.5)) / 2),
-    ("linear", "whole", 0.4, 0.4, 1.0), ("cos", "whole", 0.4, 0.4, 1.0),  # t = τ takes s2, continuous
-    ("linear", "whole", 1.0, 0.4, 0.0), ("cos", "whole", 1.0, 0.4, 0.0),
+    ("sgn", "whole", 0.75, 0.5, 1.0), ("linear", "whole", 0.75, 0.5, -0.25 / -0.499),
+    ("cos", "whole", 0.75, 0.5, math.cos(math.pi * 0.75 / (2 * 0.501)) + 1),
+    ("linear", "half", 0.1, 0.4, 0.1 / 0.401), ("cos", "half", 0.1, 0.4, (1 - math.cos(math.pi * 0.1 / 0.401)) / 2),
+    # t = τ takes s2, which with ε is not exactly 1 (the reference's numbers)
+    ("linear", "whole", 0.4, 0.4, -0.6 / -0.599), ("cos", "whole", 0.4, 0.4, math.cos(math.pi * 0.6 / 1.202) + 1),
+    ("linear", "whole", 1.0, 0.4, 0.0), ("cos", "whole", 1.0, 0.4, math.cos(math.pi * 1.2 / 1.202) + 1),
 ])
 def test_quality_factor_at_hand_points(method, range_, t, tau, want):
     got = quality_factor(torch.tensor([t], dtype=torch.float64), tau, method, range_)
     assert got.item() == pytest.approx(want, abs=1e-12)
+
+
+def test_quality_factor_epsilon_is_the_references():
+    """The ε moves linear/cos by 2e-4 .. 2e-3 relative, as measured against the reference; sgn has none."""
+    t = torch.tensor([0.25], dtype=torch.float64)
+    assert quality_factor(t, 0.5, "linear", "half").item() == pytest.approx(0.5 / (1 + 2 * E), rel=1e-12)
+    assert quality_factor(t, 0.5, "linear", "half").item() != pytest.approx(0.5, rel=1e-4)
+    assert quality_factor(t, 0.5, "sgn", "half").item() == 1.0
 
 
 def test_quality_factor_rejects_unknown_options():
@@ -101,7 +114,7 @@ def test_same_identity_entries_contribute_nothing():
     other = queue.clone()
     other[0] = -other[0]
     assert qg_contrastive_loss(q, k, other, lo, lo, **kw).item() != pytest.approx(base.item())
-    # masked entries are the constant logit 0 (METHOD.md "set to 0"): the same loss as no masking on a
+    # masked entries are the constant logit 0 (docs/method.md "set to 0"): the same loss as no masking on a
     # queue whose same-identity keys are zero vectors (cosine exactly 0)
     zeroed = torch.where(same.unsqueeze(1), 0.0, queue)
     torch.testing.assert_close(qg_contrastive_loss(q, k, zeroed, lo, lo, mask_same_class=False), base)

@@ -12,9 +12,10 @@ import torch
 from qgface.config import from_dict
 from qgface.data.datasets import (DatasetLayoutError, FolderTrainDataset, RecordTrainDataset, TwoViewDataset,
                                   open_train_dataset)
-from qgface.data.images import encode_jpeg, normalize_bgr
+from qgface.data.images import encode_jpeg, normalize_bgr, to_network_input
 from qgface.data.loader import build_train_loader
 from qgface.data.recordio import IRHeader, RecordIOError, RecordIOWriter, pack, write_insightface_rec
+from qgface.data.views import make_views
 
 LABELS = [0, 0, 1, 1, 1, 2]
 
@@ -118,13 +119,35 @@ def test_two_view_dataset_shapes_and_h_view(tmp_path, views, count):
     cfg = from_dict({"data": {"views": views}}).data
     ds = TwoViewDataset(RecordTrainDataset(tmp_path), views, cfg, seed=0)
     for index in range(len(ds)):
-        x, label = ds[(index, 0)]
-        assert x.dtype == torch.float32 and tuple(x.shape) == (count, 3, 112, 112) and label == LABELS[index]
-        assert -1.0 <= float(x.min()) and float(x.max()) <= 1.0
+        planes, label = ds[(index, 0)]
+        assert planes.dtype == torch.uint8 and tuple(planes.shape) == (count, 3, 112, 112) and label == LABELS[index]
+        x = to_network_input(planes)
+        assert x.dtype == torch.float32 and -1.0 <= float(x.min()) and float(x.max()) <= 1.0
         if views != "adaface":  # view 0 is the source image, perhaps mirrored, normalised
             src = RecordTrainDataset(tmp_path)[index][0]
             options = [normalize_bgr(src), normalize_bgr(np.ascontiguousarray(src[:, ::-1]))]
             assert any(np.array_equal(x[0].numpy(), o) for o in options)
+
+
+def test_the_network_sees_the_float_values_of_cpu_normalisation(tmp_path):
+    """uint8 batches normalised in the step give bit for bit the float32 input normalize_bgr gives."""
+    write_rec(tmp_path)
+    cfg = from_dict({}).data
+    ds = TwoViewDataset(RecordTrainDataset(tmp_path), "lh", cfg, seed=3)
+    base = RecordTrainDataset(tmp_path)
+    for index in range(len(ds)):
+        views = make_views(base[index][0], np.random.default_rng([3, 1, index]), "lh", cfg)
+        expected = np.stack([normalize_bgr(v) for v in views])  # the float32 the loader used to ship
+        got = to_network_input(ds[(index, 1)][0]).numpy()
+        assert got.dtype == np.float32 and np.array_equal(got.view(np.uint32), expected.view(np.uint32))
+    levels = np.arange(256, dtype=np.uint8).reshape(16, 16)
+    every_level = np.stack([levels, levels.T, 255 - levels], axis=-1)  # all 256 values in each channel
+    expected = normalize_bgr(every_level)
+    got = to_network_input(torch.from_numpy(np.ascontiguousarray(every_level.transpose(2, 0, 1)))).numpy()
+    assert np.array_equal(got.view(np.uint32), expected.view(np.uint32))
+    assert got[0, 0, 0] == -1.0 and got[0, 15, 15] == 1.0
+    with pytest.raises(ValueError, match="uint8"):
+        to_network_input(torch.zeros(1, 3, 2, 2))
 
 
 def test_two_view_dataset_depends_only_on_seed_epoch_index(tmp_path):
@@ -162,12 +185,14 @@ def test_loader_batches_are_identical_with_zero_and_two_workers(tmp_path):
 
 
 def test_loader_reads_an_image_folder(tmp_path):
-    write_folder(tmp_path)
-    cfg = from_dict({"data": {"batch_size": 2, "num_workers": 0, "views": "flip"}})
-    loader, sampler, dataset = build_train_loader(cfg, tmp_path, rank=1, world_size=2)
+    write_folder(tmp_path / "data")
+    out = tmp_path / "out"
+    cfg = from_dict({"data": {"batch_size": 2, "num_workers": 0, "views": "flip"}, "output_root": str(out)})
+    loader, sampler, dataset = build_train_loader(cfg, tmp_path / "data", rank=1, world_size=2)
     assert dataset.num_classes == 3 and len(sampler) == 3 and len(loader) == 1
     x, y = next(iter(loader))
     assert x.shape == (2, 1, 3, 112, 112) and set(y.tolist()) <= {0, 1, 2}
+    assert [p.suffix for p in (out / "index-cache").iterdir()] == [".folder-index"]  # the cached file list
 
 
 def test_loader_workers_survive_the_stop_signals_slurm_sends_to_every_process(tmp_path):

@@ -1,4 +1,4 @@
-"""Margin heads with the quality scaler (METHOD.md §3)."""
+"""Margin heads with the quality scaler (docs/method.md §3)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ KINDS = ("adaface", "arcface", "cosface")
 
 
 def dense_loss(head: MarginHead, e: torch.Tensor, g: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """METHOD.md §3 written the plain way: one-hot, acos/cos over the whole matrix."""
+    """docs/method.md §3 written the plain way: one-hot, acos/cos over the whole matrix."""
     w = F.normalize(head.kernel, dim=0)
     cos = (e @ w).clamp(-1 + EPS, 1 - EPS)
     onehot = F.one_hot(y, w.shape[1]).to(e.dtype)
@@ -101,7 +101,7 @@ def test_adaface_interpolates_arcface_and_cosface():
 
 def test_margin_scaler_and_running_statistics():
     head = MarginHead("adaface", 4, 3)
-    assert head.batch_mean.item() == 0 and head.batch_std.item() == 0  # METHOD.md: start at 0
+    assert head.batch_mean.item() == 0 and head.batch_std.item() == 0  # docs/method.md: start at 0
     head.batch_mean.fill_(10.0)
     head.batch_std.fill_(4.0)
     e = F.normalize(torch.randn(4, 3), dim=1)

@@ -1,4 +1,4 @@
-"""Metrics of METHOD.md §7 against slow obvious reimplementations and inputs with known answers."""
+"""Metrics of docs/method.md §7 against slow obvious reimplementations and inputs with known answers."""
 
 from __future__ import annotations
 
@@ -50,6 +50,13 @@ def insightface_tar(scores, labels, far):
     """ijb_11.py: flip the ROC, take the first index of the smallest |fpr - far|."""
     fpr, tpr, _ = roc_curve(labels, scores)
     fpr, tpr = np.flipud(fpr), np.flipud(tpr)
+    _, min_index = min(zip(abs(fpr - far), range(len(fpr))))
+    return tpr[min_index]
+
+
+def qgface_reference_tar(scores, labels, far):
+    """The QGFace reference's validate_IJB_BC: the same min over (gap, index), on the unflipped ROC."""
+    fpr, tpr, _ = roc_curve(labels, scores)
     _, min_index = min(zip(abs(fpr - far), range(len(fpr))))
     return tpr[min_index]
 
@@ -159,23 +166,43 @@ def test_cmc_without_any_mate_is_an_error():
 
 # ---------------------------------------------------------------- TAR at FAR
 
-def test_tar_at_far_matches_insightface_rule():
+@pytest.mark.parametrize("rule,reference", [("higher", insightface_tar), ("lower", qgface_reference_tar)])
+def test_tar_at_far_matches_both_references(rule, reference):
     rng = np.random.default_rng(2)
     labels = rng.random(5000) < 0.3
     scores = np.where(labels, rng.normal(1.0, 1.0, 5000), rng.normal(-1.0, 1.0, 5000)).round(2)  # ties
-    fars = [1e-4, 1e-3, 1e-2, 1e-1, 0.33]
-    got = tar_at_far(scores, labels, fars)
+    fars = [1e-3, 1e-2, 1e-1, 0.33]
+    got = tar_at_far(scores, labels, fars, rule=rule)
     for far in fars:
-        assert got[far] == insightface_tar(scores, labels.astype(int), far)
+        assert got[far] == reference(scores, labels.astype(int), far)
+    lower, higher = tar_at_far(scores, labels, fars, "lower"), tar_at_far(scores, labels, fars, "higher")
+    assert all(lower[f] <= higher[f] for f in fars) and any(lower[f] < higher[f] for f in fars)
 
 
 def test_tar_at_far_known_answers():
     # 10 impostors at scores 0..9, 4 genuine at 5.5, 7.5, 8.5, 20
     scores = np.array([*range(10), 5.5, 7.5, 8.5, 20.0])
     labels = np.array([0] * 10 + [1] * 4)
-    got = tar_at_far(scores, labels, [0.1, 0.2, 0.0])
-    # FAR 0.1: threshold 8.5 accepts impostor 9 and genuine 20, 8.5 -> TAR 2/4 (the larger TAR at that FPR)
-    # FAR 0.2: threshold 7.5 accepts impostors 8, 9 and genuine 20, 8.5, 7.5 -> 3/4; FAR 0: only 20 -> 1/4
-    assert got == {0.1: 0.5, 0.2: 0.75, 0.0: 0.25}
-    perfect = tar_at_far(np.array([0.1, 0.2, 0.9, 0.8]), np.array([0, 0, 1, 1]), [1e-6, 0.5])
-    assert perfect == {1e-6: 1.0, 0.5: 1.0}
+    # FAR 0.1 is met exactly by two ROC points: threshold 9 (impostor 9, genuine 20 accepted: TAR 1/4)
+    # and threshold 8.5 (+ genuine 8.5: 2/4); FAR 0.2 by thresholds 8 (2/4) and 7.5 (3/4)
+    assert tar_at_far(scores, labels, [0.1, 0.2], rule="higher") == {0.1: 0.5, 0.2: 0.75}
+    assert tar_at_far(scores, labels, [0.1, 0.2], rule="lower") == {0.1: 0.25, 0.2: 0.5}
+    # separable scores: ROC (0, 0), (0, 1), (1, 1), all 0.5 away from FAR 0.5; the lower rule takes the
+    # first point, whose threshold accepts nothing (TAR 0), as the reference does
+    perfect = np.array([0.1, 0.2, 0.9, 0.8]), np.array([0, 0, 1, 1])
+    assert tar_at_far(*perfect, [0.5], rule="higher") == {0.5: 1.0}
+    assert tar_at_far(*perfect, [0.5], rule="lower") == {0.5: 0.0}
+
+
+def test_tar_at_an_unresolvable_far_is_empty_with_a_warning(caplog):
+    scores = np.array([*range(10), 5.5, 7.5, 8.5, 20.0])
+    labels = np.array([0] * 10 + [1] * 4)  # 10 impostors resolve FAR >= 0.1 only
+    with caplog.at_level("WARNING"):
+        got = tar_at_far(scores, labels, [0.0, 0.05, 0.1])
+    assert got == {0.0: None, 0.05: None, 0.1: 0.25}
+    assert "10 impostor pairs" in caplog.text and "5e-02" in caplog.text
+
+
+def test_tar_at_far_rejects_an_unknown_rule():
+    with pytest.raises(ValueError, match="lower, higher"):
+        tar_at_far(np.array([0.0, 1.0]), np.array([0, 1]), [0.5], rule="middle")

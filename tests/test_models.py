@@ -1,4 +1,4 @@
-"""IR backbones (METHOD.md §1) and checkpoint loading (qgface.models.io)."""
+"""IR backbones (docs/method.md §1) and checkpoint loading (qgface.models.io)."""
 
 from __future__ import annotations
 

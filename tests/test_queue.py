@@ -1,4 +1,4 @@
-"""The contrastive queue: ring order, proxy compensation, views, distributed gather (METHOD.md §4)."""
+"""The contrastive queue: ring order, proxy compensation, views, distributed gather (docs/method.md §4)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Schedules of the joint objective as pure functions of the epoch (METHOD.md §3, §5)."""
+"""Schedules of the joint objective as pure functions of the epoch (docs/method.md §3, §5)."""
 
 from __future__ import annotations
 
@@ -49,3 +49,13 @@ def test_queue_size_progressive_from_world_batch_to_k():
     assert queue_size_at(0, cfg, 5000) == 1000  # a world batch larger than K starts (and stays) at K
     fixed = load_config(None, ["contrast.queue_size=1000"])
     assert queue_size_at(0, fixed, 100) == 1000
+
+
+def test_automatic_queue_size_keeps_steps_of_history_at_any_scale():
+    auto = load_config(None, [])  # contrast.queue_size=0, contrast.queue_steps=8
+    assert queue_size_at(0, auto, 2 * 64) == 16384  # one GPU at batch 64: the published K (128 steps)
+    assert queue_size_at(0, auto, 2 * 512 * 16) == 8 * 16384  # 2 nodes x 8 GPUs x 512 x 2 views
+    assert queue_size_at(0, auto, 2 * 512 * 32) == 8 * 32768  # 32 GPUs: still 8 steps, never refused
+    assert queue_size_at(0, load_config(None, ["contrast.queue_steps=3"]), 10000) == 30000
+    progressive = load_config(None, ["contrast.progressive=true", "contrast.joint_point=0", "optim.epochs=3"])
+    assert [queue_size_at(e, progressive, 32768) for e in range(3)] == [32768, 147456, 262144]

@@ -17,6 +17,7 @@ from qgface.data.images import decode_bgr
 from qgface.data.recordio import RecordIOReader, read_insightface_header, unpack
 from qgface.data.synthetic import HQ_SETS, camera, ensure_synthetic, generate, synthetic_name
 from qgface.data.synthetic.faces import TEMPLATE, make_identity
+from qgface.eval.align import ARCFACE_TEMPLATE
 
 SMALL = dict(identities=4, images_per_identity=3, eval_identities=5, hq_pairs=6, tinyface_probes=2,
              tinyface_gallery=1, tinyface_distractors=4, scface_subjects=3, ijb_templates=2, ijb_media=2, ijb_frames=2)
@@ -110,8 +111,10 @@ def test_scface_layout(small_set):
     on_disk = sorted(p.name for p in folder.iterdir())
     expected = [f"{n:03d}_cam{c}_{d}.jpg" for n in (1, 2, 3) for c in range(1, 9) for d in (1, 2, 3)]
     assert on_disk == sorted(expected + [f"{n:03d}_frontal.jpg" for n in (1, 2, 3)])
-    listed = (small_set / "scface" / "all.txt").read_text().split()
-    assert sorted(listed) == sorted(n for n in on_disk if "frontal" in n or int(n.split("_cam")[1][0]) <= 5)
+    # the distributed all.txt: every image, name without extension, then the 5 landmarks, tab-separated
+    rows = [line.split("\t") for line in (small_set / "scface" / "all.txt").read_text().splitlines()]
+    assert [r[0] + ".jpg" for r in rows] == on_disk and all(len(r) == 11 for r in rows)
+    assert np.allclose(np.array(rows[0][1:], float).reshape(5, 2), ARCFACE_TEMPLATE, atol=0.01)
     for name in on_disk:
         img = _read(folder / name).astype(np.int32)
         assert img.shape == (112, 112, 3)
@@ -157,6 +160,38 @@ def test_ijb_meta_files(small_set):
             assert (marks >= 0).all() and (marks[:, 0] < w).all() and (marks[:, 1] < h).all()
             assert marks[0, 0] < marks[1, 0] and marks[3, 0] < marks[4, 0]  # left/right eye, left/right mouth
             assert marks[2, 1] > marks[:2, 1].max() and marks[3:, 1].min() > marks[2, 1] - 5
+
+
+def test_ijb_1n_lists(small_set):
+    """Each identity's first template is its one gallery template (first half in gallery 1, second half
+    in gallery 2); its other templates are the probes; one CSV row per image, header first."""
+    for which, galleries in (("IJBB", ("S1", "S2")), ("IJBC", ("G1", "G2"))):
+        meta, prefix = small_set / which / "meta", which.lower()
+        faces = [line.split() for line in (meta / f"{prefix}_face_tid_mid.txt").read_text().splitlines()]
+        rows = {}
+        for role in (*(f"gallery_{g}" for g in galleries), "probe_mixed"):
+            lines = (meta / f"{prefix}_1N_{role}.csv").read_text().splitlines()
+            assert lines[0] == "TEMPLATE_ID,SUBJECT_ID,FILENAME"
+            rows[role] = [line.split(",") for line in lines[1:]]
+        listed = sorted(r[2] for group in rows.values() for r in group)
+        assert listed == sorted(f[0] for f in faces)  # every image once
+        gallery = [{(int(r[0]), int(r[1])) for r in rows[f"gallery_{g}"]} for g in galleries]
+        subjects = [s for g in gallery for _, s in g]
+        assert len(subjects) == len(set(subjects)) == 5 and len(gallery[0]) == 3 and len(gallery[1]) == 2
+        probes = {(int(r[0]), int(r[1])) for r in rows["probe_mixed"]}
+        assert len(probes) == 5 and {s for _, s in probes} == set(subjects)
+
+
+def test_synthetic_ijb_resolves_far_1e4():
+    """The demo's 40 evaluation identities get 4 templates each: 160 x 159 / 2 - 240 genuine = 12,480
+    impostor pairs >= 10,000, so TAR at FAR 1e-4 is resolvable; the default 100 identities keep 3."""
+    from qgface.data.synthetic.dataset import _defaults, _resolve
+
+    for identities, templates in ((40, 4), (100, 3), (5, 32)):
+        p = _resolve({**_defaults(), "eval_identities": identities})
+        assert p["ijb_templates"] == templates
+        total = identities * templates
+        assert total * (total - 1) // 2 - identities * templates * (templates - 1) // 2 >= 10_000
 
 
 def test_landmarks_align_a_placed_face_back_to_the_clean_render():

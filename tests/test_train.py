@@ -1,7 +1,7 @@
 """End-to-end training on a tiny on-disk set: CLI run, exact resume, torchrun DDP, NaN stop, signals.
 
 Everything runs the tiny backbone on the CPU (batch 8, queue 64, a handful of steps). ``head.t_alpha``
-is raised so that the AdaFace norm statistics (which start at 0, METHOD.md §3) settle within a few
+is raised so that the AdaFace norm statistics (which start at 0, docs/method.md §3) settle within a few
 steps and the quality-guided contrastive term becomes active inside these short runs.
 """
 
@@ -94,6 +94,11 @@ def test_cli_trains_both_losses_and_writes_tensorboard(train_root, tmp_path):
     last = _last(run)
     assert (last["step"], last["epoch"], last["batch_in_epoch"], last["finished"]) == (27, 3, 0, True)
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["epoch_1.pt", "epoch_2.pt", "epoch_3.pt", "last.pt"]
+    # each epoch end wrote last.pt once; epoch_3.pt is that file (a hard link), the earlier epochs other files
+    ckdir = run / "checkpoints"
+    assert os.path.samefile(ckdir / "epoch_3.pt", ckdir / "last.pt")
+    assert not os.path.samefile(ckdir / "epoch_2.pt", ckdir / "last.pt")
+    assert torch.load(ckdir / "epoch_2.pt", weights_only=True)["step"] == 18
     assert load_config(run / "config.yaml").data.batch_size == 8
     assert last["config"]["model"]["backbone"] == "ir_tiny" and last["queue"] is not None
 
@@ -208,3 +213,14 @@ def test_param_groups_decay_everything_but_batchnorm():
     assert id(model.head.kernel) in decayed
     assert id(model.backbone.input_layer[2].weight) in decayed  # PReLU, as in AdaFace
     assert len(decayed) + len(no_decay["params"]) == len(list(model.parameters()))
+
+
+def test_queue_holding_few_steps_is_warned_about_and_the_default_holds_many(train_root, tmp_path, caplog):
+    caplog.set_level("WARNING", logger="qgface.train.engine")
+    short = Trainer(load_config(None, _args(train_root, tmp_path / "short", "contrast.queue_size=32")))
+    short.close()
+    assert short.queue.size == 32 and "holds 2.0 steps of 16 keys (fewer than 4)" in caplog.text
+    caplog.clear()
+    auto = Trainer(load_config(None, [*_args(train_root, tmp_path / "auto"), "contrast.queue_size=0"]))
+    auto.close()
+    assert auto.queue.size == 16384 and caplog.text == ""  # max(16384, 8 steps x 16 keys)

@@ -1,4 +1,4 @@
-"""The training views (METHOD.md §2): shapes, known answers of each step, and the probability knobs."""
+"""The training views (docs/method.md §2): shapes, known answers of each step, and the probability knobs."""
 
 from __future__ import annotations
 

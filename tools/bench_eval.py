@@ -1,6 +1,6 @@
 """Benchmark the evaluation metrics at full benchmark scale on CPU (prints, asserts nothing).
 
-Cases (METHOD.md §7), all with random 512-d float32 features:
+Cases (docs/method.md §7), all with random 512-d float32 features:
   cmc   TinyFace identification: 3,728 probes x (4,443 matches + 153,428 distractors) gallery;
         total qgface.eval.metrics.cmc time vs the bare probe x gallery matmul (chunked as cmc does,
         and in one call), and cmc's peak extra memory. Targets: time <= 1.5x matmul, peak <= 1.5 GB.

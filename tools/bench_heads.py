@@ -1,6 +1,6 @@
 """Benchmark the loss heads on CPU: forward+backward time and peak extra memory (prints, asserts nothing).
 
-Cases (METHOD.md §3/§4 at paper scale):
+Cases (docs/method.md §3/§4 at paper scale):
   head      MarginHead("adaface"), C = 85,742 classes (MS1MV2), N = 512 rows (two views of 256)
   dense     the reference for ``head``: the same loss written the plain way AdaFace's own head does it
             (normalised kernel copy, full [N, C] logits, acos/cos and a one-hot over the whole matrix,
@@ -62,7 +62,7 @@ def _run_head(reps: int, dense: bool, chunk_elems: int) -> dict:
 
 
 def _dense_loss(head, emb: torch.Tensor, norms: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """METHOD.md §3 the way AdaFace's head computes it: dense [N, C] margins from a one-hot."""
+    """docs/method.md §3 the way AdaFace's head computes it: dense [N, C] margins from a one-hot."""
     import math
 
     from qgface.losses.margin import EPS

@@ -1,4 +1,4 @@
-"""Compress evaluation benchmarks into <rec_dir>/<name>.rec/.idx/.manifest.json (METHOD.md §8).
+"""Compress evaluation benchmarks into <rec_dir>/<name>.rec/.idx/.manifest.json (docs/method.md §8).
 
     python tools/compress_valset.py [--config YAML] [--benchmark NAME ...] [--force] [--verify] [key=value ...]
 
@@ -16,7 +16,7 @@ import time
 
 from qgface.config import load_config
 from qgface.eval.benchmarks import BENCHMARK_NAMES, make_benchmark
-from qgface.eval.compress import compress_benchmark, rec_files, verify_data
+from qgface.eval.compress import compress_benchmark, verify_data
 from qgface.eval.run import eval_data_root
 
 
@@ -38,13 +38,13 @@ def main() -> int:
         start = time.perf_counter()
         try:
             bench = make_benchmark(name, data_root, tinyface_aligned_dir=cfg.eval.tinyface_aligned_dir,
-                                   scface_aligned_dir=cfg.eval.scface_aligned_dir)
+                                   scface_aligned_dir=cfg.eval.scface_aligned_dir, ijb_protocol=cfg.eval.ijb_protocol)
             rec = compress_benchmark(bench, rec_dir, num_workers=cfg.eval.num_workers, force=args.force)
         except Exception as exc:  # report every benchmark, then fail
             print(f"{name}: error: {type(exc).__name__}: {exc}", file=sys.stderr)
             status = 1
             continue
-        size = rec_files(name, rec_dir)["rec"].stat().st_size / 2**20
+        size = rec.stat().st_size / 2**20
         line = f"{name}: {len(bench)} images, {size:.1f} MiB in {rec} ({time.perf_counter() - start:.1f} s)"
         if args.verify:
             ok = verify_data(bench, rec_dir)

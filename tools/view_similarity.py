@@ -1,7 +1,7 @@
 """How far apart a model puts the two training views of an image, per view recipe (docs/ablation.md).
 
 For N images of a run's training set, makes the pair of views of each two-view recipe with the
-trainer's own functions and seeds (``lh``: the clean H view and the degraded L view of METHOD.md §2;
+trainer's own functions and seeds (``lh``: the clean H view and the degraded L view of docs/method.md §2;
 ``adaface``: two AdaFace-augmented views, ablation settings A-C), embeds them with a checkpoint's
 backbone (eval mode, no flip fusion) and prints per recipe: the cosine of each pair (mean and 10th
 percentile), and the share of pairs for which an image of another identity among the N is closer to
@@ -21,6 +21,7 @@ import torch
 
 from qgface.config import load_config
 from qgface.data.datasets import TwoViewDataset, open_train_dataset
+from qgface.data.images import to_network_input
 from qgface.models.io import load_backbone
 from qgface.train.engine import train_data_root
 
@@ -44,7 +45,7 @@ def pair_embeddings(model: torch.nn.Module, pairs: TwoViewDataset, indices: list
     embeddings, labels = [], []
     for start in range(0, len(indices), batch_size):
         items = [pairs[i] for i in indices[start:start + batch_size]]
-        views = torch.stack([views for views, _ in items])  # [b, 2, 3, 112, 112]
+        views = to_network_input(torch.stack([views for views, _ in items]))  # [b, 2, 3, 112, 112]
         emb, _ = model(views.flatten(0, 1))
         embeddings.append(emb.reshape(len(items), 2, -1))
         labels += [label for _, label in items]

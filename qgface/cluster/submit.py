@@ -32,7 +32,8 @@ import submitit
 
 from qgface.atomic import atomic_write_text
 from qgface.cluster import jobs, slurm_env
-from qgface.config import Config, from_dict, save_config
+from qgface.config import ClusterConfig, Config, from_dict, save_config
+from qgface.data.cpus import REQUEST_WORKERS, cpus_needed
 
 log = logging.getLogger(__name__)
 
@@ -153,36 +154,63 @@ def _new_run_dir(root: Path, name: str, now: datetime.datetime) -> Path:
     raise FileExistsError(f"{root / base}: 100 run directories with this name and second already exist")
 
 
-def _executor(run: Run, mode: str, name: str, *, nodes: int, gpus: int, time_min: int) -> submitit.AutoExecutor:
-    """An executor whose logs go to ``<run>/slurm/``; Slurm-only settings from ``cfg.cluster`` when set."""
+def train_cpus_per_task(cfg: Config) -> int:
+    """CPUs of a training node task: ``cluster.cpus_per_task``, or for 0 one per training process
+    (``max(gpus_per_node, 1)`` of them) and one per loader worker of each (``data.num_workers``;
+    ``REQUEST_WORKERS`` for -1, whose count the workers then derive from what Slurm granted)."""
+    if cfg.cluster.cpus_per_task > 0:
+        return cfg.cluster.cpus_per_task
+    workers = cfg.data.num_workers if cfg.data.num_workers >= 0 else REQUEST_WORKERS
+    return cpus_needed(workers, max(cfg.cluster.gpus_per_node, 1))
+
+
+def eval_cpus_per_task(cfg: Config) -> int:
+    """CPUs of an evaluation task: ``cluster.cpus_per_task``, or for 0 one plus ``eval.num_workers``."""
+    return cfg.cluster.cpus_per_task if cfg.cluster.cpus_per_task > 0 else cpus_needed(cfg.eval.num_workers, 1)
+
+
+def _executor(run: Run, mode: str, name: str, *, nodes: int, gpus: int, time_min: int,
+              cpus: int) -> submitit.AutoExecutor:
+    """An executor whose logs go to ``<run>/slurm/``; Slurm-only settings from ``cfg.cluster`` when set.
+
+    ``cpus`` go to the job (``--cpus-per-task``) and to its ``srun`` too: since Slurm 22.05 a step
+    does not inherit the job's ``--cpus-per-task``, and its task would run on one CPU.
+    """
     c = run.cfg.cluster
     ex = submitit.AutoExecutor(
         folder=run.run_dir / "slurm", cluster=mode, slurm_max_num_timeout=c.max_requeues
     )
-    ex.update_parameters(name=f"{run.cfg.name}-{name}", timeout_min=time_min, tasks_per_node=1, nodes=nodes)
+    ex.update_parameters(name=f"{run.cfg.name}-{name}", timeout_min=time_min, tasks_per_node=1, nodes=nodes,
+                         cpus_per_task=cpus)
     if gpus > 0:
         ex.update_parameters(gpus_per_node=gpus)
-    if c.cpus_per_task > 0:
-        ex.update_parameters(cpus_per_task=c.cpus_per_task)
+    ex.update_parameters(**{f"slurm_{k}": v for k, v in slurm_parameters(c, time_min, cpus).items()})
+    return ex
+
+
+def slurm_parameters(c: ClusterConfig, time_min: int, cpus: int) -> dict[str, Any]:
+    """submitit's Slurm-only parameters (without the ``slurm_`` prefix) of a job of ``cpus`` CPUs per task."""
     # a short time limit gets a proportionally earlier warning, never one at the very start
-    slurm: dict[str, Any] = {"signal_delay_s": min(SIGNAL_DELAY_S, max(10, time_min * 60 // 5))}
+    slurm: dict[str, Any] = {"signal_delay_s": min(SIGNAL_DELAY_S, max(10, time_min * 60 // 5)),
+                             "srun_args": [f"--cpus-per-task={cpus}"]}
     for key in ("partition", "mem", "account", "qos", "constraint"):
         if getattr(c, key):
             slurm[key] = getattr(c, key)
-    ex.update_parameters(**{f"slurm_{k}": v for k, v in slurm.items()})
-    return ex
+    return slurm
 
 
 def submit_chain(run: Run, evaluate: bool = True, report: Report = log.info) -> Chain:
     """Submit training, the evaluation array and aggregation to Slurm; returns without waiting."""
     c, benchmarks = run.cfg.cluster, list(run.cfg.eval.benchmarks)
-    train_ex = _executor(run, "slurm", "train", nodes=c.nodes, gpus=c.gpus_per_node, time_min=c.time_min)
+    train_ex = _executor(run, "slurm", "train", nodes=c.nodes, gpus=c.gpus_per_node, time_min=c.time_min,
+                         cpus=train_cpus_per_task(run.cfg))
     train_ex.update_parameters(slurm_additional_parameters={"hold": True})
     chain = Chain("slurm", train_ex.submit(jobs.TrainTask(str(run.config_path))))
     try:
         report(f"train job: {chain.train.job_id} ({c.nodes} node(s) x {max(c.gpus_per_node, 1)} worker(s))")
         if evaluate and benchmarks:
-            eval_ex = _executor(run, "slurm", "eval", nodes=1, gpus=min(c.gpus_per_node, 1), time_min=c.eval_time_min)
+            eval_ex = _executor(run, "slurm", "eval", nodes=1, gpus=min(c.gpus_per_node, 1), time_min=c.eval_time_min,
+                                cpus=eval_cpus_per_task(run.cfg))
             eval_ex.update_parameters(
                 slurm_dependency=f"afterok:{chain.train.job_id}",
                 slurm_additional_parameters={"kill_on_invalid_dep": "yes"},
@@ -190,7 +218,7 @@ def submit_chain(run: Run, evaluate: bool = True, report: Report = log.info) -> 
             chain.evals = eval_ex.map_array(jobs.EvalTask(str(run.checkpoint)), benchmarks)
             array_id = chain.evals[0].job_id.split("_")[0]
             report(f"eval array: {array_id} ({', '.join(benchmarks)}; afterok:{chain.train.job_id}, same nodes)")
-            agg_ex = _executor(run, "slurm", "aggregate", nodes=1, gpus=0, time_min=AGGREGATE_TIME_MIN)
+            agg_ex = _executor(run, "slurm", "aggregate", nodes=1, gpus=0, time_min=AGGREGATE_TIME_MIN, cpus=1)
             agg_ex.update_parameters(slurm_dependency=f"afterany:{array_id}")
             chain.aggregate = agg_ex.submit(jobs.AggregateTask(str(run.run_dir)))
             report(f"aggregate job: {chain.aggregate.job_id} (afterany:{array_id})")
@@ -232,7 +260,8 @@ def run_local_chain(run: Run, evaluate: bool = True, report: Report = log.info) 
 
 def _run_local(run: Run, what: str, report: Report, fn: Callable[..., Any], *args: Any, gpus: int) -> bool:
     time_min = run.cfg.cluster.eval_time_min if what.startswith("eval") else run.cfg.cluster.time_min
-    job = _executor(run, "local", what.split()[0], nodes=1, gpus=gpus, time_min=time_min).submit(fn, *args)
+    cpus = {"train": train_cpus_per_task, "eval": eval_cpus_per_task}.get(what.split()[0], lambda cfg: 1)(run.cfg)
+    job = _executor(run, "local", what.split()[0], nodes=1, gpus=gpus, time_min=time_min, cpus=cpus).submit(fn, *args)
     report(f"{what} job: {job.job_id} (local; log {job.paths.stdout})")
     try:
         return report_outcome(job, what, report)

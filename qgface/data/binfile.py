@@ -1,4 +1,4 @@
-"""InsightFace validation ``.bin`` files (METHOD.md §7, HQ verification sets such as ``lfw.bin``).
+"""InsightFace validation ``.bin`` files (docs/method.md §7, HQ verification sets such as ``lfw.bin``).
 
 A ``.bin`` is a pickle of ``(list of JPEG bytes, list of issame bools)``: images ``2i`` and
 ``2i+1`` form pair ``i``. The published files were written by Python 2 (protocol 2, ``str``

@@ -1,4 +1,4 @@
-"""Training datasets (DESIGN.md "Dataset layouts") and the two-view wrapper (METHOD.md §2).
+"""Training datasets (DESIGN.md "Dataset layouts") and the two-view wrapper (docs/method.md §2).
 
 A base dataset maps an index to ``(uint8 112x112x3 BGR image, identity label)``:
 :class:`RecordTrainDataset` reads an InsightFace ``train.rec/.idx``, :class:`FolderTrainDataset`
@@ -19,12 +19,13 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from qgface.data.folder_index import FolderIndex, build_folder_index, open_folder_index
 from qgface.data.images import decode_bgr
 from qgface.data.recordio import RecordIOError, RecordIOReader, read_insightface_header, unpack
 from qgface.data.views import make_views, num_views
 
 __all__ = ["IMAGE_SIZE", "IMAGE_EXTENSIONS", "DatasetLayoutError", "RecordTrainDataset", "FolderTrainDataset",
-           "open_train_dataset", "TwoViewDataset"]
+           "has_folder_layout", "open_train_dataset", "TwoViewDataset"]
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +62,7 @@ class RecordTrainDataset(Dataset):
             raise DatasetLayoutError(f"{self.reader.rec_path}: key 0: header label {list(header.label)} "
                                      "gives no identities (expected [N+1, N+1+num_ids])")
         self.reader.close()  # mapped again lazily, per process
+        self.reader.index.share_memory()  # spawned loader workers map the index instead of copying it
         log.info("%s: %d images of %d identities", self.reader.rec_path, self.num_images, self.num_classes)
 
     def __len__(self) -> int:
@@ -87,36 +89,68 @@ class FolderTrainDataset(Dataset):
     """Images in ``<root>/<identity>/<image>``; identities sorted by name, label = rank in that order.
 
     Images are read with ``cv2.imread`` (BGR, files hold ordinary colour). Identity folders
-    without image files still take their label, so labels match the sorted folder list.
+    without image files still take their label, so labels match the sorted folder list. The file
+    list is a compact :class:`~qgface.data.folder_index.FolderIndex`: listed here when
+    ``index_path`` is None, else mapped from that cached index file (``ensure_folder_index``), in
+    which case pickling (to a spawned worker) carries the path, not the list.
     """
 
-    def __init__(self, root: str | os.PathLike) -> None:
+    def __init__(self, root: str | os.PathLike, index_path: str | os.PathLike | None = None) -> None:
         self.root = Path(root)
-        identities = sorted(p.name for p in self.root.iterdir() if p.is_dir() and not p.name.startswith("."))
-        self.identities = identities
-        self.num_classes = len(identities)
-        self.samples: list[tuple[str, int]] = []
-        for label, name in enumerate(identities):
-            files = sorted(f for f in os.listdir(self.root / name) if f.lower().endswith(IMAGE_EXTENSIONS))
-            self.samples.extend((str(self.root / name / f), label) for f in files)
-        if not self.samples:
+        self.index_path = Path(index_path) if index_path is not None else None
+        self._index: FolderIndex | None = self._load_index()
+        self.num_classes = self._index.num_classes
+        if self._index.num_images == 0:
             raise DatasetLayoutError(f"{self.root}: no image files ({', '.join(IMAGE_EXTENSIONS)}) in any "
                                      "<identity>/ subfolder; expected <root>/<identity>/<image>.jpg")
-        log.info("%s: %d images of %d identities", self.root, len(self.samples), self.num_classes)
+        log.info("%s: %d images of %d identities", self.root, self._index.num_images, self.num_classes)
+
+    def _load_index(self) -> FolderIndex:
+        if self.index_path is None:
+            return build_folder_index(self.root, IMAGE_EXTENSIONS)
+        return open_folder_index(self.index_path)
+
+    @property
+    def index(self) -> FolderIndex:
+        if self._index is None:  # a mapped index after unpickling: map it again in this process
+            self._index = self._load_index()
+        return self._index
+
+    @property
+    def identities(self) -> list[str]:
+        """The identity folder names in label order."""
+        return [self.index.identity(label) for label in range(self.num_classes)]
 
     def __len__(self) -> int:
-        return len(self.samples)
+        return self.index.num_images
 
     def __getitem__(self, index: int) -> tuple[np.ndarray, int]:
-        path, label = self.samples[index]
+        if not 0 <= index < len(self):
+            raise IndexError(f"index {index} out of range for {len(self)} images")
+        path, label = self.index.path(index), self.index.label(index)
         img = cv2.imread(path, cv2.IMREAD_COLOR)
         if img is None:
             raise DatasetLayoutError(f"{path}: cannot read this file as an image (missing or corrupt)")
         return _check_image(img, path), label
 
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        if self.index_path is not None:
+            state["_index"] = None
+        return state
 
-def open_train_dataset(root: str | os.PathLike) -> RecordTrainDataset | FolderTrainDataset:
-    """The training set at ``root``: ``train.rec`` + ``train.idx`` if present, else an image folder."""
+
+def has_folder_layout(root: str | os.PathLike) -> bool:
+    """True when ``root`` would be read as an image folder: no ``train.rec``, some identity subfolder."""
+    root = Path(root)
+    return (root.is_dir() and not (root / "train.rec").is_file()
+            and any(p.is_dir() and not p.name.startswith(".") for p in root.iterdir()))
+
+
+def open_train_dataset(root: str | os.PathLike,
+                       folder_index: str | os.PathLike | None = None) -> RecordTrainDataset | FolderTrainDataset:
+    """The training set at ``root``: ``train.rec`` + ``train.idx`` if present, else an image folder
+    (listed from the cached index file ``folder_index`` when given)."""
     root = Path(root)
     if not root.is_dir():
         raise DatasetLayoutError(f"{root}: training data root does not exist or is not a folder; expected "
@@ -127,18 +161,20 @@ def open_train_dataset(root: str | os.PathLike) -> RecordTrainDataset | FolderTr
             raise DatasetLayoutError(f"{root / 'train.rec'}: has no index {root / 'train.idx'} beside it; "
                                      "copy the .idx written with the .rec")
         return RecordTrainDataset(root)
-    if any(p.is_dir() and not p.name.startswith(".") for p in root.iterdir()):
-        return FolderTrainDataset(root)
+    if has_folder_layout(root):
+        return FolderTrainDataset(root, folder_index)
     raise DatasetLayoutError(f"{root}: neither train.rec + train.idx (InsightFace RecordIO) nor "
                              "<identity>/<image> subfolders found; point data.root at one of these layouts")
 
 
 class TwoViewDataset(Dataset):
-    """Network input of a training sample: the views of one source image (METHOD.md §2).
+    """Network input of a training sample: the views of one source image (docs/method.md §2).
 
     ``dataset[(index, epoch)]`` (a plain ``index`` means epoch 0) returns ``(views, label)`` with
-    ``views`` float32 ``[V, 3, 112, 112]`` normalised as ``images.normalize_bgr``: ``V = 2`` for ``lh``
-    (view 0 = H, view 1 = L) and ``adaface`` (two independent AdaFace views), ``V = 1`` for ``flip``.
+    ``views`` uint8 ``[V, 3, 112, 112]`` (BGR planes): ``V = 2`` for ``lh`` (view 0 = H, view 1 = L)
+    and ``adaface`` (two independent AdaFace views), ``V = 1`` for ``flip``. Batches stay uint8
+    through shared memory, pinning and the copy to the GPU (a quarter of float32's bytes); the
+    training step normalises them on the device with ``images.to_network_input``.
     The randomness comes from ``np.random.default_rng([seed, epoch, index])`` alone, so a sample
     is the same whatever the worker count, worker assignment, or resume point.
     """
@@ -158,15 +194,9 @@ class TwoViewDataset(Dataset):
         index, epoch = (item, 0) if isinstance(item, numbers.Integral) else item
         img, label = self.base[index]
         rng = np.random.default_rng([self.seed, int(epoch), int(index)])
-        return torch.from_numpy(_normalize_views(make_views(img, rng, self.views, self.data_cfg))), label
+        return torch.from_numpy(_planar(make_views(img, rng, self.views, self.data_cfg))), label
 
 
-def _normalize_views(views: list[np.ndarray]) -> np.ndarray:
-    """``normalize_bgr`` of the stacked views, written plane by plane (half its time, same values)."""
-    out = np.empty((len(views), 3, *views[0].shape[:2]), np.float32)
-    for i, view in enumerate(views):
-        for c in range(3):
-            out[i, c] = view[:, :, c]
-    out *= np.float32(2.0 / 255.0)
-    out -= np.float32(1.0)
-    return out
+def _planar(views: list[np.ndarray]) -> np.ndarray:
+    """The ``HxWx3`` uint8 views stacked as ``[V, 3, H, W]`` uint8."""
+    return np.ascontiguousarray(np.stack(views).transpose(0, 3, 1, 2))

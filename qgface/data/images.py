@@ -1,4 +1,4 @@
-"""Image bytes <-> BGR arrays, and the network input normalisation (METHOD.md, "Conventions").
+"""Image bytes <-> BGR arrays, and the network input normalisation (docs/method.md, "Conventions").
 
 Images are BGR (OpenCV order) everywhere in qgface. The JPEGs inside InsightFace ``.rec``/``.bin``
 files hold ordinary RGB colour (MXNet's ``mx.image.imdecode`` returns them as RGB, and AdaFace
@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import cv2
 import numpy as np
+import torch
 
-__all__ = ["decode_bgr", "encode_jpeg", "normalize_bgr"]
+__all__ = ["decode_bgr", "encode_jpeg", "normalize_bgr", "to_network_input"]
 
 
 def decode_bgr(payload: bytes, *, source_rgb: bool = True) -> np.ndarray:
@@ -50,4 +51,19 @@ def normalize_bgr(img: np.ndarray) -> np.ndarray:
     x = np.ascontiguousarray(np.moveaxis(img, -1, -3), dtype=np.float32)
     x *= 2.0 / 255.0
     x -= 1.0
+    return x
+
+
+def to_network_input(planes: torch.Tensor) -> torch.Tensor:
+    """uint8 BGR planes ``[..., 3, H, W]`` -> float32 ``(x/255 - 0.5)/0.5``, on the tensor's device.
+
+    The same float32 operations as :func:`normalize_bgr` (a product by ``float32(2/255)``, then a
+    difference with 1, no fused multiply-add), so the values are bit-identical to normalising on the
+    CPU; the training step calls this after copying a uint8 batch to the GPU.
+    """
+    if planes.dtype != torch.uint8:
+        raise ValueError(f"expected uint8 image planes, got {planes.dtype} {tuple(planes.shape)}")
+    x = planes.to(torch.float32)
+    x.mul_(torch.tensor(2.0 / 255.0, dtype=torch.float32, device=x.device))
+    x.sub_(torch.tensor(1.0, dtype=torch.float32, device=x.device))
     return x

@@ -1,7 +1,7 @@
 """Indexed RecordIO (``.rec`` + ``.idx``), byte-compatible with MXNet's ``MXIndexedRecordIO``.
 
 Used for InsightFace training sets (``train.rec``) and for compressed validation sets
-(METHOD.md §8). MXNet is never imported: the format is small and fixed (DESIGN.md, "RecordIO
+(docs/method.md §8). MXNet is never imported: the format is small and fixed (DESIGN.md, "RecordIO
 without MXNet at run time"); ``tests/test_mxnet_interop.py`` proves byte identity against MXNet.
 
 On-disk format (dmlc-core recordio). Every record is one or more chunks, each
@@ -35,6 +35,7 @@ import numpy as np
 
 from qgface.atomic import atomic_open
 from qgface.data.binfile import load_bin, save_bin
+from qgface.data.record_index import RecordIndex, parse_idx
 
 __all__ = [
     "IRHeader", "RecordIOError", "RecordIOReader", "RecordIOWriter", "identity_of", "load_bin",
@@ -170,17 +171,26 @@ class RecordIOReader:
     """Random access to a ``.rec`` by key, through ``mmap``.
 
     The file is mapped lazily on the first read and again in a new process (the PID is checked),
-    and pickling drops the map, so one reader can be handed to ``DataLoader`` workers.
+    and pickling drops the map, so one reader can be handed to ``DataLoader`` workers. The ``.idx``
+    is held as a :class:`~qgface.data.record_index.RecordIndex` (8-16 bytes per record).
     """
 
     def __init__(self, rec_path: str | os.PathLike, idx_path: str | os.PathLike) -> None:
         self.rec_path, self.idx_path = Path(rec_path), Path(idx_path)
         if not self.rec_path.is_file():
             raise RecordIOError(f"{self.rec_path}: RecordIO data file not found")
-        self._offsets = _read_idx(self.idx_path, self.rec_path)
-        self.keys: list[int] = list(self._offsets)
+        self.index = _read_idx(self.idx_path, self.rec_path)
+        self._keys: list[int] | None = None
         self._file = self._mm = self._pid = None
         self._size = 0
+
+    @property
+    def keys(self) -> list[int]:
+        """Every key, in ``.idx`` order, as a list built on first use (tools and tests; the training
+        dataset never asks, so a 12.7 M-record index stays in :attr:`index`'s arrays)."""
+        if self._keys is None:
+            self._keys = self.index.keys().tolist()
+        return self._keys
 
     def _open(self) -> None:
         self.close()
@@ -193,11 +203,10 @@ class RecordIOReader:
         """The record stored under ``key`` (exactly the bytes given to ``RecordIOWriter.write``)."""
         if self._pid != os.getpid():
             self._open()
-        try:
-            offset = self._offsets[key]
-        except (KeyError, TypeError):
+        offset = self.index.offset(key) if isinstance(key, (int, np.integer)) else None
+        if offset is None:
             raise RecordIOError(f"{self.rec_path}: unknown key {key!r} (the .idx {self.idx_path} has "
-                                f"{len(self.keys)} keys)") from None
+                                f"{len(self.index)} keys)")
         cflag, length = self._chunk_at(key, offset)
         if cflag == 0:
             return self._mm[offset + 8:offset + 8 + length]
@@ -235,10 +244,10 @@ class RecordIOReader:
         return lrec >> 29, length
 
     def __len__(self) -> int:
-        return len(self.keys)
+        return len(self.index)
 
     def __contains__(self, key: object) -> bool:
-        return key in self._offsets
+        return key in self.index
 
     def __iter__(self) -> Iterator[bytes]:
         """Every record, in the order of the keys in the ``.idx``."""
@@ -253,7 +262,7 @@ class RecordIOReader:
 
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
-        state.update(_file=None, _mm=None, _pid=None, _size=0)
+        state.update(_file=None, _mm=None, _pid=None, _size=0, _keys=None)
         return state
 
     def __enter__(self) -> RecordIOReader:
@@ -263,30 +272,17 @@ class RecordIOReader:
         self.close()
 
 
-def _read_idx(idx_path: Path, rec_path: Path) -> dict[int, int]:
-    """Parse ``key<TAB>offset`` lines (any key order; blank lines ignored) into {key: offset}."""
+def _read_idx(idx_path: Path, rec_path: Path) -> RecordIndex:
+    """The compact index of ``idx_path`` (``key<TAB>offset`` lines, any key order, blank lines ignored)."""
     try:
         text = idx_path.read_bytes()
     except FileNotFoundError:
         raise RecordIOError(f"{idx_path}: index of {rec_path} not found; pass the .idx written with the "
                             ".rec (MXIndexedRecordIO/RecordIOWriter write both)") from None
-    offsets: dict[int, int] = {}
-    for line_no, line in enumerate(text.split(b"\n"), 1):
-        fields = line.split()
-        if not fields:
-            continue
-        try:
-            key, offset = (int(f) for f in fields)
-            if offset < 0:
-                raise ValueError
-        except ValueError:
-            raise RecordIOError(f"{idx_path}: line {line_no}: expected 'key<TAB>byte offset' with two "
-                                f"integers, got {line[:80]!r}") from None
-        if key in offsets:
-            raise RecordIOError(f"{idx_path}: line {line_no}: duplicate key {key} (also at byte offset "
-                                f"{offsets[key]})")
-        offsets[key] = offset
-    return offsets
+    try:
+        return parse_idx(text, str(idx_path))
+    except ValueError as exc:
+        raise RecordIOError(str(exc)) from None
 
 
 def read_insightface_header(reader: RecordIOReader) -> tuple[int, int]:

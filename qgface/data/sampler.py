@@ -1,4 +1,4 @@
-"""A distributed sampler that resumes exactly mid-epoch (METHOD.md §5: DistributedSampler, drop_last).
+"""A distributed sampler that resumes exactly mid-epoch (docs/method.md §5: DistributedSampler, drop_last).
 
 It partitions an epoch exactly as ``torch.utils.data.DistributedSampler(shuffle, seed,
 drop_last=True)`` does, but yields ``(index, epoch)`` pairs: the epoch travels with each index to

@@ -1,4 +1,4 @@
-"""The training views of a source image (METHOD.md §2): H, L, AdaFace-augmented, flip-only.
+"""The training views of a source image (docs/method.md §2): H, L, AdaFace-augmented, flip-only.
 
 Every transform takes a uint8 ``112x112x3`` BGR array and a ``numpy.random.Generator`` and returns
 a new uint8 array of the same shape (inputs are never modified). All randomness comes from the
@@ -51,7 +51,7 @@ def hflip(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 def random_rescale(img: np.ndarray, rng: np.random.Generator, ratio_range: Sequence[float],
                    jpeg_quality: int | None = None) -> np.ndarray:
-    """Down to side ``int(size*r)``, ``r ~ U(ratio_range)``, then back up (METHOD.md §2, L step 1).
+    """Down to side ``int(size*r)``, ``r ~ U(ratio_range)``, then back up (docs/method.md §2, L step 1).
 
     Each resize draws its own interpolation from :data:`INTERPOLATIONS`; with ``jpeg_quality`` the
     small image goes through a JPEG encode/decode round trip at that quality in between.
@@ -171,12 +171,12 @@ def random_rotation(img: np.ndarray, rng: np.random.Generator,
 
 
 def h_view(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """The high-quality view (METHOD.md §2): random horizontal flip only."""
+    """The high-quality view (docs/method.md §2): random horizontal flip only."""
     return hflip(img, rng)
 
 
 def l_view(img: np.ndarray, rng: np.random.Generator, data_cfg: Any) -> np.ndarray:
-    """The low-quality view (METHOD.md §2, steps 1-5 in order).
+    """The low-quality view (docs/method.md §2, steps 1-5 in order).
 
     ``data_cfg`` supplies ``lowres_range``, ``jpeg_quality``, ``crop_p``, ``photometric_p`` and
     ``rotation_p`` (``qgface.config.DataConfig``).
@@ -192,7 +192,7 @@ def l_view(img: np.ndarray, rng: np.random.Generator, data_cfg: Any) -> np.ndarr
 
 
 def adaface_view(img: np.ndarray, rng: np.random.Generator, p: float, crop: bool = True) -> np.ndarray:
-    """AdaFace's augmentation (ablation A-C, METHOD.md §2), then a random flip.
+    """AdaFace's augmentation (ablation A-C, docs/method.md §2), then a random flip.
 
     Each with probability ``p``, in this order: zero-padded crop (:func:`zero_pad_crop`, scale
     (0.2, 1)), low-resolution rescale ``U(0.2, 1)`` without JPEG, colour jitter 0.5. ``crop=False``

@@ -43,8 +43,13 @@ def _end_after_grace(signum: int, frame: object) -> None:
     signal.alarm(SIGTERM_GRACE_S)
 
 
-def worker_options(num_workers: int) -> dict[str, Any]:
-    """The DataLoader keyword arguments for ``num_workers`` worker processes (0 = load in-process)."""
+def worker_options(num_workers: int, prefetch_factor: int | None = None) -> dict[str, Any]:
+    """The DataLoader keyword arguments for ``num_workers`` worker processes (0 = load in-process),
+    each preparing ``prefetch_factor`` batches ahead (DataLoader's default when None)."""
     if num_workers == 0:
         return {"num_workers": 0}
-    return {"num_workers": num_workers, "multiprocessing_context": START_METHOD, "worker_init_fn": worker_init}
+    options = {"num_workers": num_workers, "multiprocessing_context": START_METHOD, "worker_init_fn": worker_init}
+    if prefetch_factor is not None:
+        options["prefetch_factor"] = prefetch_factor
+    return options
+

@@ -1,8 +1,8 @@
-"""``python -m qgface.eval --checkpoint CKPT --benchmark NAME [--config YAML] [--output-dir DIR] [key=value ...]``
+"""``python -m qgface.eval --checkpoint CKPT|--onnx MODEL.onnx --benchmark NAME [--config YAML] [--output-dir DIR] [key=value ...]``
 
 Evaluates one checkpoint on one benchmark (compressing the benchmark first when needed) and writes
-``<run>/eval/<NAME>.json`` (METHOD.md §7-8). NAME is one of hq, crlfw, tinyface, scface, ijbb, ijbc,
-or an index into ``eval.benchmarks`` (handy as a Slurm array task id). Exits 1 with one message on failure.
+``<run>/eval/<NAME>.json`` (docs/method.md §7-8). NAME is one of hq, crlfw, tinyface, scface, ijbb, ijbc, ijbb_1n, ijbc_1n,
+ijbs, or an index into ``eval.benchmarks`` (handy as a Slurm array task id). Exits 1 with one message on failure.
 """
 
 from __future__ import annotations
@@ -20,16 +20,20 @@ from qgface.eval.benchmarks import BENCHMARK_NAMES, BenchmarkError
 from qgface.eval.compress import StaleRecError
 from qgface.eval.run import default_output_dir, evaluate, resolve_benchmark, resolve_config, write_failure
 from qgface.models import CheckpointError
+from qgface.models.onnx_backbone import OnnxModelError
 
 log = logging.getLogger("qgface.eval")
 
-_USER_ERRORS = (BenchmarkError, BinFileError, CheckpointError, ConfigError, RecordIOError, StaleRecError,
-                FileNotFoundError, ValueError)
+_USER_ERRORS = (BenchmarkError, BinFileError, CheckpointError, ConfigError, OnnxModelError, RecordIOError,
+                StaleRecError, FileNotFoundError, ValueError)
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m qgface.eval", description=__doc__.split("\n\n")[1])
-    parser.add_argument("--checkpoint", required=True, help="checkpoint file (e.g. <run>/checkpoints/last.pt)")
+    model = parser.add_mutually_exclusive_group(required=True)
+    model.add_argument("--checkpoint", help="checkpoint file (e.g. <run>/checkpoints/last.pt)")
+    model.add_argument("--onnx", metavar="MODEL.onnx", dest="checkpoint",
+                       help="score a backbone exported by tools/export_onnx.py (run with onnxruntime) instead")
     parser.add_argument("--benchmark", required=True,
                         help=f"one of {', '.join(BENCHMARK_NAMES)}, or an index into eval.benchmarks")
     parser.add_argument("--config", default=None,

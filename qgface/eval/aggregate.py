@@ -1,4 +1,4 @@
-"""Collect ``<run>/eval/*.json`` into ``<run>/results.csv`` and TensorBoard (METHOD.md §7, DESIGN.md).
+"""Collect ``<run>/eval/*.json`` into ``<run>/results.csv`` and TensorBoard (docs/method.md §7, DESIGN.md).
 
 One CSV row per evaluated checkpoint: ``checkpoint, step``, the paper-table columns
 ``scface_d1, scface_d2, scface_d3, tinyface_rank1, ijbb_tar_at_1e-4, hq_avg, all_avg``, then every other
@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from qgface.atomic import atomic_write_text
-from qgface.config import ConfigError, load_config
+from qgface.config import ConfigError, EvalConfig, load_config
 from qgface.eval.benchmarks import BENCHMARK_NAMES
 
 __all__ = ["ALL_AVG_PARTS", "AggregateResult", "aggregate", "read_results"]
@@ -65,8 +65,8 @@ def _expected(run_dir: Path) -> list[str]:
         try:
             return list(load_config(config).eval.benchmarks)
         except ConfigError as exc:
-            log.warning("%s: %s; expecting every benchmark", config, exc)
-    return list(BENCHMARK_NAMES)
+            log.warning("%s: %s; expecting the default eval.benchmarks", config, exc)
+    return list(EvalConfig().benchmarks)
 
 
 def _order(name: str) -> int:
@@ -127,7 +127,8 @@ def _write_tensorboard(tb_dir: Path, results: list[dict[str, Any]], rows: list[d
         for result in results:
             step = result.get("step") or 0
             for metric, value in result["metrics"].items():
-                writer.add_scalar(f"eval/{result['benchmark']}/{metric}", value, step)
+                if value is not None:  # an unresolvable metric (e.g. TAR at a FAR below 1/impostors)
+                    writer.add_scalar(f"eval/{result['benchmark']}/{metric}", value, step)
             for name, curve in result.get("curves", {}).items():
                 writer.add_figure(f"eval/{result['benchmark']}/{name}", _figure(result["benchmark"], name, curve), step)
         for row in rows:

@@ -1,4 +1,4 @@
-"""Five-point face alignment to the ArcFace 112x112 template (METHOD.md §7, IJB-B/C loose crops).
+"""Five-point face alignment to the ArcFace 112x112 template (docs/method.md §7, IJB-B/C loose crops).
 
 The transform is the least-squares similarity (rotation, uniform scale, translation; no reflection)
 mapping the detected landmarks onto the template, i.e. Umeyama's closed form, which is what

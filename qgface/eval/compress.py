@@ -1,8 +1,10 @@
-"""Compress a benchmark into ``<name>.rec/.idx`` + ``<name>.manifest.json`` and check it (METHOD.md §8).
+"""Compress a benchmark into ``<name>.rec/.idx`` + ``<name>.manifest.json`` and check it (docs/method.md §8).
 
-Record ``i`` holds ``pack(IRHeader(0, label_i, i, 0), bytes_i)`` where ``bytes_i`` are exactly the bytes
-:meth:`Benchmark.load_bytes` returns for image ``i`` of the canonical list (raw file / ``.bin`` bytes;
-aligned PNG for IJB) and ``label_i`` the benchmark's record label. The manifest names the format
+Record ``i`` holds ``pack(IRHeader(flag, label_i, i, 0), bytes_i)`` where ``bytes_i`` are exactly the bytes
+:meth:`Benchmark.load_bytes` returns for image ``i`` of the canonical list (the raw file / ``.bin``
+bytes as distributed, never re-encoded; for IJB the loose crop) and ``label_i`` is
+:meth:`Benchmark.record_label`: the record label, or for IJB the float32 array of its 5 landmarks and
+detector score (``flag`` = 11; the image is aligned when read, docs/method.md §8). The manifest names the format
 version, the benchmark and its ``params``, the list and its SHA-256, the SHA-256 of all record payloads,
 and the ``.rec`` size and ``.idx`` SHA-256 it describes.
 
@@ -25,6 +27,7 @@ import struct
 from pathlib import Path
 from typing import Iterator
 
+import numpy as np
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
@@ -67,15 +70,16 @@ def _sha256_file(path: Path) -> str:
 def check_rec(benchmark: Benchmark, rec_dir: str | Path) -> Path | None:
     """The ``.rec`` path when an up-to-date compressed copy exists, ``None`` when there is none (no
     manifest, or no ``.rec``/``.idx`` beside it), and :class:`StaleRecError` when it does not match."""
-    files = rec_files(benchmark.name, rec_dir)
+    files = rec_files(benchmark.rec_name or benchmark.name, rec_dir)
     if not (files["manifest"].is_file() and files["rec"].is_file() and files["idx"].is_file()):
         return None
     try:
         manifest = json.loads(files["manifest"].read_text())
     except (OSError, ValueError) as exc:
         _refuse(files, f"the manifest is unreadable ({exc})")
-    expected = {"format_version": MANIFEST_VERSION, "benchmark": benchmark.name, "params": benchmark.params,
-                "num_records": len(benchmark), "list_sha256": _sha256_lines(benchmark.image_names)}
+    expected = {"format_version": MANIFEST_VERSION, "benchmark": benchmark.rec_name or benchmark.name,
+                "params": benchmark.params, "num_records": len(benchmark),
+                "list_sha256": _sha256_lines(benchmark.image_names)}
     for key, value in expected.items():
         if manifest.get(key) != value:
             detail = ""
@@ -130,7 +134,7 @@ def compress_benchmark(benchmark: Benchmark, rec_dir: str | Path, *, num_workers
     ``num_workers`` processes read (and, for IJB, align) the images in order. ``force`` rebuilds
     even a mismatching or up-to-date copy.
     """
-    files = rec_files(benchmark.name, rec_dir)
+    files = rec_files(benchmark.rec_name or benchmark.name, rec_dir)
     files["rec"].parent.mkdir(parents=True, exist_ok=True)
     with _locked(files["lock"]):
         if not force:
@@ -139,7 +143,6 @@ def compress_benchmark(benchmark: Benchmark, rec_dir: str | Path, *, num_workers
                 return rec
         files["manifest"].unlink(missing_ok=True)  # before the .rec changes: a crash leaves no manifest
         _remove_leftovers(files)
-        labels = benchmark.labels
         loader = DataLoader(_BytesDataset(benchmark), batch_size=None, collate_fn=_identity,
                             **worker_options(num_workers))
         data_digest = hashlib.sha256()
@@ -148,9 +151,12 @@ def compress_benchmark(benchmark: Benchmark, rec_dir: str | Path, *, num_workers
                                              unit="img")):
                 data_digest.update(struct.pack("<Q", len(payload)))
                 data_digest.update(payload)
-                writer.write(i, pack(IRHeader(0, float(labels[i]), i, 0), payload))
+                label = benchmark.record_label(i)
+                flag = 0 if isinstance(label, float) else int(np.asarray(label).size)
+                writer.write(i, pack(IRHeader(flag, label, i, 0), payload))
         manifest = {
-            "format_version": MANIFEST_VERSION, "benchmark": benchmark.name, "params": benchmark.params,
+            "format_version": MANIFEST_VERSION, "benchmark": benchmark.rec_name or benchmark.name,
+            "params": benchmark.params,
             "num_records": len(benchmark), "list_sha256": _sha256_lines(benchmark.image_names),
             "data_sha256": data_digest.hexdigest(), "rec_size": files["rec"].stat().st_size,
             "idx_sha256": _sha256_file(files["idx"]), "list": benchmark.image_names,
@@ -200,7 +206,7 @@ def open_source(benchmark: Benchmark, rec_dir: str | Path, *, compress: bool = T
 
 def verify_data(benchmark: Benchmark, rec_dir: str | Path) -> bool:
     """Recompute the SHA-256 of every record payload and compare with the manifest (slow: reads all)."""
-    files = rec_files(benchmark.name, rec_dir)
+    files = rec_files(benchmark.rec_name or benchmark.name, rec_dir)
     manifest = json.loads(files["manifest"].read_text())
     source = RecordSource(files["rec"])
     digest = hashlib.sha256()

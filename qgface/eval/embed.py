@@ -1,4 +1,4 @@
-"""Embed a benchmark's images with flip-test fusion (METHOD.md §7).
+"""Embed a benchmark's images with flip-test fusion (docs/method.md §7).
 
 For every (image, variant) item of a benchmark: decode the bytes (BGR), apply the variant transform,
 normalise, run the backbone on the image and its horizontal flip, and fuse

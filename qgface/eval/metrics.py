@@ -1,4 +1,4 @@
-"""Protocol metrics of METHOD.md §7: 10-fold verification accuracy, closed-set CMC, TAR at FAR.
+"""Protocol metrics of docs/method.md §7: 10-fold verification accuracy, closed-set CMC, TAR at FAR.
 
 All three return fractions in [0, 1]; the benchmarks turn them into percentages.
 Each function is vectorised and bounded in memory (the benchmark tool ``tools/bench_eval.py`` times
@@ -7,6 +7,7 @@ them at full benchmark scale).
 
 from __future__ import annotations
 
+import logging
 from typing import Iterable, Sequence
 
 import numpy as np
@@ -15,9 +16,11 @@ from sklearn.model_selection import KFold
 from sklearn.preprocessing import normalize
 
 __all__ = [
-    "VERIFICATION_THRESHOLDS", "cmc", "l2_normalize", "pair_distances", "roc", "tar_at_far",
+    "TAR_RULES", "VERIFICATION_THRESHOLDS", "cmc", "l2_normalize", "pair_distances", "roc", "tar_at_far",
     "verification_accuracy", "verification_accuracy_from_distances",
 ]
+
+log = logging.getLogger(__name__)
 
 VERIFICATION_THRESHOLDS = np.arange(0, 4, 0.01)
 """Thresholds on the squared Euclidean distance, as InsightFace's ``verification.py`` (0 .. 3.99)."""
@@ -49,7 +52,7 @@ def pair_distances(embeddings: np.ndarray) -> np.ndarray:
 
 def verification_accuracy(embeddings: np.ndarray, issame: Sequence[bool] | np.ndarray,
                           folds: int = 10) -> tuple[np.ndarray, np.ndarray]:
-    """InsightFace's k-fold verification accuracy (METHOD.md §7, HQ verification).
+    """InsightFace's k-fold verification accuracy (docs/method.md §7, HQ verification).
 
     ``embeddings`` [2N, D] hold the pairs consecutively; they are L2-normalised here and compared by
     squared Euclidean distance (:func:`pair_distances`). Pairs are split by
@@ -99,7 +102,7 @@ def verification_accuracy_from_distances(dist: np.ndarray, issame: Sequence[bool
 
 def cmc(probe: np.ndarray, gallery: np.ndarray, probe_labels: np.ndarray, gallery_labels: np.ndarray,
         ranks: Iterable[int] = (1, 5, 20), chunk: int | None = None) -> np.ndarray:
-    """Closed-set cumulative match characteristic (METHOD.md §7, TinyFace/SCface): fraction of probes
+    """Closed-set cumulative match characteristic (docs/method.md §7, TinyFace/SCface): fraction of probes
     whose rank is ``<= r`` for every ``r`` in ``ranks``.
 
     Cosine similarity of the L2-normalised features (float32). Gallery distractors carry label -1
@@ -152,19 +155,39 @@ def _ranges(first: np.ndarray, lengths: np.ndarray) -> np.ndarray:
     return starts + np.arange(total)
 
 
-def tar_at_far(scores: np.ndarray, labels: np.ndarray, fars: Iterable[float]) -> dict[float, float]:
-    """True accept rate at each false accept rate (METHOD.md §7, IJB-B/C), as InsightFace's IJB eval.
+TAR_RULES = ("lower", "higher")
+"""Which ROC point serves a target FAR when several are equally near it (docs/method.md §7.5)."""
+
+
+def tar_at_far(scores: np.ndarray, labels: np.ndarray, fars: Iterable[float],
+               rule: str = "lower") -> dict[float, float | None]:
+    """True accept rate at each false accept rate (docs/method.md §7, IJB-B/C).
 
     ``roc_curve(labels, scores)`` (sklearn defaults, so collinear points are dropped); for each target
     FAR the operating point is the ROC point whose FPR is NEAREST to it (``argmin |fpr - far|``, which
-    may lie slightly above the target), ties broken towards the larger FPR index, i.e. the larger TAR
-    (InsightFace ``ijb_11.py`` flips the curve and takes the first minimum). Higher score = more similar.
+    may lie slightly above the target). Among equally near points ``rule="lower"`` takes the first,
+    i.e. the lower TAR (the QGFace reference: ``min`` over ``(gap, index)``), ``rule="higher"`` the last,
+    i.e. the higher TAR (InsightFace ``eval_ijbc``: the curve is flipped before the same ``min``).
+    A FAR below 1 / impostor pairs cannot be resolved by the pairs at hand: its TAR is ``None``
+    (with a warning), never a number. Higher score = more similar.
     """
+    if rule not in TAR_RULES:
+        raise ValueError(f"unknown TAR point rule {rule!r}; choose one of {', '.join(TAR_RULES)}")
     fpr, tpr = roc(scores, labels)
-    result = {}
+    impostors = int(np.sum(~np.asarray(labels).reshape(-1).astype(bool)))
+    result: dict[float, float | None] = {}
+    unresolved = []
     for far in fars:
+        if far < 1.0 / impostors:
+            result[float(far)] = None
+            unresolved.append(far)
+            continue
         gap = np.abs(fpr - far)
-        result[float(far)] = float(tpr[np.flatnonzero(gap == gap.min())[-1]])
+        nearest = np.flatnonzero(gap == gap.min())
+        result[float(far)] = float(tpr[nearest[0] if rule == "lower" else nearest[-1]])
+    if unresolved:
+        log.warning("TAR at FAR %s left empty: %d impostor pairs resolve FARs down to %.1e only",
+                    ", ".join(f"{f:.0e}" for f in sorted(set(unresolved))), impostors, 1.0 / impostors)
     return result
 
 

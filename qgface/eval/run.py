@@ -1,4 +1,4 @@
-"""Evaluate one checkpoint on one benchmark and write ``<output_dir>/<benchmark>.json`` (METHOD.md §7-8).
+"""Evaluate one checkpoint on one benchmark and write ``<output_dir>/<benchmark>.json`` (docs/method.md §7-8).
 
 Order: protocol files -> compressed ``.rec`` (made when missing, refused when stale) -> backbone ->
 fused embeddings -> protocol metrics -> JSON (atomic). The JSON holds the metrics (percentages), the
@@ -26,6 +26,7 @@ from qgface.eval.benchmarks import BENCHMARK_NAMES, make_benchmark
 from qgface.eval.compress import open_source
 from qgface.eval.embed import embed_benchmark
 from qgface.models import CheckpointError, load_backbone
+from qgface.models.onnx_backbone import OnnxBackbone
 
 __all__ = ["RESULT_VERSION", "checkpoint_info", "default_output_dir", "eval_data_root", "evaluate",
            "resolve_benchmark", "resolve_config", "write_failure"]
@@ -52,9 +53,11 @@ def resolve_config(checkpoint: str | Path | None, config_path: str | Path | None
 
 
 def checkpoint_info(path: str | Path) -> dict[str, Any]:
-    """``layout`` (qgface | lightning | state_dict), ``step``, ``epoch``, ``backbone``, ``config`` of a checkpoint."""
+    """``layout`` (qgface | lightning | state_dict | onnx), ``step``, ``epoch``, ``backbone``, ``config`` of a checkpoint."""
     if not Path(path).is_file():
         raise CheckpointError(f"checkpoint {path} does not exist or is not a file")
+    if Path(path).suffix == ".onnx":  # an exported backbone (tools/export_onnx.py), run with onnxruntime
+        return {"layout": "onnx", "step": None, "epoch": None, "backbone": None, "config": None}
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except RuntimeError:  # legacy (non-zip) files cannot be memory-mapped
@@ -125,12 +128,13 @@ def evaluate(checkpoint_path: str | Path, benchmark_name: str, cfg: Config,
     info = checkpoint_info(checkpoint_path)  # fail early, before any data is generated or compressed
     data_root = eval_data_root(cfg)
     benchmark = make_benchmark(name, data_root, tinyface_aligned_dir=cfg.eval.tinyface_aligned_dir,
-                               scface_aligned_dir=cfg.eval.scface_aligned_dir)
+                               scface_aligned_dir=cfg.eval.scface_aligned_dir, ijb_protocol=cfg.eval.ijb_protocol)
     lap("protocol")
     source, source_desc = open_source(benchmark, cfg.eval.rec_dir or data_root, compress=compress,
                                       num_workers=cfg.eval.num_workers)
     lap("compress")
-    model = load_backbone(checkpoint_path, name=cfg.model.backbone if info["layout"] == "state_dict" else None)
+    model = OnnxBackbone(checkpoint_path) if info["layout"] == "onnx" else load_backbone(
+        checkpoint_path, name=cfg.model.backbone if info["layout"] == "state_dict" else None)
     lap("load_model")
     embeddings, norms = embed_benchmark(model, benchmark, source, batch_size=cfg.eval.batch_size,
                                         num_workers=cfg.eval.num_workers, device=device, tf32=cfg.eval.tf32)
@@ -140,7 +144,8 @@ def evaluate(checkpoint_path: str | Path, benchmark_name: str, cfg: Config,
     timings["total_s"] = round(time.perf_counter() - started, 3)
     result = {
         "format_version": RESULT_VERSION, "status": "ok", "benchmark": name,
-        "metrics": output.metrics, "sizes": benchmark.sizes(), "curves": output.curves,
+        "protocol": benchmark.protocol or None, "metrics": output.metrics, "sizes": benchmark.sizes(),
+        "curves": output.curves,
         "checkpoint": str(Path(checkpoint_path).resolve()), "step": info["step"], "epoch": info["epoch"],
         "data_root": str(Path(data_root).resolve()), "source": source_desc,
         "device": str(device or ("cuda" if torch.cuda.is_available() else "cpu")),
@@ -167,4 +172,5 @@ def _now() -> str:
 
 
 def _summary(metrics: dict[str, float]) -> str:
-    return ", ".join(f"{k}={v:.2f}" for k, v in metrics.items() if not k.endswith("_std"))
+    return ", ".join(f"{k}={'empty' if v is None else f'{v:.2f}'}" for k, v in metrics.items()
+                     if not k.endswith("_std"))

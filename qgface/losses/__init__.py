@@ -1,4 +1,4 @@
-"""Loss heads (METHOD.md §3, §4): margin classification with the quality scaler, the quality-guided
+"""Loss heads (docs/method.md §3, §4): margin classification with the quality scaler, the quality-guided
 contrastive loss and its queue. Nothing here knows about data, training or Slurm."""
 
 from __future__ import annotations

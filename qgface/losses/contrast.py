@@ -1,4 +1,4 @@
-"""Quality-guided contrastive loss of QGFace (METHOD.md §4).
+"""Quality-guided contrastive loss of QGFace (docs/method.md §4).
 
 The loss takes tensors and returns tensors: the queue (already holding the current batch's keys,
 gathered by the caller, own rank first) is an argument, so this module runs in one CPU process.
@@ -6,7 +6,7 @@ gathered by the caller, own rank first) is an argument, so this module runs in o
 Rows: for each of the B pairs both directions (q→k and k→q, 2B rows), logits
 ``[cos(a_i, p_i), cos(a_i, v_1) … cos(a_i, v_K)]`` with the positive at column 0.
 
-Masking: a masked queue entry's cosine is set to 0, as METHOD.md §4 says ("set to 0"), so its
+Masking: a masked queue entry's cosine is set to 0, as docs/method.md §4 says ("set to 0"), so its
 logit is the constant 0: it no longer depends on the entry (no gradient, and changing the entry
 changes nothing) while every row keeps K+1 columns, which the log(129)/log(K+1) rescale assumes.
 - ``own_index`` [B, J] (long): queue positions that hold sample i's own views (J = 2 for its H
@@ -32,6 +32,8 @@ import torch.nn.functional as F
 QUALITY_METHODS = ("sgn", "linear", "cos")
 SCALE_RANGES = ("half", "whole")
 SELECTS = ("low", "mean", "high")
+QUALITY_EPS = 1e-3
+"""ε in the denominators of the linear and cos quality factors, as the reference computes them (docs/method.md §4)."""
 
 
 class ContrastOutput(NamedTuple):
@@ -42,24 +44,29 @@ class ContrastOutput(NamedTuple):
 
 
 def quality_factor(t: torch.Tensor, threshold: float, method: str, scale_range: str) -> torch.Tensor:
-    """Per-pair factor from the pair quality t ∈ [0, 1] (METHOD.md §4): s1 where t < τ_c, else s2."""
+    """Per-pair factor from the pair quality t ∈ [0, 1] (docs/method.md §4): s1 where t < τ_c, else s2.
+
+    ``linear`` and ``cos`` divide by ``τ_c + ε``, ``τ_c - 1 + ε`` and ``1 - τ_c + ε`` with ε = 1e-3,
+    exactly as the reference implementation does (docs/method.md §4), so s1 at ``t -> τ_c`` and s2 at
+    ``t = τ_c`` are slightly off 1 and the factor is not exactly continuous there.
+    """
     if method not in QUALITY_METHODS:
         raise ValueError(f"unknown quality method {method!r}; valid: {', '.join(QUALITY_METHODS)}")
     if scale_range not in SCALE_RANGES:
         raise ValueError(f"unknown scale_range {scale_range!r}; valid: {', '.join(SCALE_RANGES)}")
     if not 0.0 < threshold < 1.0:
         raise ValueError(f"quality threshold τ_c must be in (0, 1), got {threshold}")
-    tau = threshold
+    tau, eps = threshold, QUALITY_EPS
     whole = scale_range == "whole"
     if method == "sgn":
         s1 = torch.ones_like(t)
         s2 = torch.full_like(t, 1.0 if whole else 0.0)
     elif method == "linear":
-        s1 = t / tau
-        s2 = (t - 1) / (tau - 1) if whole else torch.zeros_like(t)
+        s1 = t / (tau + eps)
+        s2 = (t - 1) / (tau - 1 + eps) if whole else torch.zeros_like(t)
     else:
-        s1 = (1 - torch.cos(math.pi * t / tau)) / 2
-        s2 = torch.cos(math.pi * (t - tau + 1 - tau) / (2 * (1 - tau))) + 1 if whole else torch.zeros_like(t)
+        s1 = (1 - torch.cos(math.pi * t / (tau + eps))) / 2
+        s2 = torch.cos(math.pi * (t - tau + 1 - tau) / (2 * (1 - tau + eps))) + 1 if whole else torch.zeros_like(t)
     return torch.where(t < tau, s1, s2)
 
 
@@ -116,7 +123,7 @@ def qg_contrastive_loss(
     own_index: torch.Tensor | None = None,
     return_stats: bool = False,
 ) -> torch.Tensor | ContrastOutput:
-    """L_con = CE(s·(cos - margin)·factor, 0) over 2B rows, optionally rescaled (METHOD.md §4).
+    """L_con = CE(s·(cos - margin)·factor, 0) over 2B rows, optionally rescaled (docs/method.md §4).
 
     q (L views) and k (H views) are L2-normalised [B, D]; ``queue`` [K, D]; ``q_scaler``,
     ``k_scaler`` [B, 1] are the classification head's margin scalers ĝ of the two views.
@@ -147,10 +154,8 @@ def qg_contrastive_loss(
     with torch.no_grad():
         hard = neg.detach() if mask is None else neg.detach().masked_fill(mask.repeat(2, 1), float("-inf"))
         hardest = hard.max(dim=1).values
-        hardest = hardest[torch.isfinite(hardest)]
-        return ContrastOutput(
-            loss,
-            (factor != 0).to(dtype).mean(),
-            pos.detach().mean(),
-            hardest.mean() if hardest.numel() else torch.zeros((), dtype=dtype, device=q.device),
-        )
+        # mean over rows with an unmasked negative (0 when none), with no boolean indexing: that
+        # would read the count on the host, a GPU sync every step
+        finite = torch.isfinite(hardest)
+        hardest_mean = torch.where(finite, hardest, 0.0).sum() / finite.sum().clamp_min(1)
+        return ContrastOutput(loss, (factor != 0).to(dtype).mean(), pos.detach().mean(), hardest_mean)

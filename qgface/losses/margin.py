@@ -1,4 +1,4 @@
-"""Margin classification heads: AdaFace (default), ArcFace, CosFace, with the quality scaler (METHOD.md §3).
+"""Margin classification heads: AdaFace (default), ArcFace, CosFace, with the quality scaler (docs/method.md §3).
 
 Only the target logit is changed: the target cosine is gathered from the cosine matrix
 (``gather(1, y)``), the margin is applied to that [N, 1] column, and the result is scattered back
@@ -14,14 +14,14 @@ small chunks would re-read the 1.27 GB kernel of WebFace12M many times per step)
 policy of its fp32 matmuls is explicit (``tf32``, off by default: TF32's ~1e-3 relative error
 on a cosine is ~0.06 on a logit scaled by s = 64). ``tools/bench_heads.py`` prints the figures.
 
-Margin choices for the swapped heads (METHOD.md §3 "same head with the margin function swapped"):
+Margin choices for the swapped heads (docs/method.md §3 "same head with the margin function swapped"):
 - ArcFace: ``cos(clip(θ + m, ε, π-ε))``, the same angle clipping as AdaFace's angular margin and
   no "easy margin" / threshold fallback, so the target logit is non-increasing in θ up to π-ε
   (its gradient is 0 for θ > π-m-ε, where cos(θ+m) would otherwise turn back up).
 - CosFace: ``cos - m``.
 
-Feature-norm statistics (μ, σ) are buffers starting at 0 as METHOD.md §3 says (AdaFace itself
-starts at 20/100). The ``ε`` in ``(σ + ε)`` is METHOD.md's: it keeps ĝ finite while σ is still 0
+Feature-norm statistics (μ, σ) are buffers starting at 0 as docs/method.md §3 says (AdaFace itself
+starts at 20/100). The ``ε`` in ``(σ + ε)`` is docs/method.md's: it keeps ĝ finite while σ is still 0
 (an untrained head, the first step). They are updated only in training mode, under no_grad,
 *before* ĝ is computed (AdaFace's order). With DDP the two buffers are broadcast from rank 0 at
 every forward (``broadcast_buffers=True``), so rank 0's statistics are the ones used and saved.
@@ -45,13 +45,13 @@ _LO, _HI = -1.0 + EPS, 1.0 - EPS
 
 
 def margin_scaler(norms: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, h: float) -> torch.Tensor:
-    """ĝ = clip(h·(n' - μ)/(σ + ε), -1, 1) with n' = clip(n, 0.001, 100), detached (METHOD.md §3)."""
+    """ĝ = clip(h·(n' - μ)/(σ + ε), -1, 1) with n' = clip(n, 0.001, 100), detached (docs/method.md §3)."""
     safe = norms.detach().clamp(0.001, 100.0)
     return (h * (safe - mean) / (std + EPS)).clamp(-1.0, 1.0)
 
 
 def target_logit(kind: str, cos_y: torch.Tensor, g_hat: torch.Tensor, m: float) -> torch.Tensor:
-    """Margin-modified target cosine cos'_y of a column of target cosines (METHOD.md §3)."""
+    """Margin-modified target cosine cos'_y of a column of target cosines (docs/method.md §3)."""
     if kind == "adaface":
         theta = torch.acos(cos_y).sub(m * g_hat).clamp(EPS, math.pi - EPS)
         return torch.cos(theta) - (m + m * g_hat)
@@ -63,7 +63,7 @@ def target_logit(kind: str, cos_y: torch.Tensor, g_hat: torch.Tensor, m: float) 
 
 
 def quality_scale_factor(g_hat: torch.Tensor, tau_q: float, s: float) -> torch.Tensor:
-    """QS factor sigmoid(s·(ĝ + 2(0.5 - τ_q))) per sample (METHOD.md §3); only used when τ_q != 0."""
+    """QS factor sigmoid(s·(ĝ + 2(0.5 - τ_q))) per sample (docs/method.md §3); only used when τ_q != 0."""
     return torch.sigmoid(s * (g_hat + 2.0 * (0.5 - tau_q)))
 
 
@@ -148,7 +148,7 @@ def _chunks(n: int, size: int) -> list[slice]:
 
 
 class MarginHead(nn.Module):
-    """Class proxies + margin softmax loss (METHOD.md §3).
+    """Class proxies + margin softmax loss (docs/method.md §3).
 
     ``forward(embeddings [N, D], norms [N, 1], labels [N]) -> (loss, margin_scaler [N, 1] detached)``.
     ``quality_scale`` (τ_q) is a plain attribute the trainer may change (warm-up ramp); 0 disables QS.

@@ -1,4 +1,4 @@
-"""The QGFace key queue with proxy compensation and the dynamic-margin EMA (METHOD.md §4).
+"""The QGFace key queue with proxy compensation and the dynamic-margin EMA (docs/method.md §4).
 
 A ring buffer of the last ``size`` detached embeddings, their labels and the class proxy ``W_y``
 that was current when each was enqueued. Everything that must survive a requeue is a buffer, so
@@ -25,6 +25,26 @@ import torch.distributed as dist
 from torch import nn
 
 QUEUE_MODES = ("proxy", "fifo")
+PAPER_QUEUE_SIZE = 16384
+"""the published K (docs/method.md §4); the automatic size never goes below it"""
+MIN_HISTORY_STEPS = 4
+"""a queue holding fewer steps than this is mostly the current step's own keys: warned about"""
+
+
+def queue_size_for(queue_size: int, queue_steps: int, step_keys: int) -> int:
+    """K: ``queue_size``, or for 0 ``max(PAPER_QUEUE_SIZE, queue_steps x step_keys)``.
+
+    ``step_keys`` is what one step enqueues over all ranks (views x batch x ranks). What the queue
+    adds to the loss is history, the negatives of earlier steps, so the automatic size keeps at
+    least ``queue_steps`` steps of them at any number of GPUs (docs/method.md §4): at 2 x 8 GPUs x
+    512 images x 2 views a step enqueues 16,384 keys, which K = 16,384 would hold no step of.
+    """
+    return queue_size if queue_size > 0 else max(PAPER_QUEUE_SIZE, queue_steps * step_keys)
+
+
+def history_steps(queue_size: int, step_keys: int) -> float:
+    """Steps of keys the queue holds: ``queue_size / step_keys`` (1 = only the current step)."""
+    return queue_size / step_keys
 
 
 ProxySource = torch.Tensor | Callable[[torch.Tensor], torch.Tensor]
@@ -40,8 +60,9 @@ def proxies_of(proxy_weight: ProxySource, labels: torch.Tensor) -> torch.Tensor:
 
 def gather_own_first(t: torch.Tensor) -> torch.Tensor:
     """all_gather ``t`` (same shape on every rank, no gradient) and concatenate own rank first,
-    then the other ranks in rank order (METHOD.md §4). Without a process group: ``t`` unchanged."""
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+    then the other ranks in rank order (docs/method.md §4). Without a process group: ``t`` unchanged
+    (a group of size 1 still runs the collective, which is how ``tools/gpu_check.py`` tests NCCL)."""
+    if not (dist.is_available() and dist.is_initialized()):
         return t
     rank, world = dist.get_rank(), dist.get_world_size()
     t = t.detach().contiguous()
@@ -114,7 +135,7 @@ class ContrastQueue(nn.Module):
         self, proxy_weight: ProxySource | None, effective_size: int | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """(keys [K', D], labels [K']) in slot order; in "proxy" mode every key is compensated by
-        its class proxy's drift: v + (||v||/||p_stored||)·(W_c(now) - p_stored) (METHOD.md §4)."""
+        its class proxy's drift: v + (||v||/||p_stored||)·(W_c(now) - p_stored) (docs/method.md §4)."""
         idx = self._selected(effective_size).nonzero().squeeze(1)
         keys, labels = self.keys[idx], self.labels[idx]
         if self.mode == "proxy":
@@ -126,17 +147,27 @@ class ContrastQueue(nn.Module):
             keys = keys + ratio * (now - stored)
         return keys, labels
 
-    def index_in_current(self, slots: torch.Tensor, effective_size: int | None = None) -> torch.Tensor:
-        """Row positions in ``current(..., effective_size)`` of the given slot indices (same shape)."""
+    def index_in_current(self, slots: torch.Tensor, effective_size: int | None = None,
+                         check: bool = True) -> torch.Tensor:
+        """Row positions in ``current(..., effective_size)`` of the given slot indices (same shape).
+
+        ``check`` raises when a slot is not in that view, which reads a flag on the host (a GPU
+        sync); the trainer passes ``check=False`` and reads :meth:`holds_slots` with its other
+        per-step flags instead.
+        """
         sel = self._selected(effective_size)
-        if not bool(sel[slots].all()):
+        if check and not bool(self.holds_slots(slots, effective_size)):
             raise ValueError(f"some slots are not in the current view (effective_size={effective_size} is "
                              f"smaller than one step's gathered keys?)")
         return (sel.cumsum(0) - 1)[slots]
 
+    def holds_slots(self, slots: torch.Tensor, effective_size: int | None = None) -> torch.Tensor:
+        """0-dim bool tensor (no host read): are all ``slots`` in ``current(..., effective_size)``?"""
+        return self._selected(effective_size)[slots].all()
+
     @torch.no_grad()
     def update_dynamic_margin(self, pos_cos: torch.Tensor | float, hardest_neg_cos: torch.Tensor | float) -> torch.Tensor:
-        """EMA with t_alpha of the batch mean of (positive - hardest negative cosine) (METHOD.md §4)."""
+        """EMA with t_alpha of the batch mean of (positive - hardest negative cosine) (docs/method.md §4)."""
         diff = torch.as_tensor(pos_cos, dtype=self.dynamic_margin.dtype, device=self.dynamic_margin.device) - \
             torch.as_tensor(hardest_neg_cos, dtype=self.dynamic_margin.dtype, device=self.dynamic_margin.device)
         self.dynamic_margin.mul_(1 - self.t_alpha).add_(self.t_alpha * diff.mean())

@@ -1,4 +1,4 @@
-"""Face backbones (METHOD.md §1): IR networks and safe checkpoint loading."""
+"""Face backbones (docs/method.md §1): IR networks and safe checkpoint loading."""
 
 from __future__ import annotations
 

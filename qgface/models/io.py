@@ -1,4 +1,4 @@
-"""Load a backbone from a checkpoint file (METHOD.md §1), safely and strictly.
+"""Load a backbone from a checkpoint file (docs/method.md §1), safely and strictly.
 
 Three layouts are recognised:
 

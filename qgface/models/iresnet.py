@@ -1,4 +1,4 @@
-"""IResNet ("IR") face backbones (METHOD.md §1).
+"""IResNet ("IR") face backbones (docs/method.md §1).
 
 The module tree (and so every parameter/buffer name and shape) follows the layout of the
 published AdaFace IR backbones, so their state dicts load without key conversion:
@@ -19,10 +19,12 @@ not a published architecture and has no pretrained weights.
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from contextlib import contextmanager, nullcontext
+from typing import Iterator, NamedTuple
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 
 class _Stage(NamedTuple):
@@ -117,11 +119,18 @@ class BasicBlockIRSE(BasicBlockIR):
 
 
 class IResNet(nn.Module):
-    """IR backbone for 112x112 BGR input normalised to (x/255-0.5)/0.5 (METHOD.md §1).
+    """IR backbone for 112x112 BGR input normalised to (x/255-0.5)/0.5 (docs/method.md §1).
 
     ``forward(x)`` returns ``(e, n)``: the L2-normalised embedding [B, 512] and the norm of the
-    un-normalised feature [B, 1] (the quality proxy of METHOD.md §3).
+    un-normalised feature [B, 1] (the quality proxy of docs/method.md §3).
+
+    ``activation_checkpointing`` (train.activation_checkpointing): in training with grad enabled,
+    each IR unit keeps only its input and recomputes its activations in backward (same loss and
+    gradients, much less memory, one more forward of the body). The recomputation leaves the
+    BatchNorm running statistics alone, so they move once per step as without it.
     """
+
+    activation_checkpointing: bool = False
 
     def __init__(self, name: str) -> None:
         super().__init__()
@@ -151,9 +160,31 @@ class IResNet(nn.Module):
         _init_weights(self)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        f = self.output_layer(self.body(self.input_layer(x)))
+        x = self.input_layer(x)
+        if self.activation_checkpointing and self.training and torch.is_grad_enabled():
+            for unit in self.body:
+                x = checkpoint(unit, x, use_reentrant=False,
+                               context_fn=lambda unit=unit: (nullcontext(), _frozen_bn_stats(unit)))
+        else:
+            x = self.body(x)
+        f = self.output_layer(x)
         norm = torch.linalg.vector_norm(f, ord=2, dim=1, keepdim=True)
         return f / norm, norm
+
+
+@contextmanager
+def _frozen_bn_stats(module: nn.Module) -> Iterator[None]:
+    """BatchNorm layers of ``module`` leave their running statistics unchanged (momentum 0) inside."""
+    bns = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    saved = [(m.momentum, m.num_batches_tracked.clone()) for m in bns]
+    try:
+        for m in bns:
+            m.momentum = 0.0
+        yield
+    finally:
+        for m, (momentum, tracked) in zip(bns, saved):
+            m.momentum = momentum
+            m.num_batches_tracked.copy_(tracked)
 
 
 def _init_weights(model: nn.Module) -> None:
@@ -169,7 +200,7 @@ def _init_weights(model: nn.Module) -> None:
 
 
 def build_backbone(name: str) -> IResNet:
-    """Build one of ``BACKBONES`` with fresh AdaFace-style weights (METHOD.md §1)."""
+    """Build one of ``BACKBONES`` with fresh AdaFace-style weights (docs/method.md §1)."""
     return IResNet(name)
 
 

@@ -1,4 +1,4 @@
-"""Training (METHOD.md §5): ``python -m qgface.train [CONFIG] [key=value ...]``, alone or under torchrun.
+"""Training (docs/method.md §5): ``python -m qgface.train [CONFIG] [key=value ...]``, alone or under torchrun.
 
 ``main(argv) -> exit status`` runs one training process; ``REQUEUE_EXIT_CODE`` (75) is its status
 after a stop signal (checkpoint saved, job to be requeued).

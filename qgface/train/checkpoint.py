@@ -1,4 +1,4 @@
-"""Training checkpoints: format, atomic save, strict load, RNG capture, resume resolution (contracts.md).
+"""Training checkpoints: format, atomic save, strict load, RNG capture, resume resolution (see README).
 
 A checkpoint is one ``torch.save`` dict, loadable with ``torch.load(weights_only=True)``, so every
 value is a tensor, a number, a string, None or a list/dict of those:
@@ -13,13 +13,19 @@ value is a tensor, a number, a string, None or a list/dict of those:
 - ``config`` (``cfg.to_dict()``), ``finished`` (training completed).
 
 Writes go through ``qgface.atomic.atomic_open``: ``last.pt`` is always the complete previous or the
-complete new file, never a partial one.
+complete new file, never a partial one. At scale a checkpoint is ~3 GB (the WebFace12M class proxies
+and their momentum), so an epoch end writes it once: ``epoch_<N>.pt`` is a hard link to the new
+``last.pt`` (a copy only where the filesystem refuses links), and loading maps the file (``mmap``)
+instead of reading it, so the ranks of a node share its pages in the page cache.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
+import os
 import random
+import shutil
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -28,7 +34,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from qgface.atomic import atomic_open
+from qgface.atomic import atomic_open, fsync_dir
 from qgface.config import Config
 from qgface.models import CheckpointError
 
@@ -52,13 +58,47 @@ def save_checkpoint(path: str | Path, state: Mapping[str, Any]) -> None:
         torch.save(dict(state), f)
 
 
+def link_or_copy(source: str | Path, target: str | Path) -> bool:
+    """Make ``target`` the same file as ``source`` atomically: a hard link, or a copy where links fail.
+
+    True when linked. A link costs no I/O; later atomic replacements of ``source`` (a new
+    ``last.pt``) give it a new inode and leave ``target`` holding this one. A copy is taken when
+    the filesystem cannot link (no link support, another device, a link-count limit).
+    """
+    source, target = Path(source), Path(target)
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.link")
+    tmp.unlink(missing_ok=True)  # left by a process with this pid that died between link and rename
+    try:
+        os.link(source, tmp)
+        linked = True
+    except OSError as exc:
+        if exc.errno not in (errno.EPERM, errno.EXDEV, errno.EMLINK, errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOSYS):
+            raise
+        log.warning("cannot hard-link %s to %s (%s): copying it instead", source, target, exc.strerror)
+        with open(source, "rb") as src, atomic_open(target, "wb") as dst:
+            shutil.copyfileobj(src, dst, 16 << 20)
+        return False
+    try:
+        os.replace(tmp, target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    fsync_dir(target.parent)
+    return linked
+
+
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Read a training checkpoint with ``weights_only=True`` and check its keys and version."""
+    """Read a training checkpoint with ``weights_only=True`` and check its keys and version.
+
+    The file is memory-mapped (``torch.load(mmap=True)``): tensors are read from the page cache when
+    used, so ranks of one node that load the same checkpoint share one copy of its pages. Tensors
+    are private mappings (copy on write), so changing them never changes the file.
+    """
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {str(path)!r} does not exist; check train.resume")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception as exc:  # corrupt file, foreign pickle: one message naming the file
         raise CheckpointError(f"checkpoint {str(path)!r} cannot be loaded: {exc}") from exc
     if not isinstance(state, dict):

@@ -30,7 +30,7 @@ def _setup_logging() -> None:
 
 def main(argv: Sequence[str]) -> int:
     """Train with the config ``argv[0]`` (optional, a YAML file) and ``key=value`` overrides."""
-    parser = argparse.ArgumentParser(prog="python -m qgface.train", description="Train a QGFace model (METHOD.md §5). Exit status: 0 = complete, "
+    parser = argparse.ArgumentParser(prog="python -m qgface.train", description="Train a QGFace model (docs/method.md §5). Exit status: 0 = complete, "
                                      "75 = stopped by a signal after saving last.pt (requeue), 1 = failure.")
     parser.add_argument("items", nargs="*", metavar="[CONFIG] key=value",
                         help="a YAML config file (optional, first) then dotted overrides, e.g. optim.lr=0.05")

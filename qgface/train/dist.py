@@ -1,4 +1,4 @@
-"""Distributed set-up for the trainer (METHOD.md §5: DDP, one process per device).
+"""Distributed set-up for the trainer (docs/method.md §5: DDP, one process per device).
 
 ``init_distributed()`` reads torchrun's variables (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR,
 MASTER_PORT) and returns a frozen ``DistInfo``; without them it describes one process. NCCL and
@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
 
 
 @dataclass(frozen=True)
@@ -57,6 +58,27 @@ def init_distributed(env: Mapping[str, str] | None = None) -> DistInfo:
     return DistInfo(rank, local_rank, world_size, device, rank == 0, backend)
 
 
+def wrap_ddp(model: torch.nn.Module, device: torch.device, static_graph: bool, compression: str) -> torch.nn.Module:
+    """``model`` under DDP (docs/method.md §5), gradients all-reduced in ``compression`` (none, bf16, fp16).
+
+    ``gradient_as_bucket_view``: parameter gradients are views into DDP's communication buckets,
+    so the gradients are not held twice (the head's alone is 1.27 GB at WebFace12M) and no copy
+    runs before each all-reduce. A compression hook casts each bucket to bf16/fp16 for the
+    all-reduce and back, halving the traffic, at half-precision rounding of the averaged gradient.
+    """
+    from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
+
+    if compression == "bf16" and device.type != "cuda":
+        raise ValueError("train.grad_compression=bf16 needs NCCL on CUDA GPUs (PyTorch has no bf16 all-reduce on "
+                         "gloo); use fp16 or none")
+    ddp = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
+                                  gradient_as_bucket_view=True, static_graph=static_graph)
+    hooks = {"bf16": default_hooks.bf16_compress_hook, "fp16": default_hooks.fp16_compress_hook}
+    if compression != "none":
+        ddp.register_comm_hook(dist.group.WORLD, hooks[compression])
+    return ddp
+
+
 def destroy() -> None:
     """Leave the process group (safe to call when there is none)."""
     if dist.is_available() and dist.is_initialized():
@@ -76,13 +98,17 @@ def all_reduce_mean(value: torch.Tensor) -> torch.Tensor:
     return value
 
 
-def any_rank(flags: Sequence[bool], device: torch.device) -> list[bool]:
-    """For each flag: true on any rank? So every rank takes the same branch (stop, raise)."""
-    if not _active():
-        return [bool(f) for f in flags]
-    # int32 so that NCCL can reduce it; a few elements cost one tiny collective and one host sync
-    t = torch.tensor([int(bool(f)) for f in flags], dtype=torch.int32, device=device)
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+def any_rank(flags: Sequence[torch.Tensor]) -> list[bool]:
+    """For each 0-dim flag tensor: true on any rank? So every rank takes the same branch (stop, raise).
+
+    The flags stay on their device until the one ``tolist()`` at the end: one tiny collective and
+    one host read, however many flags. (The trainer's other per-step syncs: the queue's variable-size
+    view, ``ContrastQueue.current``'s ``nonzero``, and with fp16 the GradScaler's inf check.)
+    """
+    # int32 so that NCCL can reduce it
+    t = torch.stack([f.reshape(()).to(torch.int32) for f in flags])
+    if _active():
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return [bool(v) for v in t.tolist()]
 
 

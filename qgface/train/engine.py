@@ -1,4 +1,4 @@
-"""The trainer: the joint objective of METHOD.md §5 under DDP, exact resume, stop on signals.
+"""The trainer: the joint objective of docs/method.md §5 under DDP, exact resume, stop on signals.
 
 One process:        python -m qgface.train configs/tiny.yaml
 One node, 8 GPUs:   torchrun --standalone --nproc_per_node=8 -m qgface.train configs/qgface.yaml data.root=/data/faces_emore
@@ -12,6 +12,7 @@ RNG streams, queue, AdaFace statistics, optimiser, scheduler and scaler.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import random
@@ -22,21 +23,26 @@ from typing import NamedTuple
 import numpy as np
 import torch
 from torch import nn
-from torch.nn.parallel import DistributedDataParallel
 
 from qgface.config import Config, ConfigError, save_config
+from qgface.data.images import to_network_input
 from qgface.data.loader import build_train_loader
 from qgface.losses import ContrastOutput, ContrastQueue, MarginHead, qg_contrastive_loss
+from qgface.losses.queue import MIN_HISTORY_STEPS, history_steps, queue_size_for
 from qgface.models import CheckpointError, build_backbone
 from qgface.train import checkpoint as ckpt
 from qgface.train import dist
-from qgface.train.monitor import build_monitor, norm_similarity_heatmap, pair_grid, progress
 from qgface.train.determinism import configure_determinism
+from qgface.train.monitor import build_monitor, norm_similarity_heatmap, pair_grid, progress
 from qgface.train.precision import build_autocast, build_scaler, resolve_precision
 from qgface.train.schedule import contrast_weight_at, quality_scale_at, queue_size_at
 from qgface.train.signals import REQUEUE_EXIT_CODE, StopFlag
 
 log = logging.getLogger(__name__)
+
+FUSED_SGD_DEVICES = ("cuda", "cpu")
+"""device types with a fused SGD kernel (torch >= 2.4); others use the default (foreach) one"""
+
 
 class NonFiniteLossError(FloatingPointError):
     """The loss became NaN/Inf; raised before the optimiser step, so last.pt is the last good state."""
@@ -51,7 +57,7 @@ class FaceModel(nn.Module):
 
     def forward(self, x: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, ...]:
         emb, norms = self.backbone(x)
-        emb, norms = emb.float(), norms.float()  # the loss heads run in fp32 (METHOD.md §5)
+        emb, norms = emb.float(), norms.float()  # the loss heads run in fp32 (docs/method.md §5)
         loss_cls, g_hat = self.head(emb, norms, labels)
         return emb, norms, loss_cls, g_hat
 
@@ -66,7 +72,7 @@ class StepOutput(NamedTuple):
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """Weight decay on every parameter (convs, linear, PReLU, class proxies) except BN's (METHOD.md §5).
+    """Weight decay on every parameter (convs, linear, PReLU, class proxies) except BN's (docs/method.md §5).
 
     The same split as AdaFace's ``split_parameters``: parameters of BatchNorm layers get none.
     """
@@ -74,6 +80,21 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     decay = [p for p in model.parameters() if id(p) not in bn]
     no_decay = [p for p in model.parameters() if id(p) in bn]
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def _merge_micro_outputs(outs: list[StepOutput], num_views: int) -> StepOutput:
+    """One StepOutput for the whole batch: mean losses, rows back in the order [H_1..H_B, L_1..L_B]."""
+    def mean(name: str) -> torch.Tensor:
+        return torch.stack([getattr(o, name) for o in outs]).mean()
+
+    def rows(name: str) -> torch.Tensor:
+        parts = [getattr(o, name).chunk(num_views) for o in outs]  # each micro-batch: [H_micro, L_micro]
+        return torch.cat([p[view] for view in range(num_views) for p in parts])
+
+    contrast = None
+    if outs[0].contrast is not None:
+        contrast = ContrastOutput(*(torch.stack([o.contrast[i] for o in outs]).mean() for i in range(4)))
+    return StepOutput(mean("loss"), mean("loss_cls"), mean("loss_con"), contrast, rows("emb"), rows("norms"))
 
 
 def train_data_root(cfg: Config) -> str:
@@ -97,7 +118,7 @@ class Trainer:
         torch.manual_seed(seed), np.random.seed(seed), random.seed(seed)
         self.run_dir = cfg.resolved_run_dir()
 
-        # ---- data (METHOD.md §2)
+        # ---- data (docs/method.md §2)
         root = train_data_root(cfg)
         self.loader, self.sampler, dataset = build_train_loader(cfg, root, self.dist.rank, self.dist.world_size)
         self.num_views = dataset.num_views
@@ -111,19 +132,31 @@ class Trainer:
         if cfg.train.max_steps:
             self.total_steps = min(self.total_steps, cfg.train.max_steps)
 
-        # ---- model and losses (METHOD.md §1, §3, §4)
+        # ---- model and losses (docs/method.md §1, §3, §4)
         h = cfg.head
         head = MarginHead(h.kind, dataset.num_classes, m=h.m, h=h.h, s=h.s, t_alpha=h.t_alpha,
                           quality_scale=h.quality_scale, chunk_elems=h.chunk_elems, tf32=h.tf32)
-        self.model = FaceModel(build_backbone(cfg.model.backbone), head).to(self.device)
-        self.ddp = self.model if self.dist.world_size == 1 else DistributedDataParallel(
-            self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        t = cfg.train
+        if batch % t.grad_accum:
+            raise ConfigError(f"data.batch_size={batch} must be a multiple of train.grad_accum={t.grad_accum}")
+        backbone = build_backbone(cfg.model.backbone)
+        backbone.activation_checkpointing = t.activation_checkpointing
+        self.channels_last = t.channels_last and self.device.type == "cuda"
+        self.model = FaceModel(backbone, head).to(self.device)
+        if self.channels_last:
+            self.model.backbone.to(memory_format=torch.channels_last)
+        if t.compile:
+            self.model.backbone.compile()  # in place: parameter names (and checkpoints) stay the same
+        self.ddp = self.model if self.dist.world_size == 1 else dist.wrap_ddp(
+            self.model, self.device, static_graph=t.static_graph, compression=t.grad_compression)
         self.world_keys = self.num_views * batch * self.dist.world_size  # keys one step enqueues
         self.queue = self._build_queue()
 
-        # ---- optimiser, schedule, precision (METHOD.md §5)
+        # ---- optimiser, schedule, precision (docs/method.md §5)
         o = cfg.optim
-        self.optimizer = torch.optim.SGD(param_groups(self.model, o.weight_decay), lr=o.lr, momentum=o.momentum)
+        fused = t.fused_optimizer and self.device.type in FUSED_SGD_DEVICES
+        self.optimizer = torch.optim.SGD(param_groups(self.model, o.weight_decay), lr=o.lr, momentum=o.momentum,
+                                         fused=fused or None)
         self.scheduler = torch.optim.lr_scheduler.MultiStepLR(self.optimizer, milestones=o.milestones, gamma=o.gamma)
         self.precision = resolve_precision(cfg.train.precision, self.device)
         self.autocast = build_autocast(self.precision, self.device)
@@ -143,50 +176,81 @@ class Trainer:
         c = self.cfg.contrast
         if not c.enabled or self.num_views < 2:
             return None
-        if c.queue_size < self.world_keys:
+        size = queue_size_for(c.queue_size, c.queue_steps, self.world_keys)
+        if size < self.world_keys:
             raise ConfigError(f"contrast.queue_size={c.queue_size} cannot hold one step's {self.world_keys} keys "
-                              f"(2 views x data.batch_size x {self.dist.world_size} ranks); raise it")
-        return ContrastQueue(c.queue_size, mode=c.queue, t_alpha=self.cfg.head.t_alpha).to(self.device)
+                              f"(2 views x data.batch_size x {self.dist.world_size} ranks); raise it, or set 0 "
+                              "to derive it from contrast.queue_steps")
+        if self.dist.is_main and history_steps(size, self.world_keys) < MIN_HISTORY_STEPS:
+            log.warning("contrast.queue_size=%d holds %.1f steps of %d keys (fewer than %d): the negatives are "
+                        "mostly this step's own; set contrast.queue_size=0 to keep contrast.queue_steps=%d steps",
+                        size, history_steps(size, self.world_keys), self.world_keys, MIN_HISTORY_STEPS, c.queue_steps)
+        return ContrastQueue(size, mode=c.queue, t_alpha=self.cfg.head.t_alpha).to(self.device)
 
-    # ------------------------------------------------------------------ the step (METHOD.md §5)
+    # ------------------------------------------------------------------ the step (docs/method.md §5)
     def train_step(self, views: torch.Tensor, labels: torch.Tensor) -> StepOutput:
-        views = views.to(self.device, non_blocking=True)
+        views = to_network_input(views.to(self.device, non_blocking=True))  # uint8 over the bus, float here
         labels = labels.to(self.device, non_blocking=True)
+        self.optimizer.zero_grad(set_to_none=True)
+        # train.grad_accum micro-batches, gradients summed; DDP all-reduces only after the last one
+        micro = self.cfg.train.grad_accum
+        outs = []
+        for i, (v_i, y_i) in enumerate(zip(views.chunk(micro), labels.chunk(micro))):
+            last = i == micro - 1
+            with contextlib.nullcontext() if last or self.ddp is self.model else self.ddp.no_sync():
+                outs.append(self._forward_backward(v_i, y_i, 1.0 / micro))
+        # optional clipping (on unscaled gradients), step (a no-op scaler outside fp16)
+        if self.cfg.optim.grad_clip > 0:
+            self.scaler.unscale_(self.optimizer)
+            nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.optim.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        return outs[0] if micro == 1 else _merge_micro_outputs(outs, views.shape[1])
+
+    def _forward_backward(self, views: torch.Tensor, labels: torch.Tensor, weight: float) -> StepOutput:
+        """One (micro-)batch: the loss of docs/method.md §5, its checks, and ``weight`` x its scaled backward."""
         b, v = views.shape[:2]
         # §2: the views as one batch [H_1..H_B, L_1..L_B], labels duplicated
         x = views.transpose(0, 1).reshape(v * b, *views.shape[2:])
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         # §1 + §3: backbone under autocast -> (e, n) -> AdaFace margin + QS, cross-entropy in fp32
         with self.autocast:
             emb, norms, loss_cls, g_hat = self.ddp(x, labels.repeat(v))
         # §4: quality-guided contrast of q = L against k = H and the queue
-        contrast = self._contrast(emb, g_hat, labels) if self.contrast_weight > 0 else None
+        contrast, queue_ok = None, torch.ones((), dtype=torch.bool, device=self.device)
+        if self.contrast_weight > 0:
+            contrast, queue_ok = self._contrast(emb, g_hat, labels)
         loss_con = contrast.loss if contrast is not None else torch.zeros((), device=self.device)
         loss = loss_cls + self.contrast_weight * loss_con
-        # one collective per step: a non-finite loss or a stop signal on any rank concerns all ranks
-        bad, self.stop_now = dist.any_rank([not bool(torch.isfinite(loss)), self.stop.requested], self.device)
+        # one collective and one host read per (micro-)batch: a non-finite loss, a queue too small for
+        # the step's keys, or a stop signal on any rank concerns all ranks (built on the device: a
+        # tensor made from a host value would be a copy that waits for the GPU)
+        stop = torch.full((), self.stop.requested, dtype=torch.bool, device=self.device)
+        bad, queue_short, self.stop_now = dist.any_rank([~torch.isfinite(loss), ~queue_ok, stop])
+        if queue_short:
+            raise ConfigError(f"the effective contrast queue at epoch {self.epoch} ({self.queue_size} keys) is smaller "
+                              f"than one step's {self.world_keys} gathered keys; raise contrast.queue_size")
         if bad:
             raise NonFiniteLossError(
                 f"non-finite loss at step {self.step + 1} (epoch {self.epoch}, batch {self.batch_in_epoch}); "
                 f"terms on rank {self.dist.rank}: loss={loss.item():.6g}, loss_cls={loss_cls.item():.6g}, "
                 f"loss_con={loss_con.item():.6g} (weight {self.contrast_weight}); nothing was saved after step "
                 f"{self.step}. Lower optim.lr or set optim.grad_clip")
-        # scaled backward (a no-op scaler outside fp16), optional clipping, step
-        self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(loss).backward()
-        if self.cfg.optim.grad_clip > 0:
-            self.scaler.unscale_(self.optimizer)
-            nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.optim.grad_clip)
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
+        self.scaler.scale(loss * weight).backward()
         return StepOutput(loss.detach(), loss_cls.detach(), loss_con.detach(), contrast, emb.detach(), norms.detach())
 
-    def _contrast(self, emb: torch.Tensor, g_hat: torch.Tensor, labels: torch.Tensor) -> ContrastOutput:
-        """METHOD.md §4: enqueue both views of every rank (own first) BEFORE the loss, then the loss."""
+    def _contrast(self, emb: torch.Tensor, g_hat: torch.Tensor, labels: torch.Tensor) -> tuple[ContrastOutput, torch.Tensor]:
+        """docs/method.md §4: enqueue both views of every rank (own first) BEFORE the loss, then the loss.
+
+        Also returns a 0-dim bool tensor: does the queue's current view hold this step's keys."""
         c, b, kernel = self.cfg.contrast, labels.shape[0], self.model.head.kernel
         k, q = emb[:b], emb[b:]  # k = H views, q = L views
         local_slots = self.queue.enqueue(emb.detach(), labels.repeat(2), kernel)
         queue_keys, queue_labels = self.queue.current(kernel, self.queue_size)
-        own_index = self.queue.index_in_current(local_slots, self.queue_size).reshape(2, b).t()  # [B, 2]: H, L
+        # [B, 2]: H, L; whether the view holds them is checked with the step's other flags (until
+        # then a missing slot points at row 0 rather than out of bounds)
+        own_index = self.queue.index_in_current(local_slots, self.queue_size, check=False).clamp_min(0).reshape(2, b).t()
         margin = {"none": 0.0, "static": c.margin, "dynamic": self.queue.dynamic_margin.clone()}[c.margin_mode]
         out = qg_contrastive_loss(
             q, k, queue_keys, g_hat[b:], g_hat[:b], q_labels=labels, queue_labels=queue_labels, s=c.s,
@@ -196,7 +260,7 @@ class Trainer:
         # the EMA moves with the mean over ranks, so every rank keeps the same margin
         gap = dist.all_reduce_mean(torch.stack([out.pos_cos, out.hardest_neg_cos]))
         self.queue.update_dynamic_margin(gap[0], gap[1])
-        return out
+        return out, self.queue.holds_slots(local_slots, self.queue_size)
 
     # ------------------------------------------------------------------ the loop
     def train(self) -> int:
@@ -262,8 +326,8 @@ class Trainer:
         }
         folder = ckpt.checkpoint_dir(c)
         ckpt.save_checkpoint(folder / "last.pt", state)
-        if epoch_end:
-            ckpt.save_checkpoint(folder / f"epoch_{self.epoch}.pt", state)
+        if epoch_end:  # written once: the epoch's copy is a hard link to last.pt
+            ckpt.link_or_copy(folder / "last.pt", folder / f"epoch_{self.epoch}.pt")
         log.info("saved %s at step %d%s", folder / "last.pt", self.step, f" (+ epoch_{self.epoch}.pt)" if epoch_end else "")
 
     def _resume(self) -> None:
@@ -298,14 +362,14 @@ class Trainer:
         h_norm, l_norm = out.norms[:b], out.norms[b:]
         pos_cos = (out.emb[:b] * out.emb[b:]).sum(1) if self.num_views == 2 else None
         if images:  # once per epoch, on its first step
-            self.monitor.image("train/pairs_L_H", pair_grid(views), self.step)
+            self.monitor.image("train/pairs_L_H", pair_grid(to_network_input(views[:8])), self.step)
         if images and pos_cos is not None:
             self.monitor.image("train/norm_vs_similarity",
                                norm_similarity_heatmap(torch.cat([l_norm, h_norm]), pos_cos.repeat(2)), self.step)
         if self.step % self.cfg.train.log_every:
             return
         active = out.contrast.active_fraction if out.contrast is not None else torch.zeros((), device=self.device)
-        # the only loss reduction across ranks, and the only host syncs, happen on logging steps
+        # the loss reduction across ranks and the statistics' host reads happen only on logging steps
         loss, loss_cls, loss_con, active = dist.all_reduce_mean(
             torch.stack([out.loss, out.loss_cls, out.loss_con, active.float()])).tolist()
         now, (then, then_step) = time.perf_counter(), self._last_log

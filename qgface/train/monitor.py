@@ -73,7 +73,7 @@ def build_monitor(run_dir: str | Path, is_main: bool, resume_step: int = 0) -> M
 def pair_grid(views: torch.Tensor, max_pairs: int = 8) -> np.ndarray:
     """Samples as rows, views as columns (L left of H), denormalised and BGR->RGB for display.
 
-    ``views`` is a loader batch [B, V, 3, H, W] normalised as (x/255 - 0.5)/0.5 (METHOD.md
+    ``views`` is a loader batch [B, V, 3, H, W] normalised as (x/255 - 0.5)/0.5 (docs/method.md
     conventions); view 0 is H and view 1 is L, so the columns are reversed to read "L -> H".
     """
     x = views[:max_pairs].detach().float().cpu().flip(1)  # [b, V, 3, H, W], L first

@@ -1,4 +1,4 @@
-"""Schedules of the joint objective as pure functions of the epoch (METHOD.md §3, §5).
+"""Schedules of the joint objective as pure functions of the epoch (docs/method.md §3, §5).
 
 Each value depends only on the (0-based) epoch index and the config, so a resumed run needs nothing
 but its epoch counter to recompute them. The engine uses ``torch.optim.lr_scheduler.MultiStepLR``
@@ -11,10 +11,11 @@ from __future__ import annotations
 import bisect
 
 from qgface.config import Config
+from qgface.losses.queue import queue_size_for
 
 
 def lr_multiplier(epoch: int, milestones: list[int], gamma: float) -> float:
-    """MultiStepLR: ``gamma ** (number of milestones <= epoch)`` (METHOD.md §5).
+    """MultiStepLR: ``gamma ** (number of milestones <= epoch)`` (docs/method.md §5).
 
     With milestones [12, 20, 24], epochs 0-11 train at the base lr, 12-19 at 0.1x, 20-23 at 0.01x,
     24+ at 0.001x.
@@ -23,7 +24,7 @@ def lr_multiplier(epoch: int, milestones: list[int], gamma: float) -> float:
 
 
 def quality_scale_at(epoch: int, cfg: Config) -> float:
-    """τ_q of the quality scaler in ``epoch`` (METHOD.md §3).
+    """τ_q of the quality scaler in ``epoch`` (docs/method.md §3).
 
     Without warm-up (or with ``contrast.joint_point`` = 0) it is ``head.quality_scale`` throughout.
     With ``head.quality_scale_warmup`` it ramps linearly, ``value · epoch / joint_point``, from 0 in
@@ -36,7 +37,7 @@ def quality_scale_at(epoch: int, cfg: Config) -> float:
 
 
 def contrast_weight_at(epoch: int, cfg: Config, num_views: int) -> float:
-    """w in ``L = L_cls + w·L_con`` (METHOD.md §5).
+    """w in ``L = L_cls + w·L_con`` (docs/method.md §5).
 
     0 when the contrastive loss is disabled or there is only one view (the baseline), 0 before
     epoch ``contrast.joint_point`` with ``contrast.later_joint``, else ``contrast.weight``.
@@ -50,16 +51,17 @@ def contrast_weight_at(epoch: int, cfg: Config, num_views: int) -> float:
 
 
 def queue_size_at(epoch: int, cfg: Config, world_batch: int) -> int:
-    """Effective queue size (number of newest entries used as negatives) in ``epoch`` (METHOD.md §5).
+    """Effective queue size (number of newest entries used as negatives) in ``epoch`` (docs/method.md §5).
 
     ``world_batch`` is the number of keys one step enqueues over all ranks (2·B·world_size with two
-    views). Without ``contrast.progressive`` it is K = ``contrast.queue_size``. With it the size
+    views). Without ``contrast.progressive`` it is K (``contrast.queue_size``, or for 0 the size
+    ``losses.queue.queue_size_for`` derives from ``world_batch``). With it the size
     starts at ``min(world_batch, K)`` (the smallest queue that still holds the step's own keys) up to
     and including epoch ``joint_point``, grows linearly to reach K in the last epoch
     (``optim.epochs - 1``), and is K from then on:
     ``start + (K - start) · (epoch - joint_point) / (epochs - 1 - joint_point)``, rounded down.
     """
-    full = cfg.contrast.queue_size
+    full = queue_size_for(cfg.contrast.queue_size, cfg.contrast.queue_steps, world_batch)
     if not cfg.contrast.progressive:
         return full
     start = min(world_batch, full)

@@ -1,4 +1,4 @@
-"""Stop requests from Slurm/submitit: SIGUSR1, SIGUSR2 and SIGTERM set a flag (contracts.md "Training").
+"""Stop requests from Slurm/submitit: SIGUSR1, SIGUSR2 and SIGTERM set a flag (README "Time limits and preemption").
 
 The handler only records the signal; the training loop reads the flag after each step, saves
 ``last.pt`` and exits with ``REQUEUE_EXIT_CODE``, so a step is never interrupted half-way.

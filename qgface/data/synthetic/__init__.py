@@ -1,4 +1,4 @@
-"""The synthetic mixed-quality dataset: every benchmark layout of contracts.md, generated from procedural faces.
+"""The synthetic mixed-quality dataset: every benchmark layout of docs/method.md §7, generated from procedural faces.
 
 Stands in for MS1MV2 and the evaluation sets when ``data.root`` / ``eval.data_root`` are empty, for the
 demo, the tests and the ablation. From the bottom up:

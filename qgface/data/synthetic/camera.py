@@ -158,7 +158,7 @@ def degrade(img: np.ndarray, face_px: int, rng: np.random.Generator, *, blur: tu
             upscale: bool = True) -> np.ndarray:
     """Surveillance-like copy of an aligned face: downscale to ``face_px`` with a random interpolation,
     Gaussian blur (sigma in low-res pixels), sensor noise, low-quality JPEG, then (``upscale``) back
-    to the input size with a random interpolation (METHOD.md §2 makes training views the same way)."""
+    to the input size with a random interpolation (docs/method.md §2 makes training views the same way)."""
     h, w = img.shape[:2]
     small_w, small_h = max(4, round(face_px * w / max(h, w))), max(4, round(face_px * h / max(h, w)))
     small = cv2.resize(img, (small_w, small_h), interpolation=_INTERP[rng.integers(4)]).astype(np.float32)

@@ -1,8 +1,8 @@
 """The synthetic dataset as a whole: which shots each benchmark needs, :func:`generate`, and the cache.
 
 :func:`generate` writes a training set (InsightFace ``train.rec/.idx``, mostly high quality like
-MS1MV2; METHOD.md §2 makes the low-quality views during training) and the evaluation data root of
-METHOD.md §7: five HQ ``.bin`` pair sets, TinyFace, SCface, IJB-B and IJB-C, on identities disjoint
+MS1MV2; docs/method.md §2 makes the low-quality views during training) and the evaluation data root of
+docs/method.md §7: five HQ ``.bin`` pair sets, TinyFace, SCface, IJB-B, IJB-C and IJB-S, on identities disjoint
 from training. :func:`ensure_synthetic` caches one such set per parameter combination under
 ``cfg.data.synthetic_dir`` (file lock, temporary folder + rename; ``synthetic.json`` written last).
 """
@@ -25,14 +25,14 @@ from qgface.atomic import atomic_write_text, fsync_dir
 from qgface.data.binfile import save_bin
 from qgface.data.recordio import write_insightface_rec
 from qgface.data.synthetic.faces import make_identity
-from qgface.data.synthetic.layouts import write_ijb, write_scface, write_tinyface
+from qgface.data.synthetic.layouts import IJBS_PROBE_VIDEO_BASE, write_ijb, write_ijbs, write_scface, write_tinyface
 from qgface.data.synthetic.shots import STREAM, Plan, Renderer
 
 __all__ = ["GENERATOR_VERSION", "HQ_SETS", "generate", "ensure_synthetic", "synthetic_name"]
 
 log = logging.getLogger(__name__)
 
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 4  # 2: SCface all.txt in the distributed layout; 3: IJB 1:N lists, >= 10k impostor pairs; 4: IJB-S
 HQ_SETS = ("lfw", "cfp_fp", "agedb_30", "calfw", "cplfw")
 # image A / image B nuisance of each HQ set: cfp_fp frontal vs half-profile, agedb/calfw an age gap
 _HQ_STYLE = {
@@ -49,14 +49,29 @@ def _defaults() -> dict[str, Any]:
     """Generation parameters; ``None`` sizes scale with ``eval_identities`` (see :func:`_resolve`)."""
     return {"identities": 300, "images_per_identity": 20, "eval_identities": 100, "seed": 0, "hq_pairs": None,
             "tinyface_probes": 2, "tinyface_gallery": 2, "tinyface_distractors": None, "scface_subjects": None,
-            "ijb_templates": 3, "ijb_media": 2, "ijb_frames": 2, "ijb_max_pairs": 100_000}
+            "ijb_templates": None, "ijb_media": 2, "ijb_frames": 2, "ijb_max_pairs": 100_000}
+
+
+IJB_MIN_IMPOSTORS = 10_000
+"""Impostor template pairs the synthetic IJB sets need so that TAR at FAR 1e-4 is resolvable (docs/method.md §7.5)."""
+
+
+def _ijb_templates(eval_identities: int) -> int:
+    """Templates per identity: at least 3, and enough that the T^2 E (E - 1) / 2 impostor pairs of E
+    identities reach :data:`IJB_MIN_IMPOSTORS` (3 for 100 identities, 4 for the demo's 40)."""
+    t = 3
+    while t * t * eval_identities * (eval_identities - 1) // 2 < IJB_MIN_IMPOSTORS and t < 100:
+        t += 1
+    return t
 
 
 def _resolve(p: dict[str, Any]) -> dict[str, Any]:
     """Fill the sizes left ``None``: 3 HQ pairs, 4 TinyFace distractors per evaluation identity
-    (capped at 300 pairs), SCface on up to 50 subjects (the real set has 130)."""
+    (capped at 300 pairs), SCface on up to 50 subjects (the real set has 130), IJB templates per
+    identity by :func:`_ijb_templates`."""
     e = p["eval_identities"]
-    return {**p, "hq_pairs": min(300, 3 * e) // 2 * 2 if p["hq_pairs"] is None else p["hq_pairs"],
+    return {**p, "ijb_templates": _ijb_templates(e) if p["ijb_templates"] is None else p["ijb_templates"],
+            "hq_pairs": min(300, 3 * e) // 2 * 2 if p["hq_pairs"] is None else p["hq_pairs"],
             "tinyface_distractors": 4 * e if p["tinyface_distractors"] is None else p["tinyface_distractors"],
             "scface_subjects": min(50, e) if p["scface_subjects"] is None else p["scface_subjects"]}
 
@@ -126,17 +141,41 @@ def _plan_ijb(plan: Plan, p: dict, eval_ids: list[int], which: str) -> list[tupl
     return faces
 
 
+IJBS_SUBJECTS = 20
+"""synthetic IJB-S subjects (at most; the first evaluation identities): 3 photos, a 3-frame gallery video
+and 2 shared 3-frame probe videos each, about 240 images"""
+
+
+def _plan_ijbs(plan: Plan, eval_ids: list[int]) -> tuple[list[int], set[str]]:
+    """Subject PIDs 1..S: photos ``img_<100000 + 10 PID + k>``, gallery video ``1000 + PID`` alone, and
+    probe video ``2000 + m`` showing subjects m and m + 1 (mod S). Returns (PIDs, failed frames): the
+    last frame of probe video 2000 + 1 of PID 1 is an alignment failure (listed, never imaged)."""
+    stream, count = STREAM["IJBS"], min(IJBS_SUBJECTS, len(eval_ids) // 2 * 2)
+    pids = list(range(1, count + 1))
+    for pid, number in zip(pids, eval_ids):
+        for k in range(3):
+            plan.add(("IJBS", f"{pid}/img_{100000 + 10 * pid + k}.jpg"), "ijbs", number, stream,
+                     {"video": 0, "frame": k})
+        videos = [1000 + pid, IJBS_PROBE_VIDEO_BASE + pid, IJBS_PROBE_VIDEO_BASE + (pid - 2) % count + 1]
+        for video in videos:
+            for frame in range(3):
+                plan.add(("IJBS", f"{pid}/videos_{video}_{10 * frame}.jpg"), "ijbs", number, stream,
+                         {"video": video, "frame": frame})
+    return pids, {f"1/videos_{IJBS_PROBE_VIDEO_BASE + 1}_20.jpg"}
+
+
 def generate(out_dir: str | os.PathLike, *, identities: int = 300, images_per_identity: int = 20,
              eval_identities: int = 100, seed: int = 0, hq_pairs: int | None = None, tinyface_probes: int = 2,
              tinyface_gallery: int = 2, tinyface_distractors: int | None = None, scface_subjects: int | None = None,
-             ijb_templates: int = 3, ijb_media: int = 2, ijb_frames: int = 2, ijb_max_pairs: int = 100_000,
+             ijb_templates: int | None = None, ijb_media: int = 2, ijb_frames: int = 2, ijb_max_pairs: int = 100_000,
              workers: int = 2) -> None:
     """Write the whole synthetic set into the empty (or new) folder ``out_dir``; ``synthetic.json`` last.
 
     Training identities are ``0..identities-1``; every benchmark uses the next ``eval_identities``
     (TinyFace distractors come after those), so evaluation never sees a training identity.
     ``hq_pairs`` must be even (half genuine); sizes left ``None`` scale with ``eval_identities``
-    (defaults: 300 pairs per HQ set, 400 TinyFace distractors, 50 SCface subjects).
+    (defaults: 300 pairs per HQ set, 400 TinyFace distractors, 50 SCface subjects, 3 IJB templates
+    per identity, more for fewer identities so that there are >= 10,000 impostor pairs).
     ``workers`` processes render (1 = in this process).
     """
     p = _resolve({k: v for k, v in locals().items() if k in _defaults()})
@@ -163,6 +202,7 @@ def generate(out_dir: str | os.PathLike, *, identities: int = 300, images_per_id
         _plan_tinyface(plan, p, eval_ids, identities + eval_identities)
         _plan_scface(plan, p, eval_ids)
         ijb = {which: _plan_ijb(plan, p, eval_ids, which) for which in ("IJBB", "IJBC")}
+        ijbs_subjects, ijbs_failed = _plan_ijbs(plan, eval_ids)
         results = plan.render(renderer, seed)
     finally:
         renderer.close()
@@ -174,6 +214,7 @@ def generate(out_dir: str | os.PathLike, *, identities: int = 300, images_per_id
     counts.update(write_scface(out, results))
     for which, faces in ijb.items():
         counts.update(write_ijb(out, which, faces, results, ijb_max_pairs, seed))
+    counts.update(write_ijbs(out, ijbs_subjects, results, ijbs_failed))
     os.sync()  # the image files above are plain writes: make them durable before the completion marker
     summary = {"generator_version": GENERATOR_VERSION, "parameters": p, "counts": counts}
     atomic_write_text(out / "synthetic.json", json.dumps(summary, indent=2, sort_keys=True) + "\n")

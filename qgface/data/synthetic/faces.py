@@ -1,4 +1,4 @@
-"""Procedural faces for the synthetic mixed-quality dataset (METHOD.md "Conventions": 112x112 BGR faces).
+"""Procedural faces for the synthetic mixed-quality dataset (docs/method.md "Conventions": 112x112 BGR faces).
 
 An *identity* is a fixed random face drawn on the ArcFace 112x112 template: head and jaw shape, skin
 tone with a smooth blotch pattern, hair style/colour/strands, eyes (iris colour), brows, nose, lips,

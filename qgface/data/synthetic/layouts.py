@@ -1,4 +1,4 @@
-"""Writers of the benchmark layouts (contracts.md): TinyFace, SCface and IJB-B/C from rendered shots.
+"""Writers of the benchmark layouts (docs/method.md §7): TinyFace, SCface and IJB-B/C from rendered shots.
 
 Each takes the dataset folder and the rendered results by shot key, writes the files the real
 benchmark ships (images, ``.mat`` protocol files, IJB meta text files) and returns counts for
@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from qgface.atomic import atomic_write_bytes, atomic_write_text
+from qgface.data.synthetic.faces import TEMPLATE
 from qgface.data.synthetic.shots import STREAM
 
 
@@ -48,13 +49,16 @@ def write_tinyface(out: Path, results: dict[tuple, Any]) -> dict[str, int]:
 
 
 def write_scface(out: Path, results: dict[tuple, Any]) -> dict[str, int]:
+    """The distributed ``all.txt`` layout: every image (infrared cameras too), one tab-separated line each,
+    the name without extension then the five landmarks (x, y) of the aligned crop (the face template)."""
     folder = out / "scface" / "aligned"
     folder.mkdir(parents=True, exist_ok=True)
     names = sorted(k[1] for k in results if k[0] == "scface")
     for name in names:
         (folder / name).write_bytes(results[("scface", name)])
+    marks = "\t".join(f"{v:.2f}" for v in TEMPLATE.ravel())
+    atomic_write_text(out / "scface" / "all.txt", "".join(f"{Path(n).stem}\t{marks}\n" for n in names))
     protocol = [n for n in names if "frontal" in n or int(n.split("_cam")[1][0]) <= 5]  # IR cameras 6-8 excluded
-    atomic_write_text(out / "scface" / "all.txt", "".join(f"{n}\n" for n in protocol))
     return {"scface_images": len(names), "scface_protocol_images": len(protocol)}
 
 
@@ -82,5 +86,78 @@ def write_ijb(out: Path, which: str, faces: list[tuple[str, int, int, int]], res
     atomic_write_text(root / "meta" / f"{prefix}_face_tid_mid.txt", "".join(tid_mid))
     atomic_write_text(root / "meta" / f"{prefix}_name_5pts_score.txt", "".join(pts))
     atomic_write_text(root / "meta" / f"{prefix}_template_pair_label.txt", "".join(f"{a} {b} {c}\n" for a, b, c in lines))
+    counts = _write_ijb_1n(root / "meta", prefix, faces)
     return {f"{prefix}_images": len(faces), f"{prefix}_templates": len(templates),
-            f"{prefix}_genuine_pairs": len(genuine), f"{prefix}_impostor_pairs": len(impostor)}
+            f"{prefix}_genuine_pairs": len(genuine), f"{prefix}_impostor_pairs": len(impostor), **counts}
+
+
+def _write_ijb_1n(meta: Path, prefix: str, faces: list[tuple[str, int, int, int]]) -> dict[str, int]:
+    """The 1:N lists (CSV with a header, one row per image): each identity's first template joins
+    gallery 1 (first half of the identities) or gallery 2 (second half); its other templates are probes."""
+    galleries = ("S1", "S2") if prefix == "ijbb" else ("G1", "G2")
+    subjects = sorted({number for *_, number in faces})
+    first_template: dict[int, int] = {}
+    for _, template, _, number in faces:
+        first_template.setdefault(number, template)
+    half = {number: int(k >= len(subjects) / 2) for k, number in enumerate(subjects)}
+    rows: dict[str, list[str]] = {galleries[0]: [], galleries[1]: [], "probe_mixed": []}
+    for name, template, _, number in faces:
+        role = galleries[half[number]] if first_template[number] == template else "probe_mixed"
+        rows[role].append(f"{template},{number},{name}\n")
+    for role, lines in rows.items():
+        kind = "probe" if role == "probe_mixed" else "gallery"
+        file = f"{prefix}_1N_{role}.csv" if kind == "probe" else f"{prefix}_1N_gallery_{role}.csv"
+        atomic_write_text(meta / file, "TEMPLATE_ID,SUBJECT_ID,FILENAME\n" + "".join(lines))
+    probes = len({t for _, t, _, n in faces if first_template[n] != t})
+    return {f"{prefix}_1n_gallery_templates": len(first_template), f"{prefix}_1n_probe_templates": probes}
+
+
+def write_ijbs(out: Path, subjects: list[int], results: dict[tuple, Any], failed: set[str]) -> dict[str, int]:
+    """The IJB-S layout read by :mod:`qgface.eval.benchmarks.ijbs` (docs/method.md §7.7). ``results`` maps
+    ``("IJBS", path)`` to the JPEG of ``<PID>/videos_<VIDEO>_<FRAME>.jpg`` or ``<PID>/img_<IMAGE>.jpg``;
+    ``subjects`` lists the PIDs (first half: galleries g1, second half: g2). Paths in ``failed`` are
+    listed in the metadata but left out of the image list and the folder (alignment failures)."""
+    root = out / "IJBS"
+    paths = sorted((k[1] for k in results if k[0] == "IJBS"), key=_ijbs_order)
+    for path in paths:
+        if path not in failed:
+            (root / "aligned" / path).parent.mkdir(parents=True, exist_ok=True)
+            (root / "aligned" / path).write_bytes(results[("IJBS", path)])
+    kept = [p for p in paths if p not in failed]
+    atomic_write_text(root / IJBS_IMAGE_LIST, ",path\n" + "".join(f"{i},{p}\n" for i, p in enumerate(kept)))
+    meta, photos, gallery_video, probe_videos = [], {}, {}, set()
+    for path in paths:
+        pid, stem = path.split("/")[0], Path(path).stem.split("_")
+        file = f"videos/{stem[1]}.mp4" if stem[0] == "videos" else f"img/{stem[1]}.jpg"
+        meta.append(f"{pid},{file},{stem[2] if stem[0] == 'videos' else 0}\n")
+        if stem[0] == "img":
+            photos.setdefault(int(pid), []).append(file)
+        elif int(stem[1]) < IJBS_PROBE_VIDEO_BASE:
+            gallery_video[int(pid)] = file
+        else:
+            probe_videos.add(file)
+    proto = root / "protocols"
+    (proto / "galleries").mkdir(parents=True, exist_ok=True)
+    atomic_write_text(proto / "cs6_metadata.csv", "SUBJECT_ID,FILENAME,FRAME\n" + "".join(meta))
+    probes = "FILENAME\n" + "".join(f"{v}\n" for v in sorted(probe_videos))
+    atomic_write_text(proto / "cs6_surveillance_to_single-booking_probe.csv", probes)
+    atomic_write_text(proto / "cs6_surveillance_to_surveillance_probe.csv", probes)
+    half = len(subjects) // 2
+    for g, members in ((1, subjects[:half]), (2, subjects[half:])):
+        header = "TEMPLATE_ID,SUBJECT_ID,FILENAME\n"
+        rows = {"single": [f"{s},{s},{photos[s][0]}\n" for s in members],
+                "booking": [f"{s},{s},{f}\n" for s in members for f in photos[s]],
+                "surveillance": [f"{s},{s},{gallery_video[s]}\n" for s in members]}
+        for kind, lines in rows.items():
+            atomic_write_text(proto / "galleries" / f"cs6_surveillance_to_{kind}_g{g}.csv", header + "".join(lines))
+    return {"ijbs_images": len(kept), "ijbs_subjects": len(subjects), "ijbs_probe_videos": len(probe_videos)}
+
+
+IJBS_IMAGE_LIST = "image_list_mtcnn_fail_skipped_v1.csv"
+IJBS_PROBE_VIDEO_BASE = 2000
+"""synthetic IJB-S video ids: 1000 + PID are gallery videos (one subject each), 2000 + m probe videos"""
+
+
+def _ijbs_order(path: str) -> tuple:
+    pid, stem = path.split("/")
+    return (int(pid), *(int(v) if v.isdigit() else v for v in Path(stem).stem.split("_")))

@@ -22,7 +22,7 @@ from qgface.data.synthetic.camera import degrade, render, render_aligned, sample
 from qgface.data.synthetic.faces import Identity, make_identity
 
 STREAM = {"train": 10, "lfw": 11, "cfp_fp": 12, "agedb_30": 13, "calfw": 14, "cplfw": 15,
-          "tinyface": 16, "scface": 17, "IJBB": 18, "IJBC": 19, "camera": 20}
+          "tinyface": 16, "scface": 17, "IJBB": 18, "IJBC": 19, "camera": 20, "IJBS": 21}
 """random stream of every image family: the second part of each shot's seed"""
 _SCFACE_PX = {1: (10, 14), 2: (20, 28), 3: (40, 56)}  # face size in pixels per distance (1 = farthest)
 
@@ -44,6 +44,8 @@ def render_shot(seed: int, shot: tuple) -> Any:
         return _jpeg(_scface(idn, rng, seed, **opts), 95)
     if kind == "loose":
         return _loose(idn, seed, stream, number, opts)
+    if kind == "ijbs":
+        return _jpeg(_ijbs(idn, rng, seed, stream, number, **opts), 92)
     raise ValueError(f"unknown synthetic shot kind {kind!r}")
 
 
@@ -95,6 +97,20 @@ def _loose(idn: Identity, seed: int, stream: int, number: int, opts: dict) -> tu
                          jpeg=(20, 50) if quality < 0.25 else (50, 85))
         score = 0.5 + 0.3 * rng.random() if quality < 0.25 else 0.8 + 0.15 * rng.random()
     return _jpeg(img, 92), marks, score
+
+
+def _ijbs(idn: Identity, rng: np.random.Generator, seed: int, stream: int, number: int, video: int,
+          frame: int) -> np.ndarray:
+    """IJB-S aligned crop: an enrolment photo (``video`` 0: near frontal, mild light) or a surveillance
+    frame (frames of one video share pose, light and a 10-28 px face size; each frame is then degraded)."""
+    if video == 0:
+        return render_aligned(idn, sample_variation(rng, yaw_deg=3, pitch_deg=3, roll_deg=2, expression=0.3,
+                                                    light=0.4, noise=(0.3, 1.0), align_noise=0.3))
+    video_rng = np.random.default_rng([seed, stream, number, video])
+    var = sample_variation(video_rng, yaw_deg=20, pitch_deg=12, light=1.5, noise=(1, 3))
+    var = dataclasses.replace(var, yaw=var.yaw + float(rng.normal(0, 0.05)), background=int(rng.integers(2 ** 31)))
+    face_px = int(video_rng.integers(10, 29))
+    return degrade(render_aligned(idn, var), face_px, rng, blur=(0.4, 1.2), jpeg=(20, 60), noise=(2, 6))
 
 
 def _init_worker() -> None:

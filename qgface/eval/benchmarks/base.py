@@ -1,9 +1,9 @@
-"""The protocol object every benchmark implements (METHOD.md §7-8, STYLE.md habit 12).
+"""The protocol object every benchmark implements (docs/method.md §7-8, STYLE.md habit 12).
 
 A benchmark knows its canonical image list (fixed by construction: protocol order or sorted, never
 directory-walk order), how to get the bytes of image ``i`` from the original files, the record label
 of each image, which (image, variant) items to embed, and how to turn their embeddings into metrics.
-The bytes of image ``i`` are exactly what record ``i`` of the compressed ``.rec`` holds (METHOD.md §8),
+The bytes of image ``i`` are exactly what record ``i`` of the compressed ``.rec`` holds (docs/method.md §8),
 so evaluating from the ``.rec`` or from the files gives identical numbers.
 """
 
@@ -26,7 +26,7 @@ class BenchmarkError(ValueError):
 class EvalOutput:
     """Metrics (percentages, keyed as in results.csv) and curves for plots (lists of floats)."""
 
-    metrics: dict[str, float]
+    metrics: dict[str, float | None]  # None: not resolvable by this data (e.g. a FAR below 1/impostors)
     curves: dict[str, dict[str, list[float]]] = dataclasses.field(default_factory=dict)
 
 
@@ -34,6 +34,10 @@ class Benchmark:
     """Base class; subclasses set ``name`` and fill ``image_names`` / ``labels`` in ``__init__``."""
 
     name: str = ""
+    rec_name: str = ""
+    """Name of the compressed ``.rec`` it reads; empty = ``name`` (IJB 1:N shares the 1:1 set's images)."""
+    protocol: str = ""
+    """The named convention its metrics follow where several exist (IJB: qgface | insightface); in the results."""
     params: dict[str, Any] = {}
     """What determines the record bytes besides the list (e.g. alignment, encoding); in the manifest."""
 
@@ -48,6 +52,11 @@ class Benchmark:
     def load_bytes(self, index: int) -> bytes:
         """The encoded bytes of image ``index`` of the canonical list, read from the original files."""
         raise NotImplementedError
+
+    def record_label(self, index: int) -> float | np.ndarray:
+        """The label of record ``index`` in the compressed ``.rec``: the record label by default; a float
+        array where the record carries more (IJB: the 5 landmarks and the detector score)."""
+        return float(self.labels[index])
 
     def embed_items(self) -> list[tuple[int, Hashable]]:
         """(image index, variant) pairs to embed, in order; by default every image once, unmodified."""

@@ -1,13 +1,14 @@
-"""HQ verification and cross-resolution LFW (METHOD.md §7).
+"""HQ verification and cross-resolution LFW (docs/method.md §7).
 
 ``hq``: the five InsightFace ``.bin`` sets in the data root, 10-fold accuracy (%) each and their mean
 ``hq_avg``; the image list is the five files' images in the fixed order of ``HQ_SETS``.
 
-``crlfw``: ``lfw.bin`` with the first image of every pair downscaled to 8/12/16/20 px and back to 112.
-Downscaling uses ``cv2.INTER_AREA`` and upscaling ``cv2.INTER_LINEAR``: the reference evaluation
-resizes with PIL bilinear (torchvision ``Resize``), whose downscale averages over the footprint of
-each output pixel (antialiased, which INTER_AREA also does; OpenCV's INTER_LINEAR would alias) and
-whose upscale is plain bilinear interpolation with the same pixel-centre convention as INTER_LINEAR.
+``crlfw``: ``lfw.bin`` with the first image of every pair downscaled to exactly 8/12/16/20 px square
+and back to its size, both with Pillow's bilinear ``Image.resize`` (docs/method.md §7.2). That is
+what the reference's torchvision ``Resize((s, s))`` does to a PIL image: Pillow's bilinear filter is
+antialiased when downscaling (a triangle filter widened to the footprint of each output pixel).
+OpenCV has no such filter: ``INTER_AREA`` leaves 36-58 % of the pixels more than one level away.
+Keys ``crlfw_<size>`` and their mean ``crlfw_avg`` (the reference's logged aggregate).
 """
 
 from __future__ import annotations
@@ -15,8 +16,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Hashable
 
-import cv2
 import numpy as np
+from PIL import Image
 
 from qgface.data.binfile import BinFileError, load_bin
 from qgface.eval.benchmarks.base import Benchmark, BenchmarkError, EvalOutput
@@ -80,14 +81,20 @@ class HQVerification(Benchmark):
 
 
 def degrade(bgr: np.ndarray, size: int) -> np.ndarray:
-    """Downscale to ``size`` x ``size`` (INTER_AREA) and back to the original size (INTER_LINEAR)."""
+    """Pillow bilinear resize to ``size`` x ``size`` and back to the original size (uint8 HxWx3).
+
+    The resize filters each channel alone, so the channel order (BGR here; the reference hands PIL
+    its BGR array as well) does not change the result.
+    """
     height, width = bgr.shape[:2]
-    small = cv2.resize(bgr, (size, size), interpolation=cv2.INTER_AREA)
-    return cv2.resize(small, (width, height), interpolation=cv2.INTER_LINEAR)
+    image = Image.fromarray(np.ascontiguousarray(bgr))
+    small = image.resize((size, size), Image.Resampling.BILINEAR)
+    return np.asarray(small.resize((width, height), Image.Resampling.BILINEAR))
 
 
 class CrossResolutionLFW(Benchmark):
-    """LFW pairs, first image at 8/12/16/20 px: 10-fold accuracy (%), keys ``crlfw_<size>`` (+ ``_std``)."""
+    """LFW pairs, first image at 8/12/16/20 px: 10-fold accuracy (%), keys ``crlfw_<size>`` (+ ``_std``)
+    and ``crlfw_avg``, the mean over the sizes."""
 
     name = "crlfw"
 
@@ -121,6 +128,7 @@ class CrossResolutionLFW(Benchmark):
             pair_emb = np.empty((2 * pairs, embeddings.shape[1]), dtype=embeddings.dtype)
             pair_emb[0::2], pair_emb[1::2] = first, second
             metrics[f"crlfw_{size}"], metrics[f"crlfw_{size}_std"] = _fold_stats(pair_emb, self.issame)
+        metrics["crlfw_avg"] = float(np.mean([metrics[f"crlfw_{size}"] for size in self.resolutions]))
         return EvalOutput(metrics)
 
     def sizes(self) -> dict[str, int]:

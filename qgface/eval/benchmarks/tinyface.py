@@ -1,4 +1,4 @@
-"""TinyFace 1:N identification (METHOD.md §7): closed-set CMC rank-1/5/20 (%).
+"""TinyFace 1:N identification (docs/method.md §7): closed-set CMC rank-1/5/20 (%).
 
 Protocol files (``<data_root>/tinyface/Testing_Set/``): ``probe_img_ID_pairs.mat`` (``probe_set``,
 ``probe_ids``) and ``gallery_match_img_ID_pairs.mat`` (``gallery_set``, ``gallery_ids``). Images are
