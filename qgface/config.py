@@ -103,9 +103,18 @@ class HeadConfig:
     """logits the head holds at once (rows per chunk = chunk_elems // classes); 0 = 16M on CPU, 256M on GPU"""
     tf32: bool = False
     """let the head's fp32 matmuls use TF32 on an Ampere+ GPU (faster; ~1e-3 relative error in the cosines)"""
+    partial_fc: bool = False
+    """shard the class proxies and their momentum over the ranks (Partial FC, README "Partial FC"); for 100k+ identities"""
+    sample_rate: float = 1.0
+    """partial_fc: share of each rank's classes used per step (every positive is kept); 1.0 = all classes"""
 
     def __post_init__(self) -> None:
         _check_choice("head.kind", self.kind, ("adaface", "arcface", "cosface"))
+        if not 0.0 < self.sample_rate <= 1.0:
+            raise ConfigError(f"head.sample_rate must lie in (0, 1] (1 = every class); got {self.sample_rate!r}")
+        if self.sample_rate < 1.0 and not self.partial_fc:
+            raise ConfigError(f"head.sample_rate={self.sample_rate!r} needs head.partial_fc=true (class-centre "
+                              "sampling is part of the sharded head)")
         if self.chunk_elems < 0:
             raise ConfigError(f"head.chunk_elems must be >= 0 (0 = the device's default); got {self.chunk_elems!r}")
 

@@ -18,16 +18,28 @@ median of the following repetitions, as wall time and as the process's CPU time 
 the fairer figure on a machine shared with other jobs).
 
 Usage:  python tools/bench_heads.py [--threads 2] [--reps 3] [--case head|contrast|all]
+
+``--partial-fc``: the sharded margin head (head.partial_fc, qgface.losses.partial_fc) on ``--ranks``
+gloo processes on the CPU, at each of ``--classes``: "sharded r" is PartialFCHead with sample rate
+r (kernel slice, its gradient and SGD momentum on each rank); "replicated" is MarginHead under
+DDP's contract (every rank holds the whole kernel, its gradient and momentum, and all-reduces the
+kernel gradient each step, timed here as one SUM all-reduce). Per rank: the growth of the peak RSS
+over the set-up (ru_maxrss), the step time (forward, backward, collectives, SGD step; the slowest
+rank), and the bytes this rank hands to collectives per step (counted from the tensors).
+
+        python tools/bench_heads.py --partial-fc --classes 617970 2059906 --ranks 4 --batch 32
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 
@@ -144,14 +156,97 @@ def _report(r: dict, reference: dict | None) -> None:
               f"({r['logits_bytes'] / MIB:.0f} MiB)")
 
 
+def _sharded_worker(rank: int, args: argparse.Namespace, init_file: str, classes: int, case: str) -> None:
+    """One gloo rank of a --partial-fc case: a few head steps, then rank 0 prints the case's line."""
+    import torch.distributed as dist
+
+    from qgface.losses.margin import MarginHead
+    from qgface.losses.partial_fc import PartialFCHead
+    from qgface.train.dist import ProcessGroupCollectives
+
+    class CountingCollectives(ProcessGroupCollectives):
+        """Adds up the bytes each call hands to a collective."""
+
+        sent = 0
+
+        def all_gather(self, local: torch.Tensor) -> torch.Tensor:
+            # forward sends the local rows; backward all-reduces the gathered gradient (float rows only)
+            self.sent += local.nbytes + (local.nbytes * self.world_size if local.requires_grad else 0)
+            return super().all_gather(local)
+
+        def all_reduce_sum(self, value: torch.Tensor) -> torch.Tensor:
+            self.sent += value.nbytes
+            return super().all_reduce_sum(value)
+
+        def all_reduce_max(self, value: torch.Tensor) -> torch.Tensor:
+            self.sent += value.nbytes
+            return super().all_reduce_max(value)
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=args.ranks)
+    torch.manual_seed(rank)
+    base = _peak_bytes()
+    emb = torch.nn.functional.normalize(torch.randn(args.batch, 512), dim=1).requires_grad_()
+    norms = 10 + 10 * torch.rand(args.batch, 1)
+    labels = torch.randint(0, classes, (args.batch,))
+    if case == "replicated":
+        comm, head = None, MarginHead("adaface", classes)
+    else:
+        comm = CountingCollectives()
+        head = PartialFCHead("adaface", classes, comm, sample_rate=float(case.split()[1]))
+    opt = torch.optim.SGD(head.parameters(), lr=0.1, momentum=0.9)
+    times, sent = [], 0
+    for step in range(args.reps + 1):
+        dist.barrier()
+        start = time.perf_counter()
+        loss, _ = head(emb, norms, labels)
+        loss.backward()
+        if comm is None:  # DDP's all-reduce of the kernel gradient
+            dist.all_reduce(head.kernel.grad)
+            step_sent = head.kernel.grad.nbytes
+        else:
+            step_sent, comm.sent = comm.sent, 0
+        opt.step()
+        opt.zero_grad(set_to_none=False)
+        if step:  # the first step allocates the momentum and gradient buffers
+            times.append(time.perf_counter() - start)
+            sent = step_sent
+    rows: list = [None] * args.ranks
+    dist.all_gather_object(rows, (_peak_bytes() - base, statistics.median(times), sent))
+    if rank == 0:
+        print(f"{case:>12}  C={classes:>9,}  ranks {args.ranks}  per-rank peak +{max(r[0] for r in rows) / MIB:7.0f} MiB  "
+              f"step {max(r[1] for r in rows) * 1e3:8.1f} ms  sent/rank/step {sent / MIB:9.3f} MiB", flush=True)
+    dist.destroy_process_group()
+
+
+def _partial_fc(args: argparse.Namespace) -> None:
+    import torch.multiprocessing as mp
+
+    for classes in args.classes:
+        for case in [f"sharded {r}" for r in args.rates] + ([] if args.no_replicated else ["replicated"]):
+            with tempfile.TemporaryDirectory() as tmp:
+                mp.spawn(_sharded_worker, args=(args, os.path.join(tmp, "rendezvous"), classes, case),
+                         nprocs=args.ranks, join=True)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--case", choices=["head", "dense", "contrast", "all"], default="all")
+    p.add_argument("--partial-fc", action="store_true", help="benchmark the sharded head on gloo ranks instead")
+    p.add_argument("--classes", type=int, nargs="+", default=[617_970, 2_059_906], help="--partial-fc: class counts")
+    p.add_argument("--ranks", type=int, default=4, help="--partial-fc: gloo processes")
+    p.add_argument("--batch", type=int, default=32, help="--partial-fc: embeddings per rank (both views)")
+    p.add_argument("--rates", type=float, nargs="*", default=[1.0, 0.3], help="--partial-fc: sample rates (none: replicated only)")
+    p.add_argument("--no-replicated", action="store_true",
+                   help="--partial-fc: skip the replicated head (each rank holds the kernel 3 times)")
     p.add_argument("--reps", type=int, default=3)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--chunk-elems", type=int, default=0, help="head.chunk_elems (0 = the CPU default)")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args()
+    if args.partial_fc:
+        _partial_fc(args)
+        return
     if args.child:
         _child(args.case, args.reps, args.threads, args.chunk_elems)
         return

@@ -24,7 +24,7 @@ averages gradients over the W ranks) must scale the embeddings' gradient by W to
 replicated head does, where each rank's loss is its local mean. The largest tensors are [N_global, C_local]
 (C_local = the sampled slice); there is no [N_global, C] tensor on any rank. Memory: this is plain
 autograd, not MarginHead's fused chunked loss, so backward keeps a few [N_global, C_local] tensors
-and a normalised copy of the slice with its gradient (``tools/bench_partial_fc.py`` measures it).
+and a normalised copy of the slice with its gradient (``tools/bench_heads.py --partial-fc`` measures it).
 
 Collectives are passed in (:class:`Collectives`; ``qgface.train.dist.ProcessGroupCollectives``
 under torchrun, :class:`SingleProcess` in one process), so this module runs and is tested without
@@ -89,6 +89,29 @@ def shard_range(num_classes: int, rank: int, world_size: int) -> tuple[int, int]
     return rank * base + min(rank, extra), base + (1 if rank < extra else 0)
 
 
+INIT_CHUNK = 4096
+"""classes per seeded block of the initial proxies (any world size draws the same block)"""
+
+
+def initial_proxies(num_classes: int, embedding_size: int, seed: int, class_start: int, num_local: int) -> torch.Tensor:
+    """Columns ``class_start ... class_start + num_local`` of the initial kernel [D, C]: unit-norm
+    proxies from U(-1, 1), drawn in blocks of ``INIT_CHUNK`` classes, each from its own generator
+    seeded by (``seed``, block). The full kernel is the same at every world size, and a rank draws
+    only the blocks its slice touches (never the [D, C] kernel of 2M classes)."""
+    if not 0 <= class_start <= class_start + num_local <= num_classes:
+        raise ValueError(f"slice {class_start}+{num_local} lies outside {num_classes} classes")
+    out = torch.empty(embedding_size, num_local)
+    for block in range(class_start // INIT_CHUNK, -(-(class_start + num_local) // INIT_CHUNK)):
+        lo, hi = block * INIT_CHUNK, min((block + 1) * INIT_CHUNK, num_classes)
+        words = np.random.SeedSequence([seed, block]).generate_state(2)
+        g = torch.Generator().manual_seed(int(words[0]) << 32 | int(words[1]))
+        cols = torch.empty(embedding_size, hi - lo).uniform_(-1.0, 1.0, generator=g)
+        cols.renorm_(2, 1, 1e-5).mul_(1e5)  # unit-norm proxies
+        a, b = max(lo, class_start), min(hi, class_start + num_local)
+        out[:, a - class_start:b - class_start] = cols[:, a - lo:b - lo]
+    return out
+
+
 def sample_size(num_local: int, sample_rate: float) -> int:
     """Classes of a slice kept per step (before adding positives beyond it): ceil(rate · num_local)."""
     return min(num_local, math.ceil(sample_rate * num_local))
@@ -139,8 +162,7 @@ class PartialFCHead(nn.Module):
         self.quality_scale, self.sample_rate, self.seed = float(quality_scale), sample_rate, seed
         self.comm, self.num_classes = collectives, num_classes
         self.class_start, self.num_local = shard_range(num_classes, collectives.rank, collectives.world_size)
-        kernel = torch.empty(embedding_size, self.num_local).uniform_(-1.0, 1.0)
-        self.kernel = nn.Parameter(kernel.renorm_(2, 1, 1e-5).mul_(1e5))  # unit-norm proxies
+        self.kernel = nn.Parameter(initial_proxies(num_classes, embedding_size, seed, self.class_start, self.num_local))
         self.register_buffer("batch_mean", torch.zeros(1))
         self.register_buffer("batch_std", torch.zeros(1))
         self.register_buffer("sample_step", torch.zeros((), dtype=torch.long))
@@ -217,11 +239,14 @@ class PartialFCHead(nn.Module):
 
     @torch.no_grad()
     def proxies(self, labels: torch.Tensor) -> torch.Tensor:
-        """Current proxies W_c [n, D] of ``labels`` (the same tensor on every rank): each owner fills
-        its classes' rows, one SUM all-reduce of [n, D] assembles them (not the whole kernel)."""
-        labels = labels.reshape(-1).long()
-        local = labels - self.class_start
+        """Current proxies W_c [n, D] of ``labels``: each owner fills the rows of its classes among
+        the distinct labels, one SUM all-reduce of [distinct, D] assembles them (not the whole kernel).
+
+        Every rank must pass the same *set* of labels; their order may differ (the queue holds the
+        same entries in a rank-specific slot order): the reduced rows are the sorted distinct labels."""
+        classes, inverse = labels.reshape(-1).long().unique(return_inverse=True)
+        local = classes - self.class_start
         owned = (local >= 0) & (local < self.num_local)
-        out = self.kernel.new_zeros(labels.numel(), self.kernel.shape[0])
-        out[owned] = self.kernel.detach()[:, local[owned]].t()
-        return self.comm.all_reduce_sum(out)
+        rows = self.kernel.new_zeros(classes.numel(), self.kernel.shape[0])
+        rows[owned] = self.kernel.detach()[:, local[owned]].t()
+        return self.comm.all_reduce_sum(rows)[inverse]

@@ -18,6 +18,7 @@ import logging
 import random
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
@@ -28,14 +29,17 @@ from qgface.config import Config, ConfigError, save_config
 from qgface.data.images import to_network_input
 from qgface.data.loader import build_train_loader
 from qgface.losses import ContrastOutput, ContrastQueue, MarginHead, qg_contrastive_loss
+from qgface.losses.partial_fc import initial_proxies, shard_range
 from qgface.losses.queue import MIN_HISTORY_STEPS, history_steps, queue_size_for
 from qgface.models import CheckpointError, build_backbone
 from qgface.train import checkpoint as ckpt
 from qgface.train import dist
+from qgface.train import sharded_checkpoint as shards
 from qgface.train.determinism import configure_determinism
 from qgface.train.monitor import build_monitor, norm_similarity_heatmap, pair_grid, progress
 from qgface.train.precision import build_autocast, build_scaler, resolve_precision
 from qgface.train.schedule import contrast_weight_at, quality_scale_at, queue_size_at
+from qgface.train.sharded_head import ShardedForward, build_partial_fc_head, check_partial_fc, kernel_param_index
 from qgface.train.signals import REQUEUE_EXIT_CODE, StopFlag
 
 log = logging.getLogger(__name__)
@@ -133,9 +137,14 @@ class Trainer:
             self.total_steps = min(self.total_steps, cfg.train.max_steps)
 
         # ---- model and losses (docs/method.md §1, §3, §4)
-        h = cfg.head
-        head = MarginHead(h.kind, dataset.num_classes, m=h.m, h=h.h, s=h.s, t_alpha=h.t_alpha,
-                          quality_scale=h.quality_scale, chunk_elems=h.chunk_elems, tf32=h.tf32)
+        h, num_classes = cfg.head, dataset.num_classes
+        if h.partial_fc:  # this rank's slice of the proxies, outside DDP (README "Partial FC")
+            head = build_partial_fc_head(cfg, num_classes)
+        else:
+            with torch.random.fork_rng(devices=[]):  # the kernel is drawn below, as the sharded head draws it
+                head = MarginHead(h.kind, num_classes, m=h.m, h=h.h, s=h.s, t_alpha=h.t_alpha,
+                                  quality_scale=h.quality_scale, chunk_elems=h.chunk_elems, tf32=h.tf32)
+            head.kernel.data.copy_(initial_proxies(num_classes, head.kernel.shape[0], cfg.seed, 0, num_classes))
         t = cfg.train
         if batch % t.grad_accum:
             raise ConfigError(f"data.batch_size={batch} must be a multiple of train.grad_accum={t.grad_accum}")
@@ -147,8 +156,10 @@ class Trainer:
             self.model.backbone.to(memory_format=torch.channels_last)
         if t.compile:
             self.model.backbone.compile()  # in place: parameter names (and checkpoints) stay the same
-        self.ddp = self.model if self.dist.world_size == 1 else dist.wrap_ddp(
-            self.model, self.device, static_graph=t.static_graph, compression=t.grad_compression)
+        wrapped = self.model.backbone if h.partial_fc else self.model  # the sharded kernel stays out of DDP
+        if self.dist.world_size > 1:
+            wrapped = dist.wrap_ddp(wrapped, self.device, static_graph=t.static_graph, compression=t.grad_compression)
+        self.ddp = ShardedForward(wrapped, head) if h.partial_fc else wrapped
         self.world_keys = self.num_views * batch * self.dist.world_size  # keys one step enqueues
         self.queue = self._build_queue()
 
@@ -159,6 +170,7 @@ class Trainer:
                                          fused=fused or None)
         self.scheduler = torch.optim.lr_scheduler.MultiStepLR(self.optimizer, milestones=o.milestones, gamma=o.gamma)
         self.precision = resolve_precision(cfg.train.precision, self.device)
+        check_partial_fc(cfg, self.precision)
         self.autocast = build_autocast(self.precision, self.device)
         self.scaler = build_scaler(self.precision, self.device)
 
@@ -244,7 +256,9 @@ class Trainer:
         """docs/method.md §4: enqueue both views of every rank (own first) BEFORE the loss, then the loss.
 
         Also returns a 0-dim bool tensor: does the queue's current view hold this step's keys."""
-        c, b, kernel = self.cfg.contrast, labels.shape[0], self.model.head.kernel
+        c, b = self.cfg.contrast, labels.shape[0]
+        # the proxies of the queued classes: kernel columns, or gathered from their owners when sharded
+        kernel = self.model.head.proxies if self.cfg.head.partial_fc else self.model.head.kernel
         k, q = emb[:b], emb[b:]  # k = H views, q = L views
         local_slots = self.queue.enqueue(emb.detach(), labels.repeat(2), kernel)
         queue_keys, queue_labels = self.queue.current(kernel, self.queue_size)
@@ -313,19 +327,24 @@ class Trainer:
     # ------------------------------------------------------------------ checkpoints
     def _save(self, finished: bool, epoch_end: bool) -> None:
         rng = dist.gather_objects(ckpt.capture_rng())  # every rank's own streams, in rank order
+        c = self.cfg
+        folder = ckpt.checkpoint_dir(c)
+        head_state, optimizer_state = self.model.head.state_dict(), self.optimizer.state_dict()
+        if c.head.partial_fc:
+            self._save_kernel_shards(folder, epoch_end, head_state, optimizer_state)
         if not self.dist.is_main:
             return
-        c = self.cfg
         state = {
             "format_version": ckpt.FORMAT_VERSION, "backbone": c.model.backbone,
-            "model": self.model.backbone.state_dict(), "head": self.model.head.state_dict(),
+            "model": self.model.backbone.state_dict(), "head": head_state,
             "queue": self.queue.state_dict() if self.queue is not None else None,
-            "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+            "optimizer": optimizer_state, "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(), "epoch": self.epoch, "step": self.step,
             "batch_in_epoch": self.batch_in_epoch, "rng": rng, "config": c.to_dict(), "finished": finished,
         }
-        folder = ckpt.checkpoint_dir(c)
         ckpt.save_checkpoint(folder / "last.pt", state)
+        if c.head.partial_fc:
+            shards.prune_shards(folder, self.step)
         if epoch_end:  # written once: the epoch's copy is a hard link to last.pt
             ckpt.link_or_copy(folder / "last.pt", folder / f"epoch_{self.epoch}.pt")
         log.info("saved %s at step %d%s", folder / "last.pt", self.step, f" (+ epoch_{self.epoch}.pt)" if epoch_end else "")
@@ -342,10 +361,15 @@ class Trainer:
             raise CheckpointError(f"checkpoint {str(path)!r} {'lacks' if self.queue else 'has'} key 'queue' "
                                   f"content; it was written with another contrast.enabled / data.views setting")
         ckpt.load_module_state(self.model.backbone, state["model"], path, "model")
-        ckpt.load_module_state(self.model.head, state["head"], path, "head")
+        head_state, momentum = state["head"], None
+        if self.cfg.head.partial_fc:
+            head_state, momentum = self._load_kernel_shards(path, state)
+        ckpt.load_module_state(self.model.head, head_state, path, "head")
         if self.queue is not None:
             ckpt.load_module_state(self.queue, state["queue"], path, "queue")
         self.optimizer.load_state_dict(state["optimizer"])
+        if momentum is not None:  # the sharded kernel's momentum: this rank's slice
+            self.optimizer.state[self.model.head.kernel]["momentum_buffer"] = momentum.to(self.model.head.kernel)
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
         self.epoch, self.step, self.batch_in_epoch = state["epoch"], state["step"], state["batch_in_epoch"]
@@ -355,6 +379,32 @@ class Trainer:
             log.warning("%s was written by %d ranks, this run has %d: RNG streams restart from the seed",
                         path, len(state["rng"]), self.dist.world_size)
         log.info("resumed from %s: epoch %d, batch %d, step %d", path, self.epoch, self.batch_in_epoch, self.step)
+
+    def _save_kernel_shards(self, folder: Path, epoch_end: bool, head_state: dict, optimizer_state: dict) -> None:
+        """Every rank writes its kernel slice and momentum (sharded_checkpoint); rank 0, once all are
+        written, the manifest. The kernel and its state leave the dicts last.pt is made of."""
+        head, index = self.model.head, kernel_param_index(self.optimizer, self.model.head.kernel)
+        momentum = optimizer_state["state"].pop(index, {}).get("momentum_buffer")
+        head_state.pop("kernel")
+        shards.write_shard(folder, self.step, head, momentum)
+        dist.barrier()
+        if self.dist.is_main:
+            ranges = [shard_range(head.num_classes, r, self.dist.world_size) for r in range(self.dist.world_size)]
+            shards.write_manifest(folder, self.step, head, epoch_end, ranges)
+
+    def _load_kernel_shards(self, path: Path, state: dict) -> tuple[dict, torch.Tensor | None]:
+        """(head state with this rank's kernel slice, its momentum) from the shards of ``state``'s step,
+        re-sharded when they were written by another number of ranks."""
+        if "kernel" in state["head"]:
+            raise CheckpointError(f"checkpoint {str(path)!r} holds the whole kernel (written with "
+                                  "head.partial_fc=false); resume it with head.partial_fc=false")
+        head, folder = self.model.head, Path(path).parent
+        manifest = shards.read_manifest(folder, state["step"], head.num_classes, Path(path))
+        if manifest["world_size"] != self.dist.world_size:
+            log.warning("%s: kernel written by %d ranks, re-sharded over %d", path, manifest["world_size"],
+                        self.dist.world_size)
+        kernel, momentum = shards.load_slice(folder, manifest, head.class_start, head.num_local)
+        return {**state["head"], "kernel": kernel}, momentum
 
     # ------------------------------------------------------------------ monitoring (after the step)
     def _log(self, out: StepOutput, views: torch.Tensor, images: bool) -> None:

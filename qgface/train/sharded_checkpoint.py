@@ -1,0 +1,123 @@
+"""Checkpoints of a ``head.partial_fc`` run: the kernel and its momentum in per-rank shards.
+
+``last.pt`` keeps the format of ``qgface.train.checkpoint`` (so evaluation, export and the
+Recognizer read its backbone as from any run), except that its ``head`` holds the head's buffers
+only (AdaFace statistics, sampling counter) and its ``optimizer`` lacks the kernel's state. The
+kernel and its SGD momentum are written by every rank, in parallel, each file atomically:
+
+    checkpoints/head_shards/step_<N>/rank_<r>.pt   {"kernel" [D, n_r], "momentum" [D, n_r] or None,
+                                                    "class_start", "num_local"}
+    checkpoints/head_shards/step_<N>/manifest.json {"step", "world_size", "num_classes", "ranges",
+                                                    "epoch_end", "files"}
+
+Order of a save: every rank writes its shard; a barrier; rank 0 writes the manifest, then
+``last.pt`` (whose ``step`` names the shard folder), then removes the shard folders of earlier steps
+that are not epoch ends (``epoch_<N>.pt`` still points at those). A crash anywhere leaves the
+previous ``last.pt`` and its complete folder in place. Resuming reads the manifest of
+``last.pt``'s step: with the same world size each rank loads its own file; with another, each rank
+cuts its new contiguous slice (``shard_range``) out of the old shards it overlaps (memory-mapped).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from qgface.atomic import atomic_open, atomic_write_text
+from qgface.losses.partial_fc import PartialFCHead
+from qgface.models import CheckpointError
+
+log = logging.getLogger(__name__)
+
+SHARDS = "head_shards"
+
+
+def shard_dir(checkpoints: Path, step: int) -> Path:
+    return checkpoints / SHARDS / f"step_{step:09d}"
+
+
+def write_shard(checkpoints: Path, step: int, head: PartialFCHead, momentum: torch.Tensor | None) -> None:
+    """This rank's kernel slice and its momentum, atomically (every rank calls it)."""
+    folder = shard_dir(checkpoints, step)
+    folder.mkdir(parents=True, exist_ok=True)
+    state = {"kernel": head.kernel.detach(), "momentum": momentum, "class_start": head.class_start,
+             "num_local": head.num_local}
+    with atomic_open(folder / f"rank_{head.comm.rank}.pt", "wb") as f:
+        torch.save(state, f)
+
+
+def write_manifest(checkpoints: Path, step: int, head: PartialFCHead, epoch_end: bool,
+                   ranges: list[tuple[int, int]]) -> None:
+    """Rank 0, after every rank's shard is written: what the step's folder holds."""
+    manifest = {"step": step, "world_size": len(ranges), "num_classes": head.num_classes,
+                "ranges": [list(r) for r in ranges], "epoch_end": epoch_end,
+                "files": [f"rank_{r}.pt" for r in range(len(ranges))]}
+    atomic_write_text(shard_dir(checkpoints, step) / "manifest.json", json.dumps(manifest, indent=1) + "\n")
+
+
+def prune_shards(checkpoints: Path, keep_step: int) -> None:
+    """Remove the shard folders other than ``keep_step``'s, except those of epoch ends."""
+    root = checkpoints / SHARDS
+    for folder in sorted(root.glob("step_*")):
+        if folder == shard_dir(checkpoints, keep_step):
+            continue
+        try:
+            epoch_end = json.loads((folder / "manifest.json").read_text())["epoch_end"]
+        except (OSError, ValueError, KeyError):
+            epoch_end = False  # an unfinished save (no manifest): never referenced by a last.pt
+        if not epoch_end:
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def read_manifest(checkpoints: Path, step: int, num_classes: int, source: Path) -> dict[str, Any]:
+    """The manifest of ``step``'s shards, checked against the checkpoint ``source`` and this run."""
+    path = shard_dir(checkpoints, step) / "manifest.json"
+    try:
+        manifest = json.loads(path.read_text())
+    except OSError as exc:
+        raise CheckpointError(f"checkpoint {str(source)!r} was written with head.partial_fc=true but its kernel "
+                              f"shards' manifest {str(path)!r} cannot be read ({exc.strerror}); copy the run's "
+                              f"{SHARDS}/ folder along with last.pt") from None
+    except ValueError as exc:
+        raise CheckpointError(f"kernel shard manifest {str(path)!r} is not valid JSON: {exc}") from None
+    if manifest.get("step") != step:
+        raise CheckpointError(f"kernel shard manifest {str(path)!r} is for step {manifest.get('step')!r}, "
+                              f"checkpoint {str(source)!r} for step {step}")
+    if manifest.get("num_classes") != num_classes:
+        raise CheckpointError(f"kernel shard manifest {str(path)!r} holds {manifest.get('num_classes')!r} classes, "
+                              f"this run's data has {num_classes}")
+    return manifest
+
+
+def load_slice(checkpoints: Path, manifest: dict[str, Any], class_start: int, num_local: int
+               ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(kernel [D, num_local], momentum or None) of classes ``class_start ...`` cut out of the shards
+    that overlap them (the same world size reads exactly its own file)."""
+    folder = shard_dir(checkpoints, manifest["step"])
+    kernels, momenta = [], []
+    end = class_start + num_local
+    for name, (start, count) in zip(manifest["files"], manifest["ranges"]):
+        lo, hi = max(start, class_start), min(start + count, end)
+        if lo >= hi:
+            continue
+        path = folder / name
+        try:
+            shard = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except Exception as exc:  # missing, truncated or foreign file: one message naming it
+            raise CheckpointError(f"kernel shard {str(path)!r} cannot be loaded: {exc}") from exc
+        if (shard["class_start"], shard["num_local"]) != (start, count):
+            raise CheckpointError(f"kernel shard {str(path)!r} holds classes {shard['class_start']}+"
+                                  f"{shard['num_local']}, its manifest says {start}+{count}")
+        kernels.append(shard["kernel"][:, lo - start:hi - start])
+        momenta.append(None if shard["momentum"] is None else shard["momentum"][:, lo - start:hi - start])
+    if sum(k.shape[1] for k in kernels) != num_local:
+        raise CheckpointError(f"the kernel shards in {str(folder)!r} do not cover classes {class_start}..{end - 1}")
+    kernel = torch.cat(kernels, 1).clone()
+    if any(m is None for m in momenta):
+        return kernel, None
+    return kernel, torch.cat(momenta, 1).clone()
