@@ -28,6 +28,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 import qgface
 from qgface.config import ConfigError, load_config
 from qgface.data.synthetic import generate
+from qgface.eval.run import checkpoint_info
 from qgface.losses.partial_fc import (
     PartialFCHead,
     SingleProcess,
@@ -263,6 +264,10 @@ def test_settings_the_sharded_head_refuses():
 
 @pytest.mark.slow
 def test_evaluation_and_export_load_the_backbone_of_a_sharded_run(sharded_run):
+    # python -m qgface.eval reads the checkpoint's layout, then (as tools/export_onnx.py and the
+    # Recognizer) loads it with load_backbone: the backbone only, no kernel shards needed
+    info = checkpoint_info(sharded_run / "checkpoints" / "last.pt")
+    assert (info["layout"], info["step"], info["backbone"]) == ("qgface", STEPS, "ir_tiny")
     model = load_backbone(sharded_run / "checkpoints" / "last.pt")
     for key, value in _last(sharded_run)["model"].items():
         assert torch.equal(model.state_dict()[key], value)
