@@ -306,3 +306,28 @@ def test_one_process_trains_with_class_sampling(train_root, tmp_path):
         assert len(sampled) == max(6, len(set(labels.tolist())))
     assert int(_last(run)["head"]["sample_step"]) == 2
     assert all(np.isfinite(_scalars(run, "train/loss")))
+
+
+@pytest.mark.slow
+def test_resuming_across_the_partial_fc_setting_is_refused(train_root, tmp_path):
+    run = tmp_path / "replicated"
+    base = [f"data.root={train_root}", *ARGS, "train.max_steps=1"]
+    trainer = Trainer(load_config(None, [*base, f"run_dir={run}"]))
+    try:
+        assert trainer.train() == 0
+    finally:
+        trainer.close()
+    last = run / "checkpoints" / "last.pt"
+    with pytest.raises(CheckpointError, match="holds the whole kernel .written with head.partial_fc=false"):
+        Trainer(load_config(None, [*base, f"run_dir={tmp_path / 'b'}", "head.partial_fc=true", f"train.resume={last}"]))
+    # a sharded run's last.pt copied without its head_shards/ folder
+    trainer = Trainer(load_config(None, [*base, f"run_dir={tmp_path / 'c'}", "head.partial_fc=true"]))
+    try:
+        assert trainer.train() == 0
+    finally:
+        trainer.close()
+    lonely = tmp_path / "copy" / "last.pt"
+    lonely.parent.mkdir()
+    lonely.write_bytes((tmp_path / "c" / "checkpoints" / "last.pt").read_bytes())
+    with pytest.raises(CheckpointError, match="head_shards/ folder along with last.pt"):
+        Trainer(load_config(None, [*base, f"run_dir={tmp_path / 'd'}", "head.partial_fc=true", f"train.resume={lonely}"]))
