@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import sys
 from collections.abc import Sequence
 
 from qgface.config import ConfigError, load_config
@@ -22,10 +23,15 @@ log = logging.getLogger("qgface.train")
 def _setup_logging() -> None:
     # called before the process group exists: torchrun's RANK says which process this is
     rank = int(os.environ.get("RANK", "0"))
-    logging.basicConfig(
-        level=logging.INFO if rank == 0 else logging.WARNING,
-        format=f"%(asctime)s [rank {rank}] %(levelname)s %(name)s: %(message)s",
-    )
+    level = logging.INFO if rank == 0 else logging.WARNING
+    logging.basicConfig(level=level, format=f"%(asctime)s [rank {rank}] %(levelname)s %(name)s: %(message)s")
+    # progress lines go to stdout: the launcher's terminal in local mode, the job's .out log on Slurm
+    to_stdout = logging.StreamHandler(sys.stdout)
+    to_stdout.setFormatter(logging.Formatter("%(asctime)s %(message)s", datefmt="%H:%M:%S"))
+    progress_log = logging.getLogger("qgface.train.progress")
+    progress_log.addHandler(to_stdout)
+    progress_log.setLevel(level)
+    progress_log.propagate = False
 
 
 def main(argv: Sequence[str]) -> int:
