@@ -209,8 +209,15 @@ class EvalConfig:
     """TinyFace: folder under data_root with the aligned Probe/, Gallery_Match/, Gallery_Distractor/ images"""
     scface_aligned_dir: str = "scface/aligned"
     """SCface: folder under data_root with the aligned NNN_camK_D.jpg probes and NNN_frontal.jpg mugshots"""
-    checkpoint: str = "last.pt"
-    """checkpoint of the run evaluated after training"""
+    checkpoints: str = "last"
+    """checkpoints evaluated after training: last (last.pt), all (every epoch_<e>.pt, and last.pt unless it is one), or comma-separated file names in checkpoints/ or paths"""
+
+    def __post_init__(self) -> None:
+        if self.checkpoints not in ("last", "all"):
+            names = [name.strip() for name in self.checkpoints.split(",")]
+            if not all(name.endswith((".pt", ".pth", ".ckpt")) for name in names):
+                raise ConfigError(f"eval.checkpoints must be last, all or comma-separated checkpoint files "
+                                  f"(e.g. epoch_1.pt,last.pt); got {self.checkpoints!r}")
 
 
 @dataclass

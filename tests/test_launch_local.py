@@ -103,7 +103,6 @@ def test_run_directory_is_timestamped_with_absolute_paths(tmp_path, monkeypatch)
     saved = load_config(first.config_path)
     assert saved.run_dir == str(first.run_dir) and saved.resolved_run_dir() == first.run_dir
     assert saved.data.root == str(tmp_path / "train") and saved.data.synthetic_dir == str(tmp_path / "logs/synthetic")
-    assert first.checkpoint == first.run_dir / "checkpoints" / "last.pt"
 
 
 def test_torchrun_command_lines():
@@ -144,7 +143,7 @@ def test_local_chain_trains_evaluates_and_aggregates(tmp_path):
     ckpt = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True, map_location="cpu")
     assert ckpt["finished"] and ckpt["step"] == 6
     assert yaml.safe_load((run_dir / "config.yaml").read_text())["run_dir"] == str(run_dir)
-    assert (run_dir / "eval" / "tinyface.json").is_file()
+    assert (run_dir / "eval" / "last" / "tinyface.json").is_file()
     with open(run_dir / "results.csv") as f:
         reader = csv.DictReader(f)
         rows = list(reader)

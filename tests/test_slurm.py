@@ -168,7 +168,7 @@ def test_eval_array_ran_after_training_on_its_nodes(chain_run):
         assert task["StartTime"] >= train["EndTime"], "afterok: evaluation starts once training has ended"
     assert sorted(r["benchmark"] for r in task_results(run_dir, ids["eval_array"])) == sorted(BENCHMARKS)
     for name in BENCHMARKS:
-        assert json.loads((run_dir / "eval" / f"{name}.json").read_text())["status"] == "ok"
+        assert json.loads((run_dir / "eval" / "last" / f"{name}.json").read_text())["status"] == "ok"
 
 
 def test_aggregation_wrote_results_csv_and_tensorboard(chain_run):
@@ -344,7 +344,7 @@ def test_eval_sbatch_by_hand_after_a_compression_killed_by_sigkill(chain_run, tm
     assert [t["JobState"] for t in tasks] == ["COMPLETED", "COMPLETED"]
     assert (rec_dir / "tinyface.manifest.json").is_file() and not list(rec_dir.glob(".*.tmp"))
     for name in ("tinyface", "ijbb"):
-        assert json.loads((run_dir / "eval" / f"{name}.json").read_text())["status"] == "ok"
+        assert json.loads((run_dir / "eval" / "last" / f"{name}.json").read_text())["status"] == "ok"
     done = subprocess.run([sys.executable, "-m", "qgface.aggregate", str(run_dir)], env=ENV, capture_output=True,
                           text=True)  # fmt: skip
     assert done.returncode == 0, done.stderr

@@ -260,16 +260,29 @@ def run_entry_point(args: Sequence[str], what: str) -> None:
 
 
 class EvalTask:
-    """One evaluation array task: ``python -m qgface.eval --checkpoint CKPT --benchmark NAME``."""
+    """One evaluation array task: ``python -m qgface.eval --checkpoint CKPT --benchmark NAME`` for every
+    checkpoint ``eval.checkpoints`` names (resolved when the task runs, after training has saved them)."""
 
-    def __init__(self, checkpoint: str) -> None:
-        self.checkpoint = checkpoint
+    def __init__(self, run_dir: str) -> None:
+        self.run_dir = run_dir
 
     def __call__(self, benchmark: str) -> dict[str, Any]:
+        from qgface.config import load_config
+        from qgface.eval.run import checkpoints_to_evaluate
+
         setup_logging()
-        args = ["qgface.eval", "--checkpoint", self.checkpoint, "--benchmark", benchmark]
-        run_entry_point(args, f"evaluation of {benchmark}")
-        return {"benchmark": benchmark, "hostname": socket.gethostname()}
+        spec = load_config(Path(self.run_dir) / "config.yaml").eval.checkpoints
+        checkpoints = checkpoints_to_evaluate(self.run_dir, spec)
+        failures = []
+        for checkpoint in checkpoints:
+            args = ["qgface.eval", "--checkpoint", str(checkpoint), "--benchmark", benchmark]
+            try:
+                run_entry_point(args, f"evaluation of {benchmark} on {checkpoint.name}")
+            except JobStepError as err:
+                failures.append(str(err))
+        if failures:
+            raise JobStepError("\n".join(failures))
+        return {"benchmark": benchmark, "checkpoints": [str(c) for c in checkpoints], "hostname": socket.gethostname()}
 
 
 class AggregateTask:

@@ -54,12 +54,6 @@ class Run:
     run_dir: Path
     config_path: Path
 
-    @property
-    def checkpoint(self) -> Path:
-        """The checkpoint the evaluation array scores (``eval.checkpoint``, relative to checkpoints/)."""
-        ckpt = Path(self.cfg.eval.checkpoint)
-        return ckpt if ckpt.is_absolute() else self.run_dir / "checkpoints" / ckpt
-
 
 @dataclass
 class Chain:
@@ -187,7 +181,7 @@ def submit_chain(run: Run, evaluate: bool = True, report: Report = log.info) -> 
                 slurm_dependency=f"afterok:{chain.train.job_id}",
                 slurm_additional_parameters={"kill_on_invalid_dep": "yes"},
             )
-            chain.evals = eval_ex.map_array(jobs.EvalTask(str(run.checkpoint)), benchmarks)
+            chain.evals = eval_ex.map_array(jobs.EvalTask(str(run.run_dir)), benchmarks)
             array_id = chain.evals[0].job_id.split("_")[0]
             report(f"eval array: {array_id} ({', '.join(benchmarks)}; afterok:{chain.train.job_id}, same nodes)")
             agg_ex = _executor(run, "slurm", "aggregate", nodes=1, gpus=0, time_min=AGGREGATE_TIME_MIN)
@@ -222,7 +216,7 @@ def run_local_chain(run: Run, evaluate: bool = True, report: Report = log.info) 
         return 0 if train_ok else 1
     if train_ok:
         for benchmark in run.cfg.eval.benchmarks:
-            task = jobs.EvalTask(str(run.checkpoint))
+            task = jobs.EvalTask(str(run.run_dir))
             _run_local(run, f"eval {benchmark}", report, task, benchmark, gpus=min(c.gpus_per_node, 1))
     else:
         report("training failed: no evaluation; aggregation reports every benchmark as missing")

@@ -40,7 +40,11 @@ def main(argv: Sequence[str]) -> int:
                                      "75 = stopped by a signal after saving last.pt (requeue), 1 = failure.")
     parser.add_argument("items", nargs="*", metavar="[CONFIG] key=value",
                         help="a YAML config file (optional, first) then dotted overrides, e.g. optim.lr=0.05")
-    items = parser.parse_args(list(argv)).items
+    parser.add_argument("--allow-changes", action="store_true",
+                        help="continue a run even when keys that change what is trained differ from its "
+                        "config.yaml (the change is recorded in config_history.yaml)")
+    args = parser.parse_intermixed_args(list(argv))
+    items = args.items
     config = items[0] if items and "=" not in items[0] else None
     overrides = items[1:] if config else items
     _setup_logging()
@@ -51,7 +55,7 @@ def main(argv: Sequence[str]) -> int:
     trainer = None
     try:
         cfg = load_config(config, overrides)
-        trainer = Trainer(cfg)
+        trainer = Trainer(cfg, config_source=config or "python -m qgface.train", allow_changes=args.allow_changes)
         return trainer.train()
     except (ConfigError, CheckpointError, DatasetLayoutError, NonFiniteLossError) as err:
         log.error("%s", err)

@@ -24,8 +24,9 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from qgface.config import Config, ConfigError, save_config
+from qgface.config import Config, ConfigError
 from qgface.data.loader import build_train_loader
+from qgface.history import record_config
 from qgface.losses import ContrastOutput, ContrastQueue, MarginHead, qg_contrastive_loss
 from qgface.models import CheckpointError, build_backbone
 from qgface.train import checkpoint as ckpt
@@ -89,7 +90,9 @@ def train_data_root(cfg: Config) -> str:
 class Trainer:
     """Builds everything from the config; ``train()`` runs (or continues) the schedule."""
 
-    def __init__(self, cfg: Config) -> None:
+    def __init__(self, cfg: Config, config_source: str = "python -m qgface.train", allow_changes: bool = False) -> None:
+        """``config_source`` and ``allow_changes`` go to ``qgface.history.record_config``: a continued
+        run refuses config changes that change what is trained unless ``allow_changes``."""
         self.cfg = cfg
         self.dist = dist.init_distributed()
         self.device = self.dist.device
@@ -138,7 +141,7 @@ class Trainer:
         self.stop, self.stop_now = StopFlag(), False
         self._resume()
         if self.dist.is_main:  # after the resume checks, so a mismatched rerun leaves the run's config alone
-            save_config(cfg, self.run_dir / "config.yaml")
+            record_config(self.run_dir, cfg, self.step, source=config_source, allow_training_changes=allow_changes)
         self.monitor = build_monitor(self.run_dir, self.dist.is_main, self.step)
         self._bar = None
         self._last_log = (time.perf_counter(), self.step)
