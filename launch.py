@@ -61,6 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-eval", action="store_true", help="train only: no evaluation array, no aggregation")
     p.add_argument("--wait", action="store_true", help="on Slurm, stay until the chain has ended and exit 0 only "
                    "if it succeeded (for scripts; local mode always waits)")
+    p.add_argument("--allow-changes", action="store_true", help="continue a run (run_dir=<run>) even when keys that "
+                   "change what is trained (model, data, losses, optimiser) differ from its config.yaml; the change "
+                   "is recorded in <run>/config_history.yaml with the step it took effect")
     p.add_argument("--name", help="run name; the run directory is <output_root>/<name>-<YYYYmmdd-HHMMSS> (name)")
     p.add_argument("args", nargs="*", metavar="[CONFIG] [key=value ...]",
                    help=f"a YAML config (default {DEFAULT_CONFIG.relative_to(DEFAULT_CONFIG.parents[1])}), then "
@@ -99,7 +102,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     mode = resolve_mode(ns.cluster)
-    run = prepare_run(cfg)
+    try:
+        run = prepare_run(cfg, source=str(config), allow_changes=ns.allow_changes)
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     print(f"run directory: {run.run_dir}", flush=True)
     ensure_data(run, evaluate=not ns.no_eval)
 

@@ -32,7 +32,8 @@ import submitit
 
 from qgface.atomic import atomic_write_text
 from qgface.cluster import jobs, slurm_env
-from qgface.config import Config, from_dict, save_config
+from qgface.config import Config, from_dict
+from qgface.history import record_config
 
 log = logging.getLogger(__name__)
 
@@ -94,12 +95,20 @@ def resolve_mode(cluster: str) -> str:
     return "slurm"
 
 
-def prepare_run(cfg: Config, now: datetime.datetime | None = None) -> Run:
+def prepare_run(cfg: Config, now: datetime.datetime | None = None, *, source: str = "",
+                allow_changes: bool = False) -> Run:
     """Create the run directory (``<output_root>/<name>-<YYYYmmdd-HHMMSS>`` unless ``run_dir`` is set)
-    and write the resolved config, with absolute paths, to its ``config.yaml``."""
+    and write the resolved config, with absolute paths, to its ``config.yaml``.
+
+    Continuing a run (``run_dir`` set and holding a config) goes through ``qgface.history.record_config``:
+    changes of keys that change what is trained are refused (ConfigError, nothing written) unless
+    ``allow_changes``; accepted changes are recorded with the step of ``last.pt``. ``source`` is the
+    config file the user gave, recorded for results.csv's ``config`` column."""
     cfg = _absolute_paths(cfg)
     if cfg.run_dir:
         run_dir = Path(cfg.run_dir)
+        if (run_dir / "config.yaml").is_file():  # refuse before touching anything
+            record_config(run_dir, cfg, _trained_steps(run_dir), source, allow_training_changes=allow_changes)
         run_dir.mkdir(parents=True, exist_ok=True)
     else:
         run_dir = _new_run_dir(Path(cfg.output_root), cfg.name, now or datetime.datetime.now())
@@ -107,8 +116,18 @@ def prepare_run(cfg: Config, now: datetime.datetime | None = None) -> Run:
     for sub in ("slurm", "checkpoints", "tb", "eval"):
         (run_dir / sub).mkdir(exist_ok=True)
     config_path = run_dir / "config.yaml"
-    save_config(cfg, config_path)
+    record_config(run_dir, cfg, _trained_steps(run_dir), source, allow_training_changes=allow_changes)
     return Run(cfg, run_dir, config_path)
+
+
+def _trained_steps(run_dir: Path) -> int:
+    """The step of ``<run>/checkpoints/last.pt`` (0 when there is none): where a continued run resumes."""
+    last = run_dir / "checkpoints" / "last.pt"
+    if not last.is_file():
+        return 0
+    from qgface.eval.run import checkpoint_info  # torch: only for a run that has a checkpoint
+
+    return int(checkpoint_info(last)["step"] or 0)
 
 
 def ensure_data(run: Run, evaluate: bool = True) -> None:
