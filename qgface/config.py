@@ -281,7 +281,9 @@ def load_config(path: str | Path | None = None, overrides: typing.Sequence[str] 
     if path is not None:
         _merge(values, _read_yaml_chain(Path(path), seen=()))
     for item in overrides:
-        _merge(values, _parse_override(item))
+        override = _parse_override(item)
+        _build(Config, override, prefix="", source=f"override {item!r}")  # its own mistakes blamed on it
+        _merge(values, override)
     return from_dict(values, source=str(path) if path else "overrides")
 
 

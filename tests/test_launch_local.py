@@ -16,7 +16,7 @@ import pytest
 import torch
 import yaml
 
-from qgface.cluster import jobs, prepare_run, resolve_mode, slurm_env
+from qgface.cluster import SlurmUnavailableError, jobs, prepare_run, resolve_mode, slurm_env
 from qgface.config import load_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -28,8 +28,8 @@ FEW_STEPS = [
     "train.steps_per_epoch=3", "optim.epochs=2", "optim.milestones=[1]", "train.checkpoint_every=1",
     "train.log_every=1", "data.num_workers=0", "eval.num_workers=0", f"data.synthetic_dir={SYNTHETIC_DIR}",
 ]  # fmt: skip
-PAPER_COLUMNS = ["checkpoint", "step", "scface_d1", "scface_d2", "scface_d3", "tinyface_rank1", "ijbb_tar_at_1e-4",
-                 "hq_avg", "all_avg"]  # fmt: skip
+PAPER_COLUMNS = ["run", "config", "checkpoint", "step", "scface_d1", "scface_d2", "scface_d3", "tinyface_rank1",
+                 "ijbb_tar_at_1e-4", "ijbc_tar_at_1e-4", "hq_avg", "all_avg"]  # fmt: skip
 
 
 def _launch_module():
@@ -75,7 +75,9 @@ def test_flags_win_over_key_value_and_default_config_is_tiny():
 def test_auto_mode_is_local_without_sbatch(tmp_path, monkeypatch):
     monkeypatch.setenv("PATH", str(tmp_path))
     assert resolve_mode("auto") == "local"
-    assert resolve_mode("slurm") == "slurm" and resolve_mode("local") == "local"
+    assert resolve_mode("local") == "local"
+    with pytest.raises(SlurmUnavailableError, match="sbatch is not on PATH"):
+        resolve_mode("slurm")
     with pytest.raises(ValueError, match="auto, slurm or local"):
         resolve_mode("kubernetes")
 
@@ -119,15 +121,13 @@ def test_torchrun_command_lines():
     assert "--standalone" in local and local[local.index("--nproc_per_node") + 1] == "4"
 
 
-def test_failed_training_fails_the_local_run(tmp_path):
+def test_an_empty_data_root_is_refused_before_a_run_directory_exists(tmp_path):
     (tmp_path / "empty").mkdir()
     done = run_launch("--cluster", "local", "--no-eval", *FEW_STEPS, f"output_root={tmp_path / 'logs'}",
                       f"data.root={tmp_path / 'empty'}", "train.max_restarts=0", cwd=tmp_path, timeout=300)
-    assert done.returncode == 1, done.stdout + done.stderr
-    assert "train failed" in done.stdout and "torchrun exited with" in done.stdout
-    run_dir = run_dir_of(done.stdout)
-    assert not (run_dir / "checkpoints" / "last.pt").exists()
-    assert list((run_dir / "slurm").glob("*_0_log.err")), "the job's log goes to <run>/slurm/"
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert f"error: data.root={tmp_path / 'empty'}: " in done.stderr and "run directory" not in done.stdout
+    assert not (tmp_path / "logs").exists() or not any((tmp_path / "logs").iterdir())
 
 
 @pytest.mark.slow

@@ -5,7 +5,10 @@ Only this package knows Slurm. ``launch.py`` calls ``prepare_run``, ``ensure_dat
 """
 
 from qgface.cluster.jobs import AggregateTask, EvalTask, JobStepError, TrainTask
-from qgface.cluster.submit import Chain, Run, ensure_data, prepare_run, resolve_mode, run_local_chain, submit_chain
+from qgface.cluster.submit import (
+    Chain, LocalRunInterrupted, Run, SlurmUnavailableError, ensure_data, prepare_run, resolve_mode, run_local_chain,
+    submit_chain,
+)
 from qgface.cluster.wait import wait_for_chain
 
 __all__ = [
@@ -13,7 +16,9 @@ __all__ = [
     "Chain",
     "EvalTask",
     "JobStepError",
+    "LocalRunInterrupted",
     "Run",
+    "SlurmUnavailableError",
     "TrainTask",
     "ensure_data",
     "prepare_run",

@@ -31,7 +31,7 @@ from typing import Any
 import submitit
 
 from qgface.atomic import atomic_write_text
-from qgface.cluster import jobs, slurm_env
+from qgface.cluster import follow, jobs, slurm_env
 from qgface.config import Config, from_dict
 from qgface.history import record_config
 
@@ -75,21 +75,33 @@ class Chain:
         return out
 
 
+class SlurmUnavailableError(RuntimeError):
+    """``--cluster slurm`` was asked for, but there is no Slurm to submit to (one line saying why)."""
+
+
 def resolve_mode(cluster: str) -> str:
-    """``auto`` = ``slurm`` when ``sbatch`` is on PATH and the controller answers, else ``local``.
+    """``auto`` = ``slurm`` when ``sbatch`` is on PATH and the controller answers, else ``local``;
+    ``slurm`` raises SlurmUnavailableError when either is not the case.
 
     Asking the controller keeps a laptop or CI box that has the Slurm client installed but no
     cluster running on the local path instead of failing at submission.
     """
     if cluster not in ("auto", "slurm", "local"):
         raise ValueError(f"cluster must be auto, slurm or local; got {cluster!r}")
-    if cluster != "auto":
+    if cluster == "local":
         return cluster
     if not shutil.which("sbatch"):
+        if cluster == "slurm":
+            raise SlurmUnavailableError("--cluster slurm: sbatch is not on PATH; run on a Slurm login node, "
+                                        "or use --cluster local")
         return "local"
     try:
         slurm_env.run_slurm("sinfo", "--noheader", "--format=%P", timeout_s=15)
     except slurm_env.SlurmCommandError as err:
+        if cluster == "slurm":
+            reason = (str(err).splitlines() or [""])[0]
+            raise SlurmUnavailableError(f"--cluster slurm: the Slurm controller does not answer ({reason}); "
+                                        "check `sinfo`, or use --cluster local") from None
         log.warning("sbatch is installed but Slurm does not answer (%s): running locally", err)
         return "local"
     return "slurm"
@@ -225,33 +237,54 @@ def _cancel(chain: Chain) -> None:
         log.error("%s", err)
 
 
+class LocalRunInterrupted(Exception):
+    """Ctrl-C stopped a local chain during ``what``; the step it stopped in has ended (or was killed)."""
+
+    def __init__(self, what: str, stopped: bool) -> None:
+        super().__init__(what)
+        self.what, self.stopped = what, stopped
+
+
 def run_local_chain(run: Run, evaluate: bool = True, report: Report = log.info) -> int:
-    """Run the chain locally, one step after the other; 0 when aggregation (or training) succeeded."""
+    """Run the chain locally, one step after the other; 0 when aggregation (or training) succeeded.
+
+    Training's progress lines are reported as they come; ``<run>/slurm/jobs.json`` holds the local
+    job ids, as on Slurm. Ctrl-C stops the running step (training saves last.pt first) and raises
+    LocalRunInterrupted."""
     c = run.cfg.cluster
     if c.nodes > 1:
         log.warning("local mode runs on this machine only: cluster.nodes=%d treated as 1", c.nodes)
-    train_ok = _run_local(run, "train", report, jobs.TrainTask(str(run.config_path)), gpus=c.gpus_per_node)
+    ids: dict[str, Any] = {"mode": "local"}
+    train_ok = _run_local(run, "train", report, ids, jobs.TrainTask(str(run.config_path)), gpus=c.gpus_per_node)
     if not evaluate or not run.cfg.eval.benchmarks:
         return 0 if train_ok else 1
     if train_ok:
         for benchmark in run.cfg.eval.benchmarks:
             task = jobs.EvalTask(str(run.run_dir))
-            _run_local(run, f"eval {benchmark}", report, task, benchmark, gpus=min(c.gpus_per_node, 1))
+            _run_local(run, f"eval {benchmark}", report, ids, task, benchmark, gpus=min(c.gpus_per_node, 1))
     else:
         report("training failed: no evaluation; aggregation reports every benchmark as missing")
-    agg_ok = _run_local(run, "aggregate", report, jobs.AggregateTask(str(run.run_dir)), gpus=0)
+    agg_ok = _run_local(run, "aggregate", report, ids, jobs.AggregateTask(str(run.run_dir)), gpus=0)
     return 0 if agg_ok and train_ok else 1
 
 
-def _run_local(run: Run, what: str, report: Report, fn: Callable[..., Any], *args: Any, gpus: int) -> bool:
+def _run_local(run: Run, what: str, report: Report, ids: dict[str, Any], fn: Callable[..., Any], *args: Any,
+               gpus: int) -> bool:
     time_min = run.cfg.cluster.eval_time_min if what.startswith("eval") else run.cfg.cluster.time_min
-    job = _executor(run, "local", what.split()[0], nodes=1, gpus=gpus, time_min=time_min).submit(fn, *args)
+    executor = _executor(run, "local", what.split()[0], nodes=1, gpus=gpus, time_min=time_min)
+    job = follow.start_ignoring_interrupts(lambda: executor.submit(fn, *args))
     report(f"{what} job: {job.job_id} (local; log {job.paths.stdout})")
+    key = what.split()[0]
+    if key == "eval":
+        ids.setdefault("eval_tasks", []).append(job.job_id)
+    else:
+        ids[key] = job.job_id
+    atomic_write_text(run.run_dir / "slurm" / jobs.JOBS_FILE, json.dumps(ids, indent=2) + "\n")
     try:
-        return report_outcome(job, what, report)
+        follow.follow(job, report)
     except KeyboardInterrupt:
-        job.cancel(check=False)
-        raise
+        raise LocalRunInterrupted(what, follow.stop(job, jobs.STOP_TIMEOUT_S + 30)) from None
+    return report_outcome(job, what, report)
 
 
 def report_outcome(job: submitit.Job, what: str, report: Report) -> bool:
@@ -269,4 +302,6 @@ def _error_summary(err: Exception) -> str:
     """The exception line of a job's remote traceback (submitit wraps it in a long message)."""
     lines = [line.strip() for line in str(err).splitlines() if line.strip()]
     raised = [line for line in lines if "Error: " in line or "Exception: " in line]
-    return raised[-1] if raised else (lines[0] if lines else repr(err))
+    line = raised[-1] if raised else (lines[0] if lines else repr(err))
+    # our own wrapper adds nothing for the user: "qgface.cluster.jobs.JobStepError: training failed: ..."
+    return line.split("JobStepError: ", 1)[1] if "JobStepError: " in line else line

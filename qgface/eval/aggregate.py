@@ -26,7 +26,8 @@ from qgface.config import ConfigError, load_config
 from qgface.eval.benchmarks import BENCHMARK_NAMES
 from qgface.history import launched_config_file
 
-__all__ = ["ALL_AVG_PARTS", "HEADLINE", "AggregateResult", "aggregate", "read_results"]
+__all__ = ["ALL_AVG_PARTS", "HEADLINE", "AggregateResult", "aggregate", "headline_table", "read_csv_rows",
+           "read_results"]
 
 log = logging.getLogger(__name__)
 
@@ -179,3 +180,28 @@ def _figure(benchmark: str, name: str, curve: dict[str, list[float]]):
     ax.grid(True, alpha=0.3)
     fig.tight_layout()
     return fig
+
+
+def read_csv_rows(csv_path: str | Path) -> list[dict[str, str]]:
+    """The rows of a results.csv as written by :func:`aggregate` (cells as text, '' = missing)."""
+    with open(csv_path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def headline_table(rows: list[dict[str, Any]], label: tuple[str, ...] = ("checkpoint", "step")) -> str:
+    """A Markdown table of the headline columns (the paper's, plus IJB-C) for results.csv rows:
+    ``label`` columns first (a checkpoint is shown by its file name), numbers with two decimals."""
+    def cell(key: str, value: Any) -> str:
+        if value in (None, ""):
+            return "–"
+        if key == "checkpoint":
+            return Path(str(value)).name
+        try:
+            return f"{float(value):.2f}" if key in HEADLINE else str(value)
+        except ValueError:
+            return str(value)
+
+    columns = [*label, *HEADLINE]
+    lines = ["| " + " | ".join(columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
+    lines += ["| " + " | ".join(cell(k, row.get(k)) for k in columns) + " |" for row in rows]
+    return "\n".join(lines)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import datetime
 import json
 import logging
-import pickle
 import tempfile
 import time
 from pathlib import Path
@@ -25,7 +24,8 @@ from qgface.config import Config, from_dict, load_config, save_config
 from qgface.eval.benchmarks import BENCHMARK_NAMES, make_benchmark
 from qgface.eval.compress import open_source
 from qgface.eval.embed import embed_benchmark
-from qgface.models import CheckpointError, load_backbone
+from qgface.models import load_backbone
+from qgface.models.io import read_checkpoint_file
 
 __all__ = ["RESULT_VERSION", "checkpoint_info", "checkpoints_to_evaluate", "default_output_dir", "eval_data_root",
            "evaluate", "resolve_benchmark", "resolve_config", "result_path", "write_failure"]
@@ -53,21 +53,7 @@ def resolve_config(checkpoint: str | Path | None, config_path: str | Path | None
 
 def checkpoint_info(path: str | Path) -> dict[str, Any]:
     """``layout`` (qgface | lightning | state_dict), ``step``, ``epoch``, ``backbone``, ``config`` of a checkpoint."""
-    if not Path(path).is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist or is not a file")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except RuntimeError:  # legacy (non-zip) files cannot be memory-mapped
-        obj = None
-    except pickle.UnpicklingError as exc:
-        raise CheckpointError(f"checkpoint {path} needs arbitrary unpickling and is refused for safety: "
-                              f"{str(exc).splitlines()[0]}") from None
-    if obj is None:
-        try:
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-        except (RuntimeError, EOFError, pickle.UnpicklingError) as exc:
-            raise CheckpointError(f"checkpoint {path} cannot be read by torch.load: "
-                                  f"{(str(exc).splitlines() or [type(exc).__name__])[0]}") from None
+    obj = read_checkpoint_file(path)
     if isinstance(obj, dict) and "model" in obj and isinstance(obj["model"], dict):
         return {"layout": "qgface", "step": obj.get("step"), "epoch": obj.get("epoch"),
                 "backbone": obj.get("backbone"), "config": obj.get("config")}

@@ -8,12 +8,15 @@ cause: config, checkpoint, dataset layout, a non-finite loss).
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import sys
 from collections.abc import Sequence
 
+from qgface.atomic import atomic_write_text
 from qgface.config import ConfigError, load_config
+from qgface.data.recordio import RecordIOError
 from qgface.models import CheckpointError
 from qgface.train import dist
 
@@ -32,6 +35,19 @@ def _setup_logging() -> None:
     progress_log.addHandler(to_stdout)
     progress_log.setLevel(level)
     progress_log.propagate = False
+
+
+def _record_error(err: BaseException, deterministic: bool) -> None:
+    """Tell the launching task why this worker stopped (``QGFACE_TRAIN_ERROR_FILE``, set by
+    ``qgface.cluster.jobs.TrainTask``): a deterministic error is not worth a torchrun restart."""
+    path = os.environ.get("QGFACE_TRAIN_ERROR_FILE")
+    if not path:
+        return
+    line = f"{type(err).__name__}: {(str(err).splitlines() or [''])[0]}"
+    try:
+        atomic_write_text(path, json.dumps({"deterministic": deterministic, "error": line}))
+    except OSError as exc:
+        log.warning("could not record the error in %s: %s", path, exc)
 
 
 def main(argv: Sequence[str]) -> int:
@@ -57,9 +73,13 @@ def main(argv: Sequence[str]) -> int:
         cfg = load_config(config, overrides)
         trainer = Trainer(cfg, config_source=config or "python -m qgface.train", allow_changes=args.allow_changes)
         return trainer.train()
-    except (ConfigError, CheckpointError, DatasetLayoutError, NonFiniteLossError) as err:
+    except (ConfigError, CheckpointError, DatasetLayoutError, NonFiniteLossError, RecordIOError) as err:
         log.error("%s", err)
+        _record_error(err, deterministic=True)
         return 1
+    except Exception as err:
+        _record_error(err, deterministic=False)
+        raise
     finally:
         if trainer is not None:
             trainer.close()
