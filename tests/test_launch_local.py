@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import datetime
 import importlib.util
+import json
 import os
 import shutil
 import subprocess
@@ -150,3 +151,9 @@ def test_local_chain_trains_evaluates_and_aggregates(tmp_path):
     assert reader.fieldnames[: len(PAPER_COLUMNS)] == PAPER_COLUMNS and len(rows) == 1
     assert 0.0 <= float(rows[0]["tinyface_rank1"]) <= 100.0 and rows[0]["step"] == "6"
     assert list((run_dir / "tb").glob("events.out.tfevents.*"))
+    # what the user sees: progress while training, then the headline table and where everything is
+    assert " step 6/6 (100%) epoch 1 loss " in done.stdout and " ETA " in done.stdout
+    assert "| checkpoint | step | scface_d1 |" in done.stdout and "| last.pt | 6 |" in done.stdout
+    assert f"  results        {run_dir}/results.csv" in done.stdout
+    ids = json.loads((run_dir / "slurm" / "jobs.json").read_text())
+    assert ids["mode"] == "local" and ids["train"] and len(ids["eval_tasks"]) == 1 and ids["aggregate"]

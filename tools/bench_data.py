@@ -1,3 +1,4 @@
+#!/usr/bin/env python3
 """Data-path throughput on ONE thread: RecordIO random reads and read+decode, qgface vs MXNet.
 
     python tools/bench_data.py                   # 20,000 synthetic 112x112 JPEG records in a temp dir
