@@ -1,7 +1,8 @@
 """Slurm/submitit glue (DESIGN.md floor 3): the job chain of a run and the callables the jobs run.
 
-Only this package knows Slurm. ``launch.py`` calls ``prepare_run``, ``ensure_data``, then ``submit_chain`` (Slurm, and
-``wait_for_chain`` with ``--wait``) or ``run_local_chain`` (this machine); ``jobs`` holds the picklable task objects.
+Only this package knows Slurm. ``launch.py`` calls ``preflight.check_launch`` (mistakes refused on the login node),
+``prepare_run``, ``ensure_data``, then ``submit_chain`` (Slurm, and ``wait_for_chain`` with ``--wait``) or
+``run_local_chain`` (this machine, ``follow`` showing its progress); ``jobs`` holds the picklable task objects.
 """
 
 from qgface.cluster.jobs import AggregateTask, EvalTask, JobStepError, TrainTask
