@@ -117,6 +117,12 @@ def _on_path(executable: str) -> bool:
     return found is not None and Path(found).resolve() == Path(executable).resolve()
 
 
+def _tensorboard_command() -> str:
+    """The tensorboard of this Python's environment (the venv's, so it runs without activating it)."""
+    beside = Path(sys.executable).with_name("tensorboard")
+    return str(beside) if beside.is_file() else "tensorboard"
+
+
 def print_summary(run: Run, evaluate: bool, output_root: str) -> None:
     """The headline table (when there are results) and where everything of the run is."""
     from qgface.eval.aggregate import headline_table, read_csv_rows
@@ -126,7 +132,6 @@ def print_summary(run: Run, evaluate: bool, output_root: str) -> None:
         rows = read_csv_rows(results)
         if rows:
             print("\n" + headline_table(rows) + "\n")
-    tensorboard = Path(sys.executable).with_name("tensorboard")
     where = [
         ("run directory", f"{run.run_dir}/"),
         ("config", f"{run.config_path} (changes: {run.run_dir / 'config_history.yaml'})"),
@@ -134,7 +139,7 @@ def print_summary(run: Run, evaluate: bool, output_root: str) -> None:
         ("results", f"{results}" if evaluate else "(no evaluation: --no-eval)"),
         ("per benchmark", f"{run.run_dir / 'eval'}/<checkpoint>/<benchmark>.json"),
         ("job logs", f"{run.run_dir / 'slurm'}/ (jobs.json, <job>_0_log.out/.err)"),
-        ("TensorBoard", f"{tensorboard if tensorboard.is_file() else 'tensorboard'} --logdir {output_root}/"),
+        ("TensorBoard", f"{_tensorboard_command()} --logdir {output_root}/"),
     ]
     for label, value in where:
         print(f"  {label:<14} {value}")
@@ -159,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     def report(line: str) -> None:
         print(line, flush=True)
 
-    tensorboard = f"tensorboard --logdir {cfg.output_root}/"
+    tensorboard = f"{_tensorboard_command()} --logdir {cfg.output_root}/"
     try:
         ensure_data(run, evaluate=evaluate)
         if mode == "slurm":
