@@ -246,11 +246,16 @@ class EvalConfig:
     """SCface: folder under data_root with the aligned NNN_camK_D.jpg probes and NNN_frontal.jpg mugshots"""
     ijb_protocol: str = "qgface"
     """IJB-B/C convention: qgface (the paper's: unit embeddings, lower TAR on ties) or insightface (N1D1F2)"""
-    checkpoint: str = "last.pt"
-    """checkpoint of the run evaluated after training"""
+    checkpoints: str = "last"
+    """checkpoints evaluated after training: last (last.pt), all (every epoch_<e>.pt, and last.pt unless it is one), or comma-separated file names in checkpoints/ or paths"""
 
     def __post_init__(self) -> None:
         _check_choice("eval.ijb_protocol", self.ijb_protocol, ("qgface", "insightface"))
+        if self.checkpoints not in ("last", "all"):
+            names = [name.strip() for name in self.checkpoints.split(",")]
+            if not all(name.endswith((".pt", ".pth", ".ckpt")) for name in names):
+                raise ConfigError(f"eval.checkpoints must be last, all or comma-separated checkpoint files "
+                                  f"(e.g. epoch_1.pt,last.pt); got {self.checkpoints!r}")
 
 
 @dataclass
@@ -314,7 +319,9 @@ def load_config(path: str | Path | None = None, overrides: typing.Sequence[str] 
     if path is not None:
         _merge(values, _read_yaml_chain(Path(path), seen=()))
     for item in overrides:
-        _merge(values, _parse_override(item))
+        override = _parse_override(item)
+        _build(Config, override, prefix="", source=f"override {item!r}")  # its own mistakes blamed on it
+        _merge(values, override)
     return from_dict(values, source=str(path) if path else "overrides")
 
 

@@ -454,7 +454,7 @@ def test_cli_writes_json_with_a_real_checkpoint(tmp_path, capsys):
     (run_dir / "config.yaml").write_text(
         f"eval:\n  data_root: {data_root}\n  rec_dir: {tmp_path / 'rec'}\n  num_workers: 0\n  batch_size: 8\n")
     assert eval_main(["--checkpoint", str(ckpt), "--benchmark", "scface"]) == 0
-    result = json.loads((run_dir / "eval" / "scface.json").read_text())
+    result = json.loads((run_dir / "eval" / "last" / "scface.json").read_text())
     assert result["status"] == "ok" and result["step"] == 123 and result["benchmark"] == "scface"
     assert result["protocol"] is None  # only benchmarks with several conventions (IJB) name one
     assert set(result["metrics"]) == {"scface_d1", "scface_d2", "scface_d3"}
@@ -464,7 +464,7 @@ def test_cli_writes_json_with_a_real_checkpoint(tmp_path, capsys):
     # a missing data root fails with one message and a failure record
     assert eval_main(["--checkpoint", str(ckpt), "--benchmark", "hq", f"eval.data_root={tmp_path / 'nope'}"]) == 1
     assert "lfw.bin" in capsys.readouterr().err
-    assert json.loads((run_dir / "eval" / "hq.json").read_text())["status"] == "failed"
+    assert json.loads((run_dir / "eval" / "last" / "hq.json").read_text())["status"] == "failed"
 
 
 def test_config_resolution_prefers_the_run_config(tmp_path):

@@ -1,3 +1,4 @@
+#!/usr/bin/env python3
 """Reproduce the paper's ablation table (Baseline, A, B, C, D) at small scale on the synthetic data.
 
 Every setting gets the same budget (backbone, steps, batch, data) and several seeds; each run goes

@@ -1,3 +1,4 @@
+#!/usr/bin/env python3
 """Save and load time of a training checkpoint at WebFace12M scale (prints numbers, asserts nothing).
 
     python tools/bench_checkpoint.py                      # ~3 GB in a temp dir under /tmp

@@ -1,3 +1,4 @@
+#!/usr/bin/env python3
 """Data-path throughput and memory: RecordIO reads, views, the DataLoader per worker count, the index.
 
     python tools/bench_data.py                   # 20,000 synthetic 112x112 JPEG records in a temp dir

@@ -1,3 +1,4 @@
+#!/usr/bin/env python3
 """Benchmark the loss heads on CPU: forward+backward time and peak extra memory (prints, asserts nothing).
 
 Cases (docs/method.md §3/§4 at paper scale):

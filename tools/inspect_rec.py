@@ -1,3 +1,4 @@
+#!/usr/bin/env python3
 """Summarise an indexed RecordIO pair: record count, InsightFace header, label range, first records.
 
     python tools/inspect_rec.py data/faces_emore/train.rec --show 5

@@ -1,3 +1,4 @@
+#!/usr/bin/env python3
 """Pack a folder of aligned identity folders into an InsightFace ``train.rec``/``train.idx``.
 
     python -m qgface.align raw_photos/ aligned/          # when the photos are not aligned yet

@@ -1,3 +1,4 @@
+#!/usr/bin/env python3
 """Generate the synthetic mixed-quality face dataset and/or a preview grid of it.
 
     python tools/make_synthetic.py /data/synthetic                   # the default set (~1 minute on 2 cores)

@@ -25,7 +25,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -42,6 +42,9 @@ TORCHRUN_SIGNALS = "SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1,SIGUSR2"
 """signals torchrun turns into a graceful shutdown: Slurm sends USR2/USR1 to torchrun too, whose default action kills"""
 PR_SET_PDEATHSIG = 1
 """prctl option (linux/prctl.h): the signal a process gets when its parent dies"""
+TRAIN_ERROR_ENV = "QGFACE_TRAIN_ERROR_FILE"
+"""environment variable naming the file where a training worker records the error that stopped it:
+``{"deterministic": bool, "error": line}`` (qgface.train's entry point writes it)"""
 JOBS_FILE = "jobs.json"
 """<run>/slurm/jobs.json: the job ids of a launched chain, read by the training task to pin the eval array"""
 
@@ -51,8 +54,17 @@ class JobStepError(RuntimeError):
 
 
 def setup_logging() -> None:
-    """INFO messages into the task's log file (a job process is an entry point of its own)."""
+    """INFO messages into the task's log file (a job process is an entry point of its own), and Ctrl-C
+    back to its default: the local launcher starts its jobs with SIGINT ignored (so that submitit's
+    controller never prints a KeyboardInterrupt traceback on the user's terminal), and a task passes
+    the default on to the entry points it runs."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+def train_error_file(run_dir: Path, job_id: str) -> Path:
+    """Where the training workers of job ``job_id`` record the error that stopped them (``TRAIN_ERROR_ENV``)."""
+    return run_dir / "slurm" / f"{job_id}_train_error.json"
 
 
 def torchrun_command(
@@ -117,12 +129,15 @@ class ProcessTree:
     def alive(self) -> list[int]:
         return [pid for pid in self.known if _stat(pid)[0] not in (None, "Z", "X")]
 
-    def wait(self, poll_s: float = 1.0) -> int:
-        """Exit status of the child; polls so that signal handlers run in between."""
+    def wait(self, poll_s: float = 1.0, stop_when: Callable[[], bool] | None = None) -> int:
+        """Exit status of the child; polls so that signal handlers run in between, and stops the
+        child (SIGTERM, once) as soon as ``stop_when()`` is true."""
         while True:
             code = self.proc.poll()
             if code is not None:
                 return code
+            if stop_when is not None and self.stop_signal is None and stop_when():
+                self.stop(signal.SIGTERM)
             self.refresh()
             time.sleep(poll_s)
 
@@ -180,17 +195,28 @@ class TrainTask:
         cmd = torchrun_command(self.config_path, cfg.cluster.gpus_per_node, cfg.train.max_restarts, node)
         host, rank = socket.gethostname(), node.node_rank if node else 0
         log.info("train task: node_rank=%d host=%s: %s", rank, host, " ".join(cmd))
-        child_env = dict(os.environ, TORCH_ELASTIC_SHUTDOWN_TIMEOUT=str(int(STOP_TIMEOUT_S)))
+        error_file = train_error_file(cfg.resolved_run_dir(), str(env.job_id))
+        if rank == 0:
+            error_file.unlink(missing_ok=True)  # from an earlier start of this job (requeue)
+        child_env = dict(os.environ, TORCH_ELASTIC_SHUTDOWN_TIMEOUT=str(int(STOP_TIMEOUT_S)),
+                         **{TRAIN_ERROR_ENV: str(error_file)})
         self._torchrun = ProcessTree(cmd, env=child_env)
         self._install_signal_handlers(signal.Signals[f"SIG{submitit.JobEnvironment.USR_SIG}"])
-        code = self._torchrun.wait()
+        # torchrun's restarts are for crashes: a deterministic error (bad data or config, a corrupt
+        # record, a non-finite loss) would only happen again, so it stops torchrun at once
+        code = self._torchrun.wait(stop_when=lambda: bool(_read_train_error(error_file).get("deterministic")))
         log.info("train task: node_rank=%d host=%s: torchrun exited with %d", rank, host, code)
         if code == 0:
             return {"hostname": host, "node_rank": rank, "torchrun_exit": 0}
+        recorded = _read_train_error(error_file)
+        if recorded.get("deterministic"):
+            self._torchrun.wait_all(STOP_TIMEOUT_S)
+            raise JobStepError(f"training failed (not retried: it would fail again): {recorded['error']}")
         if self._torchrun.stop_signal is None:
+            cause = f"; the last worker error: {recorded['error']}" if recorded.get("error") else ""
             raise JobStepError(
                 f"training failed on {host} (node_rank {rank}): torchrun exited with {code} after at most "
-                f"train.max_restarts={cfg.train.max_restarts} restarts; the workers' errors are above in this log"
+                f"train.max_restarts={cfg.train.max_restarts} restarts{cause}"
             )
         self._torchrun.wait_all(STOP_TIMEOUT_S)
         if on_slurm:
@@ -233,6 +259,14 @@ class TrainTask:
         signal.signal(usr_sig, on_usr_sig)
 
 
+def _read_train_error(path: Path) -> dict[str, Any]:
+    """The error a training worker recorded in ``path`` ({} when none, or while it is being replaced)."""
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
 def _pin_eval_array(run_dir: Path, node: slurm_env.NodeTask, partition: str) -> None:
     """Restrict the pending evaluation array of this run to the training job's nodes (DESIGN.md)."""
     jobs_file = run_dir / "slurm" / JOBS_FILE
@@ -260,16 +294,29 @@ def run_entry_point(args: Sequence[str], what: str) -> None:
 
 
 class EvalTask:
-    """One evaluation array task: ``python -m qgface.eval --checkpoint CKPT --benchmark NAME``."""
+    """One evaluation array task: ``python -m qgface.eval --checkpoint CKPT --benchmark NAME`` for every
+    checkpoint ``eval.checkpoints`` names (resolved when the task runs, after training has saved them)."""
 
-    def __init__(self, checkpoint: str) -> None:
-        self.checkpoint = checkpoint
+    def __init__(self, run_dir: str) -> None:
+        self.run_dir = run_dir
 
     def __call__(self, benchmark: str) -> dict[str, Any]:
+        from qgface.config import load_config
+        from qgface.eval.run import checkpoints_to_evaluate
+
         setup_logging()
-        args = ["qgface.eval", "--checkpoint", self.checkpoint, "--benchmark", benchmark]
-        run_entry_point(args, f"evaluation of {benchmark}")
-        return {"benchmark": benchmark, "hostname": socket.gethostname()}
+        spec = load_config(Path(self.run_dir) / "config.yaml").eval.checkpoints
+        checkpoints = checkpoints_to_evaluate(self.run_dir, spec)
+        failures = []
+        for checkpoint in checkpoints:
+            args = ["qgface.eval", "--checkpoint", str(checkpoint), "--benchmark", benchmark]
+            try:
+                run_entry_point(args, f"evaluation of {benchmark} on {checkpoint.name}")
+            except JobStepError as err:
+                failures.append(str(err))
+        if failures:
+            raise JobStepError("\n".join(failures))
+        return {"benchmark": benchmark, "checkpoints": [str(c) for c in checkpoints], "hostname": socket.gethostname()}
 
 
 class AggregateTask:

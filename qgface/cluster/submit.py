@@ -31,9 +31,10 @@ from typing import Any
 import submitit
 
 from qgface.atomic import atomic_write_text
-from qgface.cluster import jobs, slurm_env
-from qgface.config import ClusterConfig, Config, from_dict, save_config
+from qgface.cluster import follow, jobs, slurm_env
+from qgface.config import ClusterConfig, Config, from_dict
 from qgface.data.cpus import REQUEST_WORKERS, cpus_needed
+from qgface.history import record_config
 
 log = logging.getLogger(__name__)
 
@@ -55,12 +56,6 @@ class Run:
     run_dir: Path
     config_path: Path
 
-    @property
-    def checkpoint(self) -> Path:
-        """The checkpoint the evaluation array scores (``eval.checkpoint``, relative to checkpoints/)."""
-        ckpt = Path(self.cfg.eval.checkpoint)
-        return ckpt if ckpt.is_absolute() else self.run_dir / "checkpoints" / ckpt
-
 
 @dataclass
 class Chain:
@@ -81,32 +76,52 @@ class Chain:
         return out
 
 
+class SlurmUnavailableError(RuntimeError):
+    """``--cluster slurm`` was asked for, but there is no Slurm to submit to (one line saying why)."""
+
+
 def resolve_mode(cluster: str) -> str:
-    """``auto`` = ``slurm`` when ``sbatch`` is on PATH and the controller answers, else ``local``.
+    """``auto`` = ``slurm`` when ``sbatch`` is on PATH and the controller answers, else ``local``;
+    ``slurm`` raises SlurmUnavailableError when either is not the case.
 
     Asking the controller keeps a laptop or CI box that has the Slurm client installed but no
     cluster running on the local path instead of failing at submission.
     """
     if cluster not in ("auto", "slurm", "local"):
         raise ValueError(f"cluster must be auto, slurm or local; got {cluster!r}")
-    if cluster != "auto":
+    if cluster == "local":
         return cluster
     if not shutil.which("sbatch"):
+        if cluster == "slurm":
+            raise SlurmUnavailableError("--cluster slurm: sbatch is not on PATH; run on a Slurm login node, "
+                                        "or use --cluster local")
         return "local"
     try:
         slurm_env.run_slurm("sinfo", "--noheader", "--format=%P", timeout_s=15)
     except slurm_env.SlurmCommandError as err:
+        if cluster == "slurm":
+            reason = (str(err).splitlines() or [""])[0]
+            raise SlurmUnavailableError(f"--cluster slurm: the Slurm controller does not answer ({reason}); "
+                                        "check `sinfo`, or use --cluster local") from None
         log.warning("sbatch is installed but Slurm does not answer (%s): running locally", err)
         return "local"
     return "slurm"
 
 
-def prepare_run(cfg: Config, now: datetime.datetime | None = None) -> Run:
+def prepare_run(cfg: Config, now: datetime.datetime | None = None, *, source: str = "",
+                allow_changes: bool = False) -> Run:
     """Create the run directory (``<output_root>/<name>-<YYYYmmdd-HHMMSS>`` unless ``run_dir`` is set)
-    and write the resolved config, with absolute paths, to its ``config.yaml``."""
+    and write the resolved config, with absolute paths, to its ``config.yaml``.
+
+    Continuing a run (``run_dir`` set and holding a config) goes through ``qgface.history.record_config``:
+    changes of keys that change what is trained are refused (ConfigError, nothing written) unless
+    ``allow_changes``; accepted changes are recorded with the step of ``last.pt``. ``source`` is the
+    config file the user gave, recorded for results.csv's ``config`` column."""
     cfg = _absolute_paths(cfg)
     if cfg.run_dir:
         run_dir = Path(cfg.run_dir)
+        if (run_dir / "config.yaml").is_file():  # refuse before touching anything
+            record_config(run_dir, cfg, _trained_steps(run_dir), source, allow_training_changes=allow_changes)
         run_dir.mkdir(parents=True, exist_ok=True)
     else:
         run_dir = _new_run_dir(Path(cfg.output_root), cfg.name, now or datetime.datetime.now())
@@ -114,8 +129,18 @@ def prepare_run(cfg: Config, now: datetime.datetime | None = None) -> Run:
     for sub in ("slurm", "checkpoints", "tb", "eval"):
         (run_dir / sub).mkdir(exist_ok=True)
     config_path = run_dir / "config.yaml"
-    save_config(cfg, config_path)
+    record_config(run_dir, cfg, _trained_steps(run_dir), source, allow_training_changes=allow_changes)
     return Run(cfg, run_dir, config_path)
+
+
+def _trained_steps(run_dir: Path) -> int:
+    """The step of ``<run>/checkpoints/last.pt`` (0 when there is none): where a continued run resumes."""
+    last = run_dir / "checkpoints" / "last.pt"
+    if not last.is_file():
+        return 0
+    from qgface.eval.run import checkpoint_info  # torch: only for a run that has a checkpoint
+
+    return int(checkpoint_info(last)["step"] or 0)
 
 
 def ensure_data(run: Run, evaluate: bool = True) -> None:
@@ -215,7 +240,7 @@ def submit_chain(run: Run, evaluate: bool = True, report: Report = log.info) -> 
                 slurm_dependency=f"afterok:{chain.train.job_id}",
                 slurm_additional_parameters={"kill_on_invalid_dep": "yes"},
             )
-            chain.evals = eval_ex.map_array(jobs.EvalTask(str(run.checkpoint)), benchmarks)
+            chain.evals = eval_ex.map_array(jobs.EvalTask(str(run.run_dir)), benchmarks)
             array_id = chain.evals[0].job_id.split("_")[0]
             report(f"eval array: {array_id} ({', '.join(benchmarks)}; afterok:{chain.train.job_id}, same nodes)")
             agg_ex = _executor(run, "slurm", "aggregate", nodes=1, gpus=0, time_min=AGGREGATE_TIME_MIN, cpus=1)
@@ -240,34 +265,55 @@ def _cancel(chain: Chain) -> None:
         log.error("%s", err)
 
 
+class LocalRunInterrupted(Exception):
+    """Ctrl-C stopped a local chain during ``what``; the step it stopped in has ended (or was killed)."""
+
+    def __init__(self, what: str, stopped: bool) -> None:
+        super().__init__(what)
+        self.what, self.stopped = what, stopped
+
+
 def run_local_chain(run: Run, evaluate: bool = True, report: Report = log.info) -> int:
-    """Run the chain locally, one step after the other; 0 when aggregation (or training) succeeded."""
+    """Run the chain locally, one step after the other; 0 when aggregation (or training) succeeded.
+
+    Training's progress lines are reported as they come; ``<run>/slurm/jobs.json`` holds the local
+    job ids, as on Slurm. Ctrl-C stops the running step (training saves last.pt first) and raises
+    LocalRunInterrupted."""
     c = run.cfg.cluster
     if c.nodes > 1:
         log.warning("local mode runs on this machine only: cluster.nodes=%d treated as 1", c.nodes)
-    train_ok = _run_local(run, "train", report, jobs.TrainTask(str(run.config_path)), gpus=c.gpus_per_node)
+    ids: dict[str, Any] = {"mode": "local"}
+    train_ok = _run_local(run, "train", report, ids, jobs.TrainTask(str(run.config_path)), gpus=c.gpus_per_node)
     if not evaluate or not run.cfg.eval.benchmarks:
         return 0 if train_ok else 1
     if train_ok:
         for benchmark in run.cfg.eval.benchmarks:
-            task = jobs.EvalTask(str(run.checkpoint))
-            _run_local(run, f"eval {benchmark}", report, task, benchmark, gpus=min(c.gpus_per_node, 1))
+            task = jobs.EvalTask(str(run.run_dir))
+            _run_local(run, f"eval {benchmark}", report, ids, task, benchmark, gpus=min(c.gpus_per_node, 1))
     else:
         report("training failed: no evaluation; aggregation reports every benchmark as missing")
-    agg_ok = _run_local(run, "aggregate", report, jobs.AggregateTask(str(run.run_dir)), gpus=0)
+    agg_ok = _run_local(run, "aggregate", report, ids, jobs.AggregateTask(str(run.run_dir)), gpus=0)
     return 0 if agg_ok and train_ok else 1
 
 
-def _run_local(run: Run, what: str, report: Report, fn: Callable[..., Any], *args: Any, gpus: int) -> bool:
+def _run_local(run: Run, what: str, report: Report, ids: dict[str, Any], fn: Callable[..., Any], *args: Any,
+               gpus: int) -> bool:
     time_min = run.cfg.cluster.eval_time_min if what.startswith("eval") else run.cfg.cluster.time_min
     cpus = {"train": train_cpus_per_task, "eval": eval_cpus_per_task}.get(what.split()[0], lambda cfg: 1)(run.cfg)
-    job = _executor(run, "local", what.split()[0], nodes=1, gpus=gpus, time_min=time_min, cpus=cpus).submit(fn, *args)
+    executor = _executor(run, "local", what.split()[0], nodes=1, gpus=gpus, time_min=time_min, cpus=cpus)
+    job = follow.start_ignoring_interrupts(lambda: executor.submit(fn, *args))
     report(f"{what} job: {job.job_id} (local; log {job.paths.stdout})")
+    key = what.split()[0]
+    if key == "eval":
+        ids.setdefault("eval_tasks", []).append(job.job_id)
+    else:
+        ids[key] = job.job_id
+    atomic_write_text(run.run_dir / "slurm" / jobs.JOBS_FILE, json.dumps(ids, indent=2) + "\n")
     try:
-        return report_outcome(job, what, report)
+        follow.follow(job, report)
     except KeyboardInterrupt:
-        job.cancel(check=False)
-        raise
+        raise LocalRunInterrupted(what, follow.stop(job, jobs.STOP_TIMEOUT_S + 30)) from None
+    return report_outcome(job, what, report)
 
 
 def report_outcome(job: submitit.Job, what: str, report: Report) -> bool:
@@ -285,4 +331,6 @@ def _error_summary(err: Exception) -> str:
     """The exception line of a job's remote traceback (submitit wraps it in a long message)."""
     lines = [line.strip() for line in str(err).splitlines() if line.strip()]
     raised = [line for line in lines if "Error: " in line or "Exception: " in line]
-    return raised[-1] if raised else (lines[0] if lines else repr(err))
+    line = raised[-1] if raised else (lines[0] if lines else repr(err))
+    # our own wrapper adds nothing for the user: "qgface.cluster.jobs.JobStepError: training failed: ..."
+    return line.split("JobStepError: ", 1)[1] if "JobStepError: " in line else line

@@ -36,20 +36,46 @@ class CheckpointError(ValueError):
     """A checkpoint file cannot be loaded (unsafe pickle, unknown layout, key/shape mismatch)."""
 
 
-def _read(path: str | os.PathLike) -> object:
+ZIP_MAGIC = b"PK\x03\x04"
+"""first bytes of a torch.save file (a zip archive since torch 1.6)"""
+LEGACY_MAGIC = b"\x80\x02\x8a\x0a"
+"""first bytes of a legacy (pre-1.6) torch.save file: a pickle protocol 2 header and torch's magic number"""
+
+
+def not_a_checkpoint(path: str | os.PathLike) -> str | None:
+    """A message saying what ``path`` is when it is not a file written by torch.save, else None."""
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if head.startswith(ZIP_MAGIC) or head.startswith(LEGACY_MAGIC):
+        return None
+    return (f"checkpoint {os.fspath(path)!r} is not a file written by torch.save (no zip archive or legacy "
+            f"torch header; its first bytes are {head!r}): expected a qgface training checkpoint "
+            "(<run>/checkpoints/*.pt), an AdaFace/QGFace .ckpt or a backbone state_dict; was it copied "
+            "completely?")
+
+
+def read_checkpoint_file(path: str | os.PathLike) -> object:
+    """``torch.load(path, weights_only=True)`` with one CheckpointError naming the file and what it is."""
     if not os.path.isfile(path):
         raise CheckpointError(f"checkpoint {os.fspath(path)!r} does not exist or is not a file")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+    problem = not_a_checkpoint(path)
+    if problem:
+        raise CheckpointError(problem)
+    with open(path, "rb") as f:
+        zipped = f.read(4) == ZIP_MAGIC
+    try:  # a zip archive is memory-mapped: reading one entry (the step) does not read the whole file
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=zipped)
     except pickle.UnpicklingError as exc:
         raise CheckpointError(
             f"checkpoint {os.fspath(path)!r} needs arbitrary unpickling (it stores Python objects other "
             f"than tensors and plain containers) and is refused for safety. If you trust the file, "
             f"extract its backbone state_dict with torch.load(..., weights_only=False) elsewhere and "
-            f"save that dict with torch.save. Loader said: {str(exc).splitlines()[0]}"
-        ) from exc
-    except (RuntimeError, EOFError, OSError) as exc:
-        raise CheckpointError(f"checkpoint {os.fspath(path)!r} cannot be read by torch.load: {exc}") from exc
+            f"save that dict with torch.save."
+        ) from None
+    except (RuntimeError, EOFError, OSError, KeyError, ValueError) as exc:
+        raise CheckpointError(f"checkpoint {os.fspath(path)!r} is damaged (torch.load failed: "
+                              f"{(str(exc).splitlines() or [type(exc).__name__])[0]}); was it copied completely?") from None
+
 
 
 def _is_state_dict(obj: object) -> bool:
@@ -122,7 +148,7 @@ def _check_keys(model: nn.Module, sd: Mapping[str, torch.Tensor], path: str, nam
 def load_backbone(path: str | os.PathLike, name: str | None = None) -> IResNet:
     """Build the backbone and load its weights strictly from ``path``; returned in eval mode."""
     path_s = os.fspath(path)
-    sd, name = _split(_read(path_s), path_s, name)
+    sd, name = _split(read_checkpoint_file(path_s), path_s, name)
     if name not in BACKBONES:
         raise CheckpointError(f"checkpoint {path_s!r}: unknown backbone {name!r}; valid names: {', '.join(BACKBONES)}")
     model = IResNet(name)

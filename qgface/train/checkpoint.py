@@ -37,6 +37,7 @@ from torch import nn
 from qgface.atomic import atomic_open, fsync_dir
 from qgface.config import Config
 from qgface.models import CheckpointError
+from qgface.models.io import read_checkpoint_file
 
 log = logging.getLogger(__name__)
 
@@ -97,10 +98,7 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {str(path)!r} does not exist; check train.resume")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception as exc:  # corrupt file, foreign pickle: one message naming the file
-        raise CheckpointError(f"checkpoint {str(path)!r} cannot be loaded: {exc}") from exc
+    state = read_checkpoint_file(path)  # memory-mapped; one message naming the file and what it is
     if not isinstance(state, dict):
         raise CheckpointError(f"checkpoint {str(path)!r} is not a training checkpoint (top level {type(state).__name__})")
     _check_keys(state, str(path))

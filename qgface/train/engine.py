@@ -24,16 +24,17 @@ import numpy as np
 import torch
 from torch import nn
 
-from qgface.config import Config, ConfigError, save_config
+from qgface.config import Config, ConfigError
 from qgface.data.images import to_network_input
 from qgface.data.loader import build_train_loader
+from qgface.history import record_config
 from qgface.losses import ContrastOutput, ContrastQueue, MarginHead, qg_contrastive_loss
 from qgface.losses.queue import MIN_HISTORY_STEPS, history_steps, queue_size_for
 from qgface.models import CheckpointError, build_backbone
 from qgface.train import checkpoint as ckpt
 from qgface.train import dist
 from qgface.train.determinism import configure_determinism
-from qgface.train.monitor import build_monitor, norm_similarity_heatmap, pair_grid, progress
+from qgface.train.monitor import ProgressReport, build_monitor, norm_similarity_heatmap, pair_grid, progress
 from qgface.train.precision import build_autocast, build_scaler, resolve_precision
 from qgface.train.schedule import contrast_weight_at, quality_scale_at, queue_size_at
 from qgface.train.signals import REQUEUE_EXIT_CODE, StopFlag
@@ -109,7 +110,9 @@ def train_data_root(cfg: Config) -> str:
 class Trainer:
     """Builds everything from the config; ``train()`` runs (or continues) the schedule."""
 
-    def __init__(self, cfg: Config) -> None:
+    def __init__(self, cfg: Config, config_source: str = "python -m qgface.train", allow_changes: bool = False) -> None:
+        """``config_source`` and ``allow_changes`` go to ``qgface.history.record_config``: a continued
+        run refuses config changes that change what is trained unless ``allow_changes``."""
         self.cfg = cfg
         configure_determinism(cfg.train.deterministic)  # before any CUDA work (cuBLAS reads its env once)
         self.dist = dist.init_distributed()
@@ -167,7 +170,7 @@ class Trainer:
         self.stop, self.stop_now = StopFlag(), False
         self._resume()
         if self.dist.is_main:  # after the resume checks, so a mismatched rerun leaves the run's config alone
-            save_config(cfg, self.run_dir / "config.yaml")
+            record_config(self.run_dir, cfg, self.step, source=config_source, allow_training_changes=allow_changes)
         self.monitor = build_monitor(self.run_dir, self.dist.is_main, self.step)
         self._bar = None
         self._last_log = (time.perf_counter(), self.step)
@@ -273,6 +276,7 @@ class Trainer:
                  self.cfg.model.backbone, self.total_steps, self.epoch_steps, self.cfg.optim.epochs,
                  self.step, self.device, self.dist.world_size, self.precision)
         self._bar = progress(self.total_steps, self.step, self.dist.is_main)
+        self._progress = ProgressReport(self.total_steps, self.step)
         with self.stop:
             while True:
                 first = True
@@ -281,13 +285,14 @@ class Trainer:
                     self.step += 1
                     self.batch_in_epoch += 1
                     self._bar.update()
-                    self._log(out, views, images=first)
+                    finished = self.step >= self.total_steps
+                    # images on each epoch's first step and on the last one, so the final model is shown
+                    self._log(out, views, images=first or finished)
                     first = False
                     epoch_done = self.batch_in_epoch == self.epoch_steps
                     if epoch_done:
                         self.scheduler.step()
                         self.epoch, self.batch_in_epoch = self.epoch + 1, 0
-                    finished = self.step >= self.total_steps
                     if epoch_done or finished or self.stop_now or self.step % self.cfg.train.checkpoint_every == 0:
                         self._save(finished, epoch_done)
                     if finished:
@@ -361,7 +366,7 @@ class Trainer:
         b = views.shape[0]
         h_norm, l_norm = out.norms[:b], out.norms[b:]
         pos_cos = (out.emb[:b] * out.emb[b:]).sum(1) if self.num_views == 2 else None
-        if images:  # once per epoch, on its first step
+        if images:  # on each epoch's first step and on the last one
             self.monitor.image("train/pairs_L_H", pair_grid(to_network_input(views[:8])), self.step)
         if images and pos_cos is not None:
             self.monitor.image("train/norm_vs_similarity",
@@ -375,13 +380,14 @@ class Trainer:
         now, (then, then_step) = time.perf_counter(), self._last_log
         self._last_log = (now, self.step)
         head = self.model.head
+        images_per_s = (self.step - then_step) * b * self.num_views * self.dist.world_size / (now - then)
         self.monitor.log({
             "train/loss": loss, "train/loss_cls": loss_cls, "train/loss_con": loss_con,
             "train/lr": self.optimizer.param_groups[0]["lr"],
             "train/norm_mean": head.batch_mean.item(), "train/norm_std": head.batch_std.item(),
             "train/dynamic_margin": self.queue.dynamic_margin.item() if self.queue is not None else 0.0,
             "train/contrast_active_fraction": active,
-            "train/images_per_s": (self.step - then_step) * b * self.num_views * self.dist.world_size / (now - then),
+            "train/images_per_s": images_per_s,
             "train/contrast_weight": self.contrast_weight, "train/quality_scale": head.quality_scale,
         }, self.step)
         self.monitor.histogram("train/feature_norm_H", h_norm, self.step)
@@ -389,6 +395,7 @@ class Trainer:
             self.monitor.histogram("train/feature_norm_L", l_norm, self.step)
             self.monitor.histogram("train/positive_cosine", pos_cos, self.step)
         self._bar.set_postfix(loss=f"{loss:.3f}", con=f"{loss_con:.3f}", epoch=self.epoch, refresh=False)
+        self._progress.report(self.step, self.epoch, loss, images_per_s)
 
     def close(self) -> None:
         """Flush TensorBoard, close the bar (safe to call more than once, after any failure)."""
