@@ -22,6 +22,8 @@ from typing import Any
 import yaml
 
 from qgface.atomic import atomic_write_text
+from qgface.vocab import choices, synthetic
+from qgface.vocab.benchmarks import DEFAULT_BENCHMARKS, IJB_PROTOCOLS, SCFACE_ALIGNED_DIR, TINYFACE_ALIGNED_DIR
 
 
 class ConfigError(ValueError):
@@ -34,13 +36,13 @@ class DataConfig:
     """training data: a folder with train.rec/.idx (InsightFace) or <identity>/<image> folders; empty = synthetic"""
     synthetic_dir: str = "logs/synthetic"
     """where the synthetic mixed-quality dataset is generated and cached when root is empty"""
-    synthetic_identities: int = 300
+    synthetic_identities: int = synthetic.IDENTITIES
     """identities in the synthetic training set"""
-    synthetic_images_per_identity: int = 20
+    synthetic_images_per_identity: int = synthetic.IMAGES_PER_IDENTITY
     """images per identity in the synthetic training set"""
     synthetic_seed: int = 0
     """seed of the synthetic dataset (identities, variations, degradations)"""
-    synthetic_eval_identities: int = 100
+    synthetic_eval_identities: int = synthetic.EVAL_IDENTITIES
     """identities in each synthetic evaluation set (disjoint from the training identities)"""
     batch_size: int = 64
     """source images per rank and step; the backbone sees 2x this many with two views"""
@@ -66,7 +68,7 @@ class DataConfig:
     """adaface: include the zero-padded crop step; false only to study its effect (docs/ablation.md)"""
 
     def __post_init__(self) -> None:
-        _check_choice("data.views", self.views, ("lh", "adaface", "flip"))
+        _check_choice("data.views", self.views, choices.VIEW_KINDS)
         _check_range("data.lowres_range", self.lowres_range, 0.0, 1.0)
         for key in ("crop_p", "photometric_p", "rotation_p", "adaface_p"):
             _check_probability(f"data.{key}", getattr(self, key))
@@ -105,7 +107,7 @@ class HeadConfig:
     """let the head's fp32 matmuls use TF32 on an Ampere+ GPU (faster; ~1e-3 relative error in the cosines)"""
 
     def __post_init__(self) -> None:
-        _check_choice("head.kind", self.kind, ("adaface", "arcface", "cosface"))
+        _check_choice("head.kind", self.kind, choices.MARGIN_KINDS)
         if self.chunk_elems < 0:
             raise ConfigError(f"head.chunk_elems must be >= 0 (0 = the device's default); got {self.chunk_elems!r}")
 
@@ -150,11 +152,11 @@ class ContrastConfig:
     """grow the effective queue from the batch size to K between joint_point and the last epoch"""
 
     def __post_init__(self) -> None:
-        _check_choice("contrast.queue", self.queue, ("proxy", "fifo"))
-        _check_choice("contrast.method", self.method, ("sgn", "linear", "cos"))
-        _check_choice("contrast.scale_range", self.scale_range, ("half", "whole"))
-        _check_choice("contrast.select", self.select, ("low", "mean", "high"))
-        _check_choice("contrast.margin_mode", self.margin_mode, ("none", "static", "dynamic"))
+        _check_choice("contrast.queue", self.queue, choices.QUEUE_MODES)
+        _check_choice("contrast.method", self.method, choices.QUALITY_METHODS)
+        _check_choice("contrast.scale_range", self.scale_range, choices.SCALE_RANGES)
+        _check_choice("contrast.select", self.select, choices.SELECTS)
+        _check_choice("contrast.margin_mode", self.margin_mode, choices.MARGIN_MODES)
         if self.queue_size < 0:
             raise ConfigError(f"contrast.queue_size must be >= 0 (0 = from contrast.queue_steps); got {self.queue_size!r}")
         _check_positive("contrast.queue_steps", self.queue_steps)
@@ -218,17 +220,15 @@ class TrainConfig:
     """recompute each IR unit's activations in backward instead of keeping them (memory knob, ~30% slower)"""
 
     def __post_init__(self) -> None:
-        _check_choice("train.precision", self.precision, ("auto", "bf16", "fp16", "fp32"))
-        _check_choice("train.grad_compression", self.grad_compression, ("none", "bf16", "fp16"))
+        _check_choice("train.precision", self.precision, choices.PRECISIONS)
+        _check_choice("train.grad_compression", self.grad_compression, choices.GRAD_COMPRESSIONS)
         _check_positive("train.grad_accum", self.grad_accum)
-        _check_choice_or_path("train.resume", self.resume, ("auto", "none"))
+        _check_choice_or_path("train.resume", self.resume, choices.RESUME_MODES)
 
 
 @dataclass
 class EvalConfig:
-    benchmarks: list[str] = field(
-        default_factory=lambda: ["hq", "crlfw", "tinyface", "scface", "ijbb", "ijbc"]
-    )
+    benchmarks: list[str] = field(default_factory=lambda: list(DEFAULT_BENCHMARKS))
     """benchmarks evaluated after training, one array task each"""
     data_root: str = ""
     """folder holding every benchmark's data (hq .bin files, tinyface/, scface/, IJBB/, IJBC/); empty = synthetic"""
@@ -240,9 +240,9 @@ class EvalConfig:
     """DataLoader workers that decode evaluation images"""
     rec_dir: str = ""
     """where compressed benchmarks (<name>.rec/.idx/.manifest.json) go; empty = beside the benchmark's data"""
-    tinyface_aligned_dir: str = "aligned_pad_0.1_pad_high"
+    tinyface_aligned_dir: str = TINYFACE_ALIGNED_DIR
     """TinyFace: folder under data_root with the aligned Probe/, Gallery_Match/, Gallery_Distractor/ images"""
-    scface_aligned_dir: str = "scface/aligned"
+    scface_aligned_dir: str = SCFACE_ALIGNED_DIR
     """SCface: folder under data_root with the aligned NNN_camK_D.jpg probes and NNN_frontal.jpg mugshots"""
     ijb_protocol: str = "qgface"
     """IJB-B/C convention: qgface (the paper's: unit embeddings, lower TAR on ties) or insightface (N1D1F2)"""
@@ -250,7 +250,7 @@ class EvalConfig:
     """checkpoints evaluated after training: last (last.pt), all (every epoch_<e>.pt, and last.pt unless it is one), or comma-separated file names in checkpoints/ or paths"""
 
     def __post_init__(self) -> None:
-        _check_choice("eval.ijb_protocol", self.ijb_protocol, ("qgface", "insightface"))
+        _check_choice("eval.ijb_protocol", self.ijb_protocol, tuple(IJB_PROTOCOLS))
         if self.checkpoints not in ("last", "all"):
             names = [name.strip() for name in self.checkpoints.split(",")]
             if not all(name.endswith((".pt", ".pth", ".ckpt")) for name in names):

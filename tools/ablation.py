@@ -27,6 +27,8 @@ from pathlib import Path
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from qgface.atomic import atomic_write_text
+from qgface.vocab import synthetic
+from qgface.vocab.columns import PAPER_COLUMNS
 
 REPO = Path(__file__).resolve().parents[1]
 SETTINGS = [
@@ -35,15 +37,6 @@ SETTINGS = [
     ("B", "ablation_b", "AdaFace", "yes", "-"),
     ("C", "ablation_c", "AdaFace", "yes", "yes"),
     ("D (QGFace)", "qgface", "LH pairing", "yes", "yes"),
-]
-COLUMNS = [
-    ("SCface d1", "scface_d1"),
-    ("SCface d2", "scface_d2"),
-    ("SCface d3", "scface_d3"),
-    ("TinyFace", "tinyface_rank1"),
-    ("IJB-B", "ijbb_tar_at_1e-4"),
-    ("HQ Avg", "hq_avg"),
-    ("All Avg", "all_avg"),
 ]
 TRAINING_COLUMNS = [
     ("first L_cls", "first:train/loss_cls"),
@@ -72,9 +65,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--epochs", type=int, default=4, help="epochs of every setting")
     parser.add_argument("--steps", type=int, default=100, help="optimiser steps per epoch of every setting")
     parser.add_argument("--batch-size", type=int, default=32, help="source images per step")
-    parser.add_argument("--identities", type=int, default=300, help="training identities of the synthetic set")
-    parser.add_argument("--images-per-identity", type=int, default=20, help="images per training identity")
-    parser.add_argument("--eval-identities", type=int, default=100, help="identities per synthetic benchmark")
+    parser.add_argument("--identities", type=int, default=synthetic.IDENTITIES, help="training identities of the synthetic set")
+    parser.add_argument("--images-per-identity", type=int, default=synthetic.IMAGES_PER_IDENTITY, help="images per training identity")
+    parser.add_argument("--eval-identities", type=int, default=synthetic.EVAL_IDENTITIES, help="identities per synthetic benchmark")
     parser.add_argument("--queue-size", type=int, default=2048, help="contrastive queue size K (C and D)")
     parser.add_argument("overrides", nargs="*", help="further key=value overrides applied to every run")
     return parser.parse_args()
@@ -161,7 +154,7 @@ def read_row(results_csv: Path) -> dict[str, float]:
     """The table's values of one run, and its wall time in minutes (run directory stamp -> results.csv)."""
     with results_csv.open() as f:
         row = list(csv.DictReader(f))[-1]
-    values = {key: float(row[key]) for _, key in COLUMNS if row.get(key)}
+    values = {key: float(row[key]) for _, key in PAPER_COLUMNS if row.get(key)}
     values.update(training_summary(results_csv.parent / "tb"))
     stamp = re.search(r"-(\d{8}-\d{6})", results_csv.parent.name)
     if stamp:
@@ -201,7 +194,7 @@ def write_table(results: dict[str, list[dict[str, float]]], args: argparse.Names
     generated = "\n".join([
         *study_header(results, args),
         "",
-        *markdown_table(results, ["Setting", "Augmentation", "QS", "CL"], COLUMNS, with_flags=True),
+        *markdown_table(results, ["Setting", "Augmentation", "QS", "CL"], PAPER_COLUMNS, with_flags=True),
         "",
         ("Training, from each run's TensorBoard scalars (mean ± std over the same seeds): the classification loss"
          " at the first and last logged step, the contrastive loss at the last one, the fraction of pairs"

@@ -18,6 +18,8 @@ from typing import Any, Sequence
 import cv2
 import numpy as np
 
+from qgface.vocab.choices import VIEW_KINDS
+
 __all__ = [
     "INTERPOLATIONS", "VIEW_KINDS", "hflip", "random_rescale", "resized_crop_box", "random_resized_crop",
     "zero_pad_crop", "adjust_brightness", "adjust_contrast", "adjust_saturation", "color_jitter",
@@ -27,7 +29,6 @@ __all__ = [
 INTERPOLATIONS = (cv2.INTER_NEAREST, cv2.INTER_LINEAR, cv2.INTER_AREA, cv2.INTER_CUBIC, cv2.INTER_LANCZOS4)
 """The interpolations a rescale draws from (nearest, linear, area, cubic, lanczos)."""
 
-VIEW_KINDS = ("lh", "adaface", "flip")
 CROP_RATIO = (3.0 / 4.0, 4.0 / 3.0)
 L_CROP_SCALE = (0.8, 1.0)
 L_JITTER = 0.2

@@ -23,19 +23,15 @@ from typing import Any
 
 from qgface.atomic import atomic_write_text
 from qgface.config import ConfigError, EvalConfig, load_config
-from qgface.eval.benchmarks import BENCHMARK_NAMES
 from qgface.history import launched_config_file
+from qgface.vocab.benchmarks import BENCHMARK_NAMES
+from qgface.vocab.columns import ALL_AVG_PARTS, HEADLINE
 
 __all__ = ["ALL_AVG_PARTS", "HEADLINE", "AggregateResult", "aggregate", "headline_table", "read_csv_rows",
            "read_results"]
 
 log = logging.getLogger(__name__)
 
-ALL_AVG_PARTS = ("scface_d1", "scface_d2", "scface_d3", "tinyface_rank1", "ijbb_tar_at_1e-4", "hq_avg")
-"""the paper's table: all_avg is their mean"""
-HEADLINE = ("scface_d1", "scface_d2", "scface_d3", "tinyface_rank1", "ijbb_tar_at_1e-4", "ijbc_tar_at_1e-4",
-            "hq_avg", "all_avg")
-"""the headline block of results.csv, after run, config, checkpoint, step"""
 
 
 @dataclasses.dataclass

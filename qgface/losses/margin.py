@@ -36,8 +36,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from qgface.tf32 import tf32_policy
+from qgface.vocab.choices import MARGIN_KINDS
 
-MARGIN_KINDS = ("adaface", "arcface", "cosface")
 DEFAULT_CHUNK_ELEMS = {"cpu": 1 << 24, "cuda": 1 << 28}
 """logits held at once when ``chunk_elems=0``, per device type (others use the CPU figure)"""
 EPS = 1e-3
