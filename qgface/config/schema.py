@@ -1,27 +1,17 @@
-"""The typed configuration tree: defaults, YAML files with ``base:`` inheritance, ``key=value`` overrides.
+"""The schema of the typed configuration tree (docs/method.md names the keys' meaning in use).
 
-Every key has a default, a type and a one-line meaning (the field's docstring-comment below). A YAML file
-holds only what differs from the defaults and may name a ``base`` file (relative to itself) to start from.
-Command-line overrides use dotted keys (``optim.lr=0.05``, ``eval.benchmarks=[hq,tinyface]``), their
-values parsed as YAML scalars or lists, as with hydra. Values derived from the config (world batch,
-total steps) are computed elsewhere and never written back.
+One dataclass per section; every key has a default, a type and a one-line meaning (the string under
+the field), and each section validates itself in ``__post_init__``, naming the dotted key. Reading YAML
+files and ``key=value`` overrides into this tree is :mod:`qgface.config.loading`.
 """
 
 from __future__ import annotations
 
-import ast
 import dataclasses
-import difflib
-import inspect
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from qgface.atomic import atomic_write_text
 from qgface.vocab import choices, synthetic
 from qgface.vocab.benchmarks import DEFAULT_BENCHMARKS, IJB_PROTOCOLS, SCFACE_ALIGNED_DIR, TINYFACE_ALIGNED_DIR
 
@@ -313,158 +303,6 @@ class Config:
         return dataclasses.asdict(self)
 
 
-def load_config(path: str | Path | None = None, overrides: typing.Sequence[str] = ()) -> Config:
-    """Defaults, then the YAML chain of ``path`` (base first), then ``key=value`` overrides."""
-    values: dict[str, Any] = {}
-    if path is not None:
-        _merge(values, _read_yaml_chain(Path(path), seen=()))
-    for item in overrides:
-        override = _parse_override(item)
-        _build(Config, override, prefix="", source=f"override {item!r}")  # its own mistakes blamed on it
-        _merge(values, override)
-    return from_dict(values, source=str(path) if path else "overrides")
-
-
-def from_dict(values: dict[str, Any], source: str = "config") -> Config:
-    """Build a validated ``Config`` from a nested dict (unknown keys and wrong types raise ConfigError)."""
-    return _build(Config, values, prefix="", source=source)
-
-
-def save_config(cfg: Config, path: str | Path) -> None:
-    """Write the resolved config as YAML (atomically), loadable again with ``load_config``."""
-    atomic_write_text(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-
-
-def config_keys() -> list[str]:
-    """Every dotted key of the tree, for error messages."""
-    return [key for key, _, _ in describe_keys()]
-
-
-def describe_keys(cls: type = Config, prefix: str = "") -> list[tuple[str, str, str]]:
-    """(dotted key, default as YAML, meaning) for every key; the meaning is the string under each field."""
-    meanings = _field_docstrings(cls)
-    rows = []
-    defaults = cls()
-    for f in dataclasses.fields(cls):
-        hint = _hint(cls, f.name)
-        if dataclasses.is_dataclass(hint):
-            rows.extend(describe_keys(hint, f"{prefix}{f.name}."))
-        else:
-            default = yaml.safe_dump(getattr(defaults, f.name), default_flow_style=True).strip()
-            rows.append((f"{prefix}{f.name}", default.removesuffix("\n...").strip(), meanings.get(f.name, "")))
-    return rows
-
-
-def _field_docstrings(cls: type) -> dict[str, str]:
-    body = ast.parse(inspect.getsource(cls)).body[0].body
-    docs = {}
-    for field_node, doc_node in zip(body, body[1:]):
-        if (
-            isinstance(field_node, ast.AnnAssign)
-            and isinstance(doc_node, ast.Expr)
-            and isinstance(doc_node.value, ast.Constant)
-        ):
-            docs[field_node.target.id] = str(doc_node.value.value)
-    return docs
-
-
-def _read_yaml_chain(path: Path, seen: tuple[Path, ...]) -> dict[str, Any]:
-    path = path.resolve()
-    if path in seen:
-        raise ConfigError(f"{path}: 'base' files form a cycle: {' -> '.join(map(str, seen + (path,)))}")
-    if not path.is_file():
-        raise ConfigError(f"config file {path} does not exist")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML: {err}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: the top level must be a mapping of keys, got {type(data).__name__}")
-    base = data.pop("base", None)
-    merged: dict[str, Any] = {}
-    if base is not None:
-        merged = _read_yaml_chain(path.parent / str(base), seen + (path,))
-    _merge(merged, data)
-    return merged
-
-
-def _parse_override(item: str) -> dict[str, Any]:
-    key, sep, raw = item.partition("=")
-    if not sep or not key:
-        raise ConfigError(f"override {item!r} is not of the form key=value (e.g. optim.lr=0.05)")
-    try:
-        value = yaml.safe_load(raw) if raw else ""
-    except yaml.YAMLError:
-        value = raw
-    nested: dict[str, Any] = {}
-    node = nested
-    *parents, leaf = key.split(".")
-    for part in parents:
-        node = node.setdefault(part, {})
-    node[leaf] = value
-    return nested
-
-
-def _merge(into: dict[str, Any], new: dict[str, Any]) -> None:
-    for key, value in new.items():
-        if isinstance(value, dict) and isinstance(into.get(key), dict):
-            _merge(into[key], value)
-        else:
-            into[key] = value
-
-
-def _hint(cls: type, name: str) -> Any:
-    return typing.get_type_hints(cls)[name]
-
-
-def _build(cls: type, values: dict[str, Any], prefix: str, source: str) -> Any:
-    if not isinstance(values, dict):
-        raise ConfigError(f"{source}: {prefix.rstrip('.') or 'config'} must be a mapping, got {values!r}")
-    names = {f.name for f in dataclasses.fields(cls)}
-    kwargs = {}
-    for key, value in values.items():
-        dotted = f"{prefix}{key}"
-        if key not in names:
-            raise ConfigError(f"{source}: unknown key {dotted!r}{_closest(dotted)}")
-        hint = _hint(cls, key)
-        if dataclasses.is_dataclass(hint):
-            kwargs[key] = _build(hint, value, dotted + ".", source)
-        else:
-            kwargs[key] = _coerce(dotted, hint, value, source)
-    try:
-        return cls(**kwargs)
-    except ConfigError as err:
-        raise ConfigError(f"{source}: {err}") from None
-
-
-def _coerce(key: str, hint: Any, value: Any, source: str) -> Any:
-    origin = typing.get_origin(hint)
-    if origin is list:
-        (item_type,) = typing.get_args(hint)
-        if not isinstance(value, list):
-            raise ConfigError(f"{source}: {key} expects a list of {item_type.__name__}, got {value!r}")
-        return [_coerce(f"{key}[{i}]", item_type, v, source) for i, v in enumerate(value)]
-    if hint is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if hint is float and isinstance(value, str):
-        # YAML 1.1 reads exponents without a dot (1e-4) as strings; a float key means a number.
-        try:
-            return float(value)
-        except ValueError:
-            pass
-    if hint is str and isinstance(value, (int, float)) and not isinstance(value, bool):
-        return str(value)
-    if isinstance(hint, type) and isinstance(value, hint) and not (hint is int and isinstance(value, bool)):
-        return value
-    name = hint.__name__ if isinstance(hint, (type, types.GenericAlias)) else str(hint)
-    raise ConfigError(f"{source}: {key} expects {name}, got {value!r} ({type(value).__name__})")
-
-
-def _closest(key: str) -> str:
-    match = difflib.get_close_matches(key, config_keys(), n=1, cutoff=0.5)
-    return f"; did you mean {match[0]!r}?" if match else "; run `python -m qgface.config` to list the valid keys"
-
-
 def _check_choice(key: str, value: str, choices: tuple[str, ...]) -> None:
     if value not in choices:
         raise ConfigError(f"{key} must be one of {', '.join(choices)}; got {value!r}")
@@ -488,8 +326,3 @@ def _check_positive(key: str, value: int) -> None:
 def _check_range(key: str, value: list[float], low: float, high: float) -> None:
     if len(value) != 2 or not low < value[0] <= value[1] <= high:
         raise ConfigError(f"{key} must be [min, max] with {low} < min <= max <= {high}; got {value!r}")
-
-
-if __name__ == "__main__":
-    for key, default, meaning in describe_keys():
-        print(f"{key} = {default}\n    {meaning}")
