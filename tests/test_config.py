@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from qgface.config import Config, ConfigError, describe_keys, load_config, save_config
+from qgface.config import Config, ConfigError, describe_keys, from_dict, load_config, save_config
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
@@ -94,3 +94,15 @@ def test_every_key_has_a_meaning():
     assert len(rows) > 50
     assert [key for key, _, meaning in rows if not meaning] == []
     assert isinstance(Config(), Config)
+
+
+def test_a_saved_config_takes_overrides_as_its_yaml_file_would(tmp_path):
+    from qgface.config import config_with_overrides
+
+    saved = load_config(overrides=["seed=3", "contrast.queue=fifo", "eval.benchmarks=[hq]"]).to_dict()
+    save_config(from_dict(saved), tmp_path / "config.yaml")
+    overrides = ["eval.batch_size=9", "contrast.weight=0.5"]
+    assert config_with_overrides(saved, overrides) == load_config(tmp_path / "config.yaml", overrides)
+    assert saved["eval"]["batch_size"] == 128  # the caller's dict is not changed
+    with pytest.raises(ConfigError, match="ckpt: unknown key 'sed'"):
+        config_with_overrides({"sed": 1}, source="ckpt")

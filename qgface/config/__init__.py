@@ -5,7 +5,9 @@
 
 from __future__ import annotations
 
-from qgface.config.loading import config_keys, describe_keys, from_dict, load_config, save_config
+from qgface.config.loading import (
+    config_keys, config_with_overrides, describe_keys, from_dict, load_config, save_config,
+)
 from qgface.config.schema import (
     ClusterConfig, Config, ConfigError, ContrastConfig, DataConfig, EvalConfig, HeadConfig, ModelConfig, OptimConfig,
     TrainConfig,
@@ -13,6 +15,6 @@ from qgface.config.schema import (
 
 __all__ = [
     "ClusterConfig", "Config", "ConfigError", "ContrastConfig", "DataConfig", "EvalConfig", "HeadConfig",
-    "ModelConfig", "OptimConfig", "TrainConfig", "config_keys", "describe_keys", "from_dict", "load_config",
+    "ModelConfig", "OptimConfig", "TrainConfig", "config_keys", "config_with_overrides", "describe_keys", "from_dict", "load_config",
     "save_config",
 ]

@@ -10,6 +10,7 @@ the config (world batch, total steps) are computed elsewhere and never written b
 from __future__ import annotations
 
 import ast
+import copy
 import dataclasses
 import difflib
 import inspect
@@ -26,14 +27,24 @@ from qgface.config.schema import Config, ConfigError
 
 def load_config(path: str | Path | None = None, overrides: typing.Sequence[str] = ()) -> Config:
     """Defaults, then the YAML chain of ``path`` (base first), then ``key=value`` overrides."""
-    values: dict[str, Any] = {}
-    if path is not None:
-        _merge(values, _read_yaml_chain(Path(path), seen=()))
+    values = _read_yaml_chain(Path(path), seen=()) if path is not None else {}
+    return _with_overrides(values, overrides, source=str(path) if path else "overrides")
+
+
+def config_with_overrides(values: dict[str, Any], overrides: typing.Sequence[str] = (),
+                          source: str = "config") -> Config:
+    """Defaults, then the nested dict ``values`` (e.g. a checkpoint's saved config), then ``key=value``
+    overrides, exactly as :func:`load_config` applies them to a file's values."""
+    from_dict(values, source=source)  # the saved values' own mistakes blamed on them
+    return _with_overrides(copy.deepcopy(values), overrides, source=source)
+
+
+def _with_overrides(values: dict[str, Any], overrides: typing.Sequence[str], source: str) -> Config:
     for item in overrides:
         override = _parse_override(item)
         _build(Config, override, prefix="", source=f"override {item!r}")  # its own mistakes blamed on it
         _merge(values, override)
-    return from_dict(values, source=str(path) if path else "overrides")
+    return from_dict(values, source=source)
 
 
 def from_dict(values: dict[str, Any], source: str = "config") -> Config:
