@@ -206,8 +206,8 @@ class MarginHead(nn.Module):
             return torch.full_like(g_hat, self.s)
         return self.s * quality_scale_factor(g_hat, self.quality_scale, self.s)
 
-    def margin_scaler(self, norms: torch.Tensor) -> torch.Tensor:
-        """ĝ [N, 1] from the current running statistics (no update)."""
+    def current_g_hat(self, norms: torch.Tensor) -> torch.Tensor:
+        """ĝ [N, 1] by :func:`margin_scaler` from the current running statistics (no update)."""
         return margin_scaler(norms.float().reshape(-1, 1), self.batch_mean, self.batch_std, self.h)
 
     @torch.no_grad()
