@@ -106,3 +106,14 @@ def test_a_saved_config_takes_overrides_as_its_yaml_file_would(tmp_path):
     assert saved["eval"]["batch_size"] == 128  # the caller's dict is not changed
     with pytest.raises(ConfigError, match="ckpt: unknown key 'sed'"):
         config_with_overrides({"sed": 1}, source="ckpt")
+
+
+def test_the_example_cluster_profile_is_the_paper_config_plus_cluster_keys():
+    repo = Path(__file__).resolve().parents[1]
+    profile = load_config(repo / "configs" / "cluster" / "example.yaml")
+    paper = load_config(repo / "configs" / "qgface.yaml")
+    assert (profile.cluster.partition, profile.cluster.nodes, profile.cluster.gpus_per_node) == ("gpu", 2, 8)
+    assert (profile.cluster.time_min, profile.cluster.max_requeues, profile.cluster.cpus_per_task) == (1440, 10, 64)
+    assert profile.cluster.mem == "480G"
+    profile.cluster = paper.cluster
+    assert profile == paper  # nothing but cluster.* differs
