@@ -20,10 +20,17 @@ import sys
 from pathlib import Path
 
 from qgface.cluster import (
-    LocalRunInterrupted, Run, SlurmUnavailableError, ensure_data, prepare_run, resolve_mode, run_local_chain,
-    submit_chain, wait_for_chain,
+    LocalRunInterrupted,
+    Run,
+    SlurmUnavailableError,
+    ensure_data,
+    follow,
+    prepare_run,
+    resolve_mode,
+    run_local_chain,
+    submit_chain,
+    wait_for_chain,
 )
-from qgface.cluster import follow
 from qgface.cluster.preflight import PreflightError, check_launch
 from qgface.config import ConfigError, load_config
 from qgface.models import CheckpointError

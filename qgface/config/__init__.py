@@ -6,10 +6,23 @@
 from __future__ import annotations
 
 from qgface.config.loading import (
-    config_keys, config_with_overrides, describe_keys, from_dict, load_config, save_config,
+    config_keys,
+    config_with_overrides,
+    describe_keys,
+    from_dict,
+    load_config,
+    save_config,
 )
 from qgface.config.schema import (
-    ClusterConfig, Config, ConfigError, ContrastConfig, DataConfig, EvalConfig, HeadConfig, ModelConfig, OptimConfig,
+    ClusterConfig,
+    Config,
+    ConfigError,
+    ContrastConfig,
+    DataConfig,
+    EvalConfig,
+    HeadConfig,
+    ModelConfig,
+    OptimConfig,
     TrainConfig,
 )
 

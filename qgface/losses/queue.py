@@ -18,7 +18,7 @@ row positions of that view, which is what ``qg_contrastive_loss(own_index=...)``
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.distributed as dist

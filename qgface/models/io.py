@@ -66,7 +66,7 @@ def read_checkpoint_file(path: str | os.PathLike) -> object:
         zipped = f.read(4) == ZIP_MAGIC
     try:  # a zip archive is memory-mapped: reading one entry (the step) does not read the whole file
         return torch.load(path, map_location="cpu", weights_only=True, mmap=zipped)
-    except pickle.UnpicklingError as exc:
+    except pickle.UnpicklingError:
         raise CheckpointError(
             f"checkpoint {os.fspath(path)!r} needs arbitrary unpickling (it stores Python objects other "
             f"than tensors and plain containers) and is refused for safety. If you trust the file, "

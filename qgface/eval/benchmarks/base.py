@@ -10,8 +10,9 @@ so evaluating from the ``.rec`` or from the files gives identical numbers.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Hashable
 from pathlib import Path
-from typing import Any, Hashable
+from typing import Any
 
 import numpy as np
 

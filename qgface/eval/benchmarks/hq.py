@@ -13,8 +13,8 @@ Keys ``crlfw_<size>`` and their mean ``crlfw_avg`` (the reference's logged aggre
 
 from __future__ import annotations
 
+from collections.abc import Hashable
 from pathlib import Path
-from typing import Hashable
 
 import numpy as np
 from PIL import Image

@@ -23,8 +23,8 @@ pair score = cosine of the two templates. A FAR below 1 / impostor pairs is repo
 
 from __future__ import annotations
 
+from collections.abc import Hashable
 from pathlib import Path
-from typing import Hashable
 
 import numpy as np
 import torch
