@@ -20,8 +20,17 @@ from qgface.vocab.columns import ALL_AVG_PARTS, HEADLINE
 
 
 def test_registry_names_each_benchmark_class():
-    expected = {"hq": HQVerification, "crlfw": CrossResolutionLFW, "tinyface": TinyFace, "scface": SCface,
-                "ijbb": IJB, "ijbc": IJB, "ijbb_1n": IJB1N, "ijbc_1n": IJB1N, "ijbs": IJBS}
+    expected = {
+        "hq": HQVerification,
+        "crlfw": CrossResolutionLFW,
+        "tinyface": TinyFace,
+        "scface": SCface,
+        "ijbb": IJB,
+        "ijbc": IJB,
+        "ijbb_1n": IJB1N,
+        "ijbc_1n": IJB1N,
+        "ijbs": IJBS,
+    }
     assert {name: benchmark_class(name) for name in BENCHMARK_NAMES} == expected
     assert all(issubclass(cls, Benchmark) for cls in expected.values())
     with pytest.raises(BenchmarkError, match="unknown benchmark 'lfw'.*hq, crlfw"):
@@ -31,13 +40,23 @@ def test_registry_names_each_benchmark_class():
 def test_defaults_and_columns_are_the_papers():
     assert EvalConfig().benchmarks == ["hq", "crlfw", "tinyface", "scface", "ijbb", "ijbc"] == list(DEFAULT_BENCHMARKS)
     assert ALL_AVG_PARTS == ("scface_d1", "scface_d2", "scface_d3", "tinyface_rank1", "ijbb_tar_at_1e-4", "hq_avg")
-    assert HEADLINE == ("scface_d1", "scface_d2", "scface_d3", "tinyface_rank1", "ijbb_tar_at_1e-4",
-                        "ijbc_tar_at_1e-4", "hq_avg", "all_avg")
+    assert HEADLINE == (
+        "scface_d1",
+        "scface_d2",
+        "scface_d3",
+        "tinyface_rank1",
+        "ijbb_tar_at_1e-4",
+        "ijbc_tar_at_1e-4",
+        "hq_avg",
+        "all_avg",
+    )
 
 
 def test_vocabularies_import_no_torch():
-    code = ("import sys, qgface.vocab.benchmarks, qgface.vocab.choices, qgface.vocab.columns, qgface.vocab.synthetic, "
-            "qgface.config; print('torch' in sys.modules)")
+    code = (
+        "import sys, qgface.vocab.benchmarks, qgface.vocab.choices, qgface.vocab.columns, qgface.vocab.synthetic, "
+        "qgface.config; print('torch' in sys.modules)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
 
@@ -47,12 +66,15 @@ def test_launch_help_lists_every_registered_benchmark():
     assert " ".join(BENCHMARK_NAMES) in " ".join(out.split())
 
 
-@pytest.mark.parametrize(("key", "values", "component"), [
-    ("contrast.queue", choices.QUEUE_MODES, "qgface.losses.queue"),
-    ("contrast.method", choices.QUALITY_METHODS, "qgface.losses.contrast"),
-    ("head.kind", choices.MARGIN_KINDS, "qgface.losses.margin"),
-    ("data.views", choices.VIEW_KINDS, "qgface.data.views"),
-])
+@pytest.mark.parametrize(
+    ("key", "values", "component"),
+    [
+        ("contrast.queue", choices.QUEUE_MODES, "qgface.losses.queue"),
+        ("contrast.method", choices.QUALITY_METHODS, "qgface.losses.contrast"),
+        ("head.kind", choices.MARGIN_KINDS, "qgface.losses.margin"),
+        ("data.views", choices.VIEW_KINDS, "qgface.data.views"),
+    ],
+)
 def test_config_accepts_exactly_the_choices_the_component_reads(key, values, component):
     module = __import__(component, fromlist=["_"])
     assert any(getattr(module, name, None) is values for name in dir(module))  # the component reads this tuple

@@ -27,7 +27,20 @@ from qgface.config.schema import (
 )
 
 __all__ = [
-    "ClusterConfig", "Config", "ConfigError", "ContrastConfig", "DataConfig", "EvalConfig", "HeadConfig",
-    "ModelConfig", "OptimConfig", "TrainConfig", "config_keys", "config_with_overrides", "describe_keys", "from_dict", "load_config",
+    "ClusterConfig",
+    "Config",
+    "ConfigError",
+    "ContrastConfig",
+    "DataConfig",
+    "EvalConfig",
+    "HeadConfig",
+    "ModelConfig",
+    "OptimConfig",
+    "TrainConfig",
+    "config_keys",
+    "config_with_overrides",
+    "describe_keys",
+    "from_dict",
+    "load_config",
     "save_config",
 ]

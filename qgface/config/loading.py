@@ -31,8 +31,9 @@ def load_config(path: str | Path | None = None, overrides: typing.Sequence[str] 
     return _with_overrides(values, overrides, source=str(path) if path else "overrides")
 
 
-def config_with_overrides(values: dict[str, Any], overrides: typing.Sequence[str] = (),
-                          source: str = "config") -> Config:
+def config_with_overrides(
+    values: dict[str, Any], overrides: typing.Sequence[str] = (), source: str = "config"
+) -> Config:
     """Defaults, then the nested dict ``values`` (e.g. a checkpoint's saved config), then ``key=value``
     overrides, exactly as :func:`load_config` applies them to a file's values."""
     from_dict(values, source=source)  # the saved values' own mistakes blamed on them
@@ -185,4 +186,3 @@ def _coerce(key: str, hint: Any, value: Any, source: str) -> Any:
 def _closest(key: str) -> str:
     match = difflib.get_close_matches(key, config_keys(), n=1, cutoff=0.5)
     return f"; did you mean {match[0]!r}?" if match else "; run `python -m qgface.config` to list the valid keys"
-

@@ -23,3 +23,6 @@ ALL_AVG_PARTS: tuple[str, ...] = tuple(key for _, key in PAPER_COLUMNS if key !=
 
 HEADLINE: tuple[str, ...] = (*ALL_AVG_PARTS[:5], "ijbc_tar_at_1e-4", ALL_AVG_PARTS[5], ALL_AVG)
 """the headline block of results.csv, after run, config, checkpoint, step"""
+
+PAPER_BENCHMARKS: tuple[str, ...] = ("hq", "tinyface", "scface", "ijbb")
+"""the benchmarks whose results fill the paper's columns"""
