@@ -14,7 +14,9 @@ from qgface.data.datasets import (DatasetLayoutError, FolderTrainDataset, Record
                                   open_train_dataset)
 from qgface.data.images import encode_jpeg, normalize_bgr, to_network_input
 from qgface.data.loader import build_train_loader
-from qgface.data.recordio import IRHeader, RecordIOError, RecordIOWriter, pack, write_insightface_rec
+from qgface.data.insightface_rec import write_insightface_rec
+from qgface.data.irheader import IRHeader, pack
+from qgface.data.recordio import RecordIOError, RecordIOWriter
 from qgface.data.views import make_views
 
 LABELS = [0, 0, 1, 1, 1, 2]

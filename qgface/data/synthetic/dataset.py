@@ -23,7 +23,7 @@ import numpy as np
 
 from qgface.atomic import atomic_write_text, fsync_dir
 from qgface.data.binfile import save_bin
-from qgface.data.recordio import write_insightface_rec
+from qgface.data.insightface_rec import write_insightface_rec
 from qgface.data.synthetic.faces import make_identity
 from qgface.data.synthetic.layouts import IJBS_PROBE_VIDEO_BASE, write_ijb, write_ijbs, write_scface, write_tinyface
 from qgface.data.synthetic.shots import STREAM, Plan, Renderer
