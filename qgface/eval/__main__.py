@@ -2,8 +2,8 @@
 
 Evaluates one checkpoint on one benchmark (compressing the benchmark first when needed) and writes
 ``<run>/eval/<checkpoint stem>/<NAME>.json`` (docs/method.md §7-8); a checkpoint outside a run's checkpoints/
-needs ``--output-dir``. NAME is one of ``qgface.vocab.benchmarks.BENCHMARK_NAMES``
-(listed by ``--help``) or an index into ``eval.benchmarks`` (handy as a Slurm array task id). Exits 1 with one message on failure.
+needs ``--output-dir``. NAME is one of ``qgface.vocab.benchmarks.BENCHMARK_NAMES`` (listed by ``--help``)
+or an index into ``eval.benchmarks`` (handy as a Slurm array task id). Exits 1 with one message on failure.
 """
 
 from __future__ import annotations

@@ -51,7 +51,8 @@ def resolve_config(checkpoint: str | Path | None, config_path: str | Path | None
 
 
 def checkpoint_info(path: str | Path) -> dict[str, Any]:
-    """``layout`` (qgface | lightning | state_dict | onnx), ``step``, ``epoch``, ``backbone``, ``config`` of a checkpoint."""
+    """``layout`` (qgface | lightning | state_dict | onnx), ``step``, ``epoch``, ``backbone``, ``config``
+    of a checkpoint, from one read of the file."""
     if _is_onnx(path):  # an exported backbone (tools/export_onnx.py)
         return {"layout": "onnx", "step": None, "epoch": None, "backbone": None, "config": None}
     return _info(read_checkpoint(path))

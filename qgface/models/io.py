@@ -125,7 +125,8 @@ def read_checkpoint(path: str | os.PathLike) -> CheckpointContents:
     if isinstance(obj, Mapping) and "state_dict" in obj and isinstance(obj["state_dict"], Mapping):
         sd = {k[len("model."):]: v for k, v in obj["state_dict"].items() if k.startswith("model.")}
         if not sd:
-            raise CheckpointError(f"checkpoint {path_s!r}: 'state_dict' has no 'model.*' keys (Lightning layout expected)")
+            raise CheckpointError(f"checkpoint {path_s!r}: 'state_dict' has no 'model.*' keys "
+                                  "(Lightning layout expected)")
         try:
             inferred: str | None = infer_backbone_name(sd)
         except CheckpointError:
@@ -144,7 +145,8 @@ def _backbone_name(contents: CheckpointContents, path: str, name: str | None) ->
     """The backbone to build: ``name`` where given (a training checkpoint must agree with it), else the file's."""
     if contents.layout == "qgface":
         if name is not None and contents.backbone is not None and contents.backbone != name:
-            raise CheckpointError(f"checkpoint {path!r} holds backbone {contents.backbone!r}, but name={name!r} was asked for")
+            raise CheckpointError(f"checkpoint {path!r} holds backbone {contents.backbone!r}, "
+                                  f"but name={name!r} was asked for")
         name = name if name is not None else contents.backbone
         if name is None:
             raise CheckpointError(f"checkpoint {path!r} has no 'backbone' key; pass name=")

@@ -167,7 +167,8 @@ def _plan_ijbs(plan: Plan, eval_ids: list[int]) -> tuple[list[int], set[str]]:
 
 
 def generate(out_dir: str | os.PathLike, *, identities: int = synthetic.IDENTITIES,
-             images_per_identity: int = synthetic.IMAGES_PER_IDENTITY, eval_identities: int = synthetic.EVAL_IDENTITIES, seed: int = 0, hq_pairs: int | None = None, tinyface_probes: int = 2,
+             images_per_identity: int = synthetic.IMAGES_PER_IDENTITY, eval_identities: int = synthetic.EVAL_IDENTITIES,
+             seed: int = 0, hq_pairs: int | None = None, tinyface_probes: int = 2,
              tinyface_gallery: int = 2, tinyface_distractors: int | None = None, scface_subjects: int | None = None,
              ijb_templates: int | None = None, ijb_media: int = 2, ijb_frames: int = 2, ijb_max_pairs: int = 100_000,
              workers: int = 2) -> None:
