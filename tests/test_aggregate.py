@@ -7,13 +7,14 @@ import json
 from pathlib import Path
 
 import pytest
-from paper_columns import RESULTS_HEADER
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from qgface.config import load_config
 from qgface.eval.aggregate import aggregate, main
 from qgface.eval.run import result_path, write_failure
 from qgface.history import record_config
+
+from paper_columns import RESULTS_HEADER
 
 CKPT = "/runs/x/checkpoints/last.pt"
 METRICS = {

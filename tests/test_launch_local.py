@@ -19,6 +19,7 @@ import yaml
 
 from qgface.cluster import SlurmUnavailableError, jobs, prepare_run, resolve_mode, slurm_env
 from qgface.config import load_config
+
 from paper_columns import RESULTS_HEADER
 
 REPO = Path(__file__).resolve().parents[1]

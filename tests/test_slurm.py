@@ -23,6 +23,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from qgface.config import load_config
 from qgface.data.synthetic import ensure_synthetic
+
 from paper_columns import RESULTS_HEADER
 
 pytestmark = pytest.mark.slurm

@@ -99,7 +99,7 @@ class SCface(Benchmark):
 def read_listing(path: Path) -> list[str]:
     """The sorted, distinct image file names of an SCface ``all.txt`` in either line format."""
     names = set()
-    for number, line in enumerate(path.read_text().splitlines(), 1):
+    for line in path.read_text().splitlines():
         first = line.split("\t")[0].strip()
         if not first:
             continue
