@@ -1,6 +1,6 @@
-"""The schema of the typed configuration tree (docs/method.md names the keys' meaning in use).
+"""The schema of the typed configuration tree: one dataclass per section.
 
-One dataclass per section; every key has a default, a type and a one-line meaning (the string under
+Every key has a default, a type and a one-line meaning (the string under
 the field), and each section validates itself in ``__post_init__``, naming the dotted key. Reading YAML
 files and ``key=value`` overrides into this tree is :mod:`qgface.config.loading`.
 """
