@@ -20,13 +20,21 @@ import sys
 from pathlib import Path
 
 from qgface.cluster import (
-    LocalRunInterrupted, Run, SlurmUnavailableError, ensure_data, prepare_run, resolve_mode, run_local_chain,
-    submit_chain, wait_for_chain,
+    LocalRunInterrupted,
+    Run,
+    SlurmUnavailableError,
+    ensure_data,
+    follow,
+    prepare_run,
+    resolve_mode,
+    run_local_chain,
+    submit_chain,
+    wait_for_chain,
 )
-from qgface.cluster import follow
 from qgface.cluster.preflight import PreflightError, check_launch
 from qgface.config import ConfigError, load_config
 from qgface.models import CheckpointError
+from qgface.vocab.benchmarks import BENCHMARK_NAMES, DEFAULT_BENCHMARKS
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "tiny.yaml"
 """the config used when none is given: the tiny profile, a whole run in minutes on 2 CPU cores"""
@@ -66,7 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="where to run: slurm, local (this machine, one step after the other, waits for the end), "
                    "or auto = slurm when sbatch is on PATH and the controller answers, else local (default)")
     p.add_argument("--benchmarks", nargs="+", metavar="NAME", help="benchmarks to evaluate after training: "
-                   "hq crlfw tinyface scface ijbb ijbc ijbb_1n ijbc_1n ijbs (eval.benchmarks; default the first six)")
+                   f"{' '.join(BENCHMARK_NAMES)} (eval.benchmarks; default {' '.join(DEFAULT_BENCHMARKS)})")
     p.add_argument("--no-eval", action="store_true", help="train only: no evaluation array, no aggregation")
     p.add_argument("--wait", action="store_true", help="on Slurm, stay until the chain has ended and exit 0 only "
                    "if it succeeded (for scripts; local mode always waits)")

@@ -9,11 +9,12 @@ from pathlib import Path
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from qgface.aggregate import main
-from qgface.eval.aggregate import aggregate
+from qgface.config import load_config
+from qgface.eval.aggregate import aggregate, main
 from qgface.eval.run import result_path, write_failure
 from qgface.history import record_config
-from qgface.config import load_config
+
+from paper_columns import RESULTS_HEADER
 
 CKPT = "/runs/x/checkpoints/last.pt"
 METRICS = {
@@ -48,8 +49,7 @@ def test_complete_run_gives_paper_columns_all_avg_and_scalars(tmp_path, capsys):
         write_result(tmp_path, name)
     assert main([str(tmp_path)]) == 0
     header = (tmp_path / "results.csv").read_text().splitlines()[0].split(",")
-    assert header[:12] == ["run", "config", "checkpoint", "step", "scface_d1", "scface_d2", "scface_d3",
-                           "tinyface_rank1", "ijbb_tar_at_1e-4", "ijbc_tar_at_1e-4", "hq_avg", "all_avg"]
+    assert header[:12] == RESULTS_HEADER
     assert {"lfw", "lfw_std", "crlfw_8", "tinyface_rank20", "ijbc_tar_at_1e-6"} <= set(header[12:])
     (row,) = read_csv(tmp_path / "results.csv")
     expected_avg = (60 + 95 + 99 + 70 + 94 + 96.7) / 6  # ijbc (95) is shown, not averaged

@@ -311,7 +311,8 @@ def test_ijb_aligns_pools_templates_and_scores_pairs(data_root, name, tmp_path):
 
 
 def test_ijb_record_holds_the_distributed_bytes_landmarks_and_score(data_root, tmp_path):
-    from qgface.data.recordio import RecordIOReader, unpack
+    from qgface.data.irheader import unpack
+    from qgface.data.recordio import RecordIOReader
     from qgface.eval.compress import compress_benchmark
 
     bench = make_benchmark("ijbc", data_root)

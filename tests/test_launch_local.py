@@ -20,6 +20,8 @@ import yaml
 from qgface.cluster import SlurmUnavailableError, jobs, prepare_run, resolve_mode, slurm_env
 from qgface.config import load_config
 
+from paper_columns import RESULTS_HEADER
+
 REPO = Path(__file__).resolve().parents[1]
 LAUNCH = REPO / "launch.py"
 # the synthetic-data cache shared with the demo (`python launch.py` writes logs/synthetic): generated once
@@ -29,8 +31,6 @@ FEW_STEPS = [
     "train.steps_per_epoch=3", "optim.epochs=2", "optim.milestones=[1]", "train.checkpoint_every=1",
     "train.log_every=1", "data.num_workers=0", "eval.num_workers=0", f"data.synthetic_dir={SYNTHETIC_DIR}",
 ]  # fmt: skip
-PAPER_COLUMNS = ["run", "config", "checkpoint", "step", "scface_d1", "scface_d2", "scface_d3", "tinyface_rank1",
-                 "ijbb_tar_at_1e-4", "ijbc_tar_at_1e-4", "hq_avg", "all_avg"]  # fmt: skip
 
 
 def _launch_module():
@@ -148,7 +148,7 @@ def test_local_chain_trains_evaluates_and_aggregates(tmp_path):
     with open(run_dir / "results.csv") as f:
         reader = csv.DictReader(f)
         rows = list(reader)
-    assert reader.fieldnames[: len(PAPER_COLUMNS)] == PAPER_COLUMNS and len(rows) == 1
+    assert reader.fieldnames[: len(RESULTS_HEADER)] == RESULTS_HEADER and len(rows) == 1
     assert 0.0 <= float(rows[0]["tinyface_rank1"]) <= 100.0 and rows[0]["step"] == "6"
     assert list((run_dir / "tb").glob("events.out.tfevents.*"))
     # what the user sees: progress while training, then the headline table and where everything is

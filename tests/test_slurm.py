@@ -24,6 +24,8 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from qgface.config import load_config
 from qgface.data.synthetic import ensure_synthetic
 
+from paper_columns import RESULTS_HEADER
+
 pytestmark = pytest.mark.slurm
 
 REPO = Path(__file__).resolve().parents[1]
@@ -33,8 +35,6 @@ FEW_STEPS = [
     "train.log_every=1", "data.num_workers=0", "eval.num_workers=0", f"data.synthetic_dir={SYNTHETIC_DIR}",
 ]  # fmt: skip
 BENCHMARKS = ["tinyface", "ijbb"]  # the two smallest synthetic benchmarks
-PAPER_COLUMNS = ["run", "config", "checkpoint", "step", "scface_d1", "scface_d2", "scface_d3", "tinyface_rank1",
-                 "ijbb_tar_at_1e-4", "ijbc_tar_at_1e-4", "hq_avg", "all_avg"]  # fmt: skip
 ENDED = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "BOOT_FAIL", "DEADLINE"}
 ENV = {**os.environ, "PYTHONPATH": str(REPO), "PYTHON": sys.executable}
 
@@ -178,7 +178,7 @@ def test_aggregation_wrote_results_csv_and_tensorboard(chain_run):
     with open(run_dir / "results.csv") as f:
         reader = csv.DictReader(f)
         (row,) = list(reader)
-    assert reader.fieldnames[: len(PAPER_COLUMNS)] == PAPER_COLUMNS
+    assert reader.fieldnames[: len(RESULTS_HEADER)] == RESULTS_HEADER
     assert row["step"] == "6" and row["checkpoint"].endswith("last.pt")
     assert 0.0 <= float(row["tinyface_rank1"]) <= 100.0 and 0.0 <= float(row["ijbb_tar_at_1e-4"]) <= 100.0
     assert row["all_avg"] == "", "all_avg needs all six paper columns"

@@ -68,7 +68,7 @@ def _dense_loss(head, emb: torch.Tensor, norms: torch.Tensor, labels: torch.Tens
 
     from qgface.losses.margin import EPS
 
-    g_hat = head.margin_scaler(norms)
+    g_hat = head.current_g_hat(norms)
     w = torch.nn.functional.normalize(head.kernel, dim=0)
     cos = (emb @ w).clamp(-1 + EPS, 1 - EPS)
     onehot = torch.zeros_like(cos).scatter_(1, labels[:, None], 1.0)

@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from qgface.config import Config
-from qgface.eval.benchmarks.hq import HQ_SETS
+from qgface.vocab.benchmarks import BENCHMARK_NAMES, HQ_SETS
 
 __all__ = ["PreflightError", "check_launch", "eval_data_problem"]
 
@@ -41,8 +41,6 @@ def check_launch(cfg: Config, evaluate: bool = True) -> None:
 
 
 def _check_benchmarks(cfg: Config) -> None:
-    from qgface.eval.benchmarks import BENCHMARK_NAMES
-
     for name in cfg.eval.benchmarks:
         if name not in BENCHMARK_NAMES:
             hint = " (LFW, CFP-FP, AgeDB-30, CALFW and CPLFW are evaluated together as hq)" if name in HQ_SETS else ""

@@ -2,7 +2,7 @@
 
 Evaluates one checkpoint on one benchmark (compressing the benchmark first when needed) and writes
 ``<run>/eval/<checkpoint stem>/<NAME>.json`` (docs/method.md §7-8); a checkpoint outside a run's checkpoints/
-needs ``--output-dir``. NAME is one of hq, crlfw, tinyface, scface, ijbb, ijbc, ijbb_1n, ijbc_1n, ijbs,
+needs ``--output-dir``. NAME is one of ``qgface.vocab.benchmarks.BENCHMARK_NAMES`` (listed by ``--help``)
 or an index into ``eval.benchmarks`` (handy as a Slurm array task id). Exits 1 with one message on failure.
 """
 
@@ -11,8 +11,8 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from qgface.config import ConfigError
 from qgface.data.binfile import BinFileError

@@ -1,4 +1,5 @@
-"""Collect ``<run>/eval/<checkpoint>/<benchmark>.json`` into ``<run>/results.csv`` and TensorBoard (docs/method.md §7, DESIGN.md).
+"""Collect ``<run>/eval/<checkpoint>/<benchmark>.json`` into ``<run>/results.csv`` and TensorBoard
+(docs/method.md §7, DESIGN.md); ``main`` is ``python -m qgface.aggregate``.
 
 One CSV row per evaluated checkpoint: ``run`` (the run directory's name), ``config`` (the config file
 the run was launched with, from ``config_history.yaml``), ``checkpoint, step``, the headline columns
@@ -13,29 +14,28 @@ curves as figures.
 
 from __future__ import annotations
 
+import argparse
 import csv
 import dataclasses
 import io
 import json
 import logging
+import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from qgface.atomic import atomic_write_text
 from qgface.config import ConfigError, EvalConfig, load_config
-from qgface.eval.benchmarks import BENCHMARK_NAMES
 from qgface.history import launched_config_file
+from qgface.vocab.benchmarks import BENCHMARK_NAMES
+from qgface.vocab.columns import ALL_AVG_PARTS, HEADLINE
 
-__all__ = ["ALL_AVG_PARTS", "HEADLINE", "AggregateResult", "aggregate", "headline_table", "read_csv_rows",
+__all__ = ["ALL_AVG_PARTS", "HEADLINE", "AggregateResult", "aggregate", "headline_table", "main", "read_csv_rows",
            "read_results"]
 
 log = logging.getLogger(__name__)
 
-ALL_AVG_PARTS = ("scface_d1", "scface_d2", "scface_d3", "tinyface_rank1", "ijbb_tar_at_1e-4", "hq_avg")
-"""the paper's table: all_avg is their mean"""
-HEADLINE = ("scface_d1", "scface_d2", "scface_d3", "tinyface_rank1", "ijbb_tar_at_1e-4", "ijbc_tar_at_1e-4",
-            "hq_avg", "all_avg")
-"""the headline block of results.csv, after run, config, checkpoint, step"""
 
 
 @dataclasses.dataclass
@@ -206,3 +206,31 @@ def headline_table(rows: list[dict[str, Any]], label: tuple[str, ...] = ("checkp
     lines = ["| " + " | ".join(columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
     lines += ["| " + " | ".join(cell(k, row.get(k)) for k in columns) + " |" for row in rows]
     return "\n".join(lines)
+
+
+MAIN_DESCRIPTION = "results.csv + TensorBoard from RUN_DIR/eval/<checkpoint>/<benchmark>.json"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m qgface.aggregate RUN_DIR``. Exits 1 naming the benchmarks that are missing or failed
+    (their cells stay empty), 2 (creating nothing) when RUN_DIR is no run directory."""
+    parser = argparse.ArgumentParser(prog="python -m qgface.aggregate", description=MAIN_DESCRIPTION)
+    parser.add_argument("run_dir", help="the run directory (holds eval/<checkpoint>/<benchmark>.json)")
+    parser.add_argument("--no-tensorboard", action="store_true", help="write only results.csv")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        result = aggregate(args.run_dir, tensorboard=not args.no_tensorboard)
+    except FileNotFoundError as err:
+        print(f"qgface.aggregate: error: {err}", file=sys.stderr)
+        return 2
+    for row in result.rows:
+        cells = ", ".join(f"{k}={row[k]:.2f}" for k in HEADLINE if row.get(k) is not None)
+        print(f"{Path(row['checkpoint']).name} (step {row['step']}): {cells}")
+    print(f"wrote {result.csv_path}")
+    problems = [f"missing: {name}" for name in result.missing]
+    problems += [f"failed: {name} ({error})" for name, error in result.failed.items()]
+    if problems:
+        print("qgface.aggregate: error: incomplete results; " + "; ".join(problems), file=sys.stderr)
+        return 1
+    return 0

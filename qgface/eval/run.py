@@ -12,20 +12,20 @@ from __future__ import annotations
 import datetime
 import json
 import logging
-import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 
 from qgface.atomic import atomic_write_text
-from qgface.config import Config, from_dict, load_config, save_config
+from qgface.config import Config, config_with_overrides, load_config
 from qgface.eval.benchmarks import BENCHMARK_NAMES, make_benchmark
 from qgface.eval.compress import open_source
 from qgface.eval.embed import embed_benchmark
 from qgface.models import load_backbone
-from qgface.models.io import read_checkpoint_file
+from qgface.models.io import CheckpointContents, read_checkpoint
 from qgface.models.onnx_backbone import OnnxBackbone
 
 __all__ = ["RESULT_VERSION", "checkpoint_info", "checkpoints_to_evaluate", "default_output_dir", "eval_data_root",
@@ -46,24 +46,25 @@ def resolve_config(checkpoint: str | Path | None, config_path: str | Path | None
         if ckpt.resolve().parent.name == "checkpoints" and run_config.is_file():
             config_path = run_config
         elif ckpt.is_file() and isinstance(saved := checkpoint_info(ckpt).get("config"), dict):
-            with tempfile.TemporaryDirectory() as tmp:  # reuse load_config's override semantics exactly
-                save_config(from_dict(saved, source=f"{ckpt} (config entry)"), Path(tmp) / "config.yaml")
-                return load_config(Path(tmp) / "config.yaml", overrides)
+            return config_with_overrides(saved, overrides, source=f"{ckpt} (config entry)")
     return load_config(config_path, overrides)
 
 
 def checkpoint_info(path: str | Path) -> dict[str, Any]:
-    """``layout`` (qgface | lightning | state_dict | onnx), ``step``, ``epoch``, ``backbone``, ``config`` of a checkpoint."""
-    if Path(path).suffix == ".onnx" and Path(path).is_file():  # an exported backbone (tools/export_onnx.py)
+    """``layout`` (qgface | lightning | state_dict | onnx), ``step``, ``epoch``, ``backbone``, ``config``
+    of a checkpoint, from one read of the file."""
+    if _is_onnx(path):  # an exported backbone (tools/export_onnx.py)
         return {"layout": "onnx", "step": None, "epoch": None, "backbone": None, "config": None}
-    obj = read_checkpoint_file(path)
-    if isinstance(obj, dict) and "model" in obj and isinstance(obj["model"], dict):
-        return {"layout": "qgface", "step": obj.get("step"), "epoch": obj.get("epoch"),
-                "backbone": obj.get("backbone"), "config": obj.get("config")}
-    if isinstance(obj, dict) and "state_dict" in obj:
-        return {"layout": "lightning", "step": obj.get("global_step"), "epoch": obj.get("epoch"),
-                "backbone": None, "config": None}
-    return {"layout": "state_dict", "step": None, "epoch": None, "backbone": None, "config": None}
+    return _info(read_checkpoint(path))
+
+
+def _is_onnx(path: str | Path) -> bool:
+    return Path(path).suffix == ".onnx" and Path(path).is_file()
+
+
+def _info(contents: CheckpointContents) -> dict[str, Any]:
+    return {"layout": contents.layout, "step": contents.step, "epoch": contents.epoch,
+            "backbone": contents.backbone if contents.layout == "qgface" else None, "config": contents.config}
 
 
 def resolve_benchmark(name: str, cfg: Config) -> str:
@@ -143,7 +144,9 @@ def evaluate(checkpoint_path: str | Path, benchmark_name: str, cfg: Config,
 
     name = resolve_benchmark(benchmark_name, cfg)
     output_dir = Path(output_dir) if output_dir else default_output_dir(checkpoint_path)
-    info = checkpoint_info(checkpoint_path)  # fail early, before any data is generated or compressed
+    # read once, and early: a bad checkpoint fails before any data is generated or compressed
+    contents = None if _is_onnx(checkpoint_path) else read_checkpoint(checkpoint_path)
+    info = checkpoint_info(checkpoint_path) if contents is None else _info(contents)
     data_root = eval_data_root(cfg)
     benchmark = make_benchmark(name, data_root, tinyface_aligned_dir=cfg.eval.tinyface_aligned_dir,
                                scface_aligned_dir=cfg.eval.scface_aligned_dir, ijb_protocol=cfg.eval.ijb_protocol)
@@ -151,8 +154,9 @@ def evaluate(checkpoint_path: str | Path, benchmark_name: str, cfg: Config,
     source, source_desc = open_source(benchmark, cfg.eval.rec_dir or data_root, compress=compress,
                                       num_workers=cfg.eval.num_workers)
     lap("compress")
-    model = OnnxBackbone(checkpoint_path) if info["layout"] == "onnx" else load_backbone(
-        checkpoint_path, name=cfg.model.backbone if info["layout"] == "state_dict" else None)
+    model = OnnxBackbone(checkpoint_path) if contents is None else load_backbone(
+        checkpoint_path, name=cfg.model.backbone if contents.layout == "state_dict" else None, contents=contents)
+    del contents  # the weights are in the model now
     lap("load_model")
     embeddings, norms = embed_benchmark(model, benchmark, source, batch_size=cfg.eval.batch_size,
                                         num_workers=cfg.eval.num_workers, device=device, tf32=cfg.eval.tf32)

@@ -18,13 +18,14 @@ row positions of that view, which is what ``qg_contrastive_loss(own_index=...)``
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
-QUEUE_MODES = ("proxy", "fifo")
+from qgface.vocab.choices import QUEUE_MODES
+
 PAPER_QUEUE_SIZE = 16384
 """the published K (docs/method.md §4); the automatic size never goes below it"""
 MIN_HISTORY_STEPS = 4

@@ -13,8 +13,8 @@ Keys ``crlfw_<size>`` and their mean ``crlfw_avg`` (the reference's logged aggre
 
 from __future__ import annotations
 
+from collections.abc import Hashable
 from pathlib import Path
-from typing import Hashable
 
 import numpy as np
 from PIL import Image
@@ -22,10 +22,10 @@ from PIL import Image
 from qgface.data.binfile import BinFileError, load_bin
 from qgface.eval.benchmarks.base import Benchmark, BenchmarkError, EvalOutput
 from qgface.eval.metrics import verification_accuracy
+from qgface.vocab.benchmarks import HQ_SETS
 
 __all__ = ["CRLFW_SIZES", "CrossResolutionLFW", "HQ_SETS", "HQVerification"]
 
-HQ_SETS = ("lfw", "cfp_fp", "agedb_30", "calfw", "cplfw")
 CRLFW_SIZES = (8, 12, 16, 20)
 
 
