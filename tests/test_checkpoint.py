@@ -24,6 +24,7 @@ def _state(**changes):
         "format_version": 1, "backbone": "ir_tiny", "model": model.state_dict(), "head": {}, "queue": None,
         "optimizer": opt.state_dict(), "scheduler": {}, "scaler": {}, "epoch": 1, "step": 7,
         "batch_in_epoch": 3, "rng": [capture_rng()], "config": load_config().to_dict(), "finished": False,
+        "validation": {"metric": "hq_avg", "value": 91.5, "step": 6},
     }
     state.update(changes)
     return state

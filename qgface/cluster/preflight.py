@@ -82,7 +82,7 @@ def _check_train_data(root: Path) -> None:
 
 def _check_checkpoints(cfg: Config) -> None:
     """Checkpoints named by absolute path must exist now; names in checkpoints/ appear during training."""
-    if cfg.eval.checkpoints in ("last", "all"):
+    if cfg.eval.checkpoints in ("last", "all", "best"):
         return
     for name in (n.strip() for n in cfg.eval.checkpoints.split(",")):
         if Path(name).is_absolute() and not Path(name).is_file():

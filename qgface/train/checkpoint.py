@@ -10,7 +10,9 @@ value is a tensor, a number, a string, None or a list/dict of those:
 - ``rng``: one entry per rank (rank order) with the torch, CUDA, numpy and Python states, so a
   resumed rank continues its own streams (dropout draws, anything seeded per rank); the data views
   need no entry here because the data pipeline seeds them from (seed, epoch, index);
-- ``config`` (``cfg.to_dict()``), ``finished`` (training completed).
+- ``config`` (``cfg.to_dict()``), ``finished`` (training completed);
+- ``validation``: the best validation value so far, ``{metric, value, step}`` (None without
+  ``eval.every_steps``), so a resumed run keeps choosing ``best.pt`` against it (train/validation.py).
 
 Writes go through ``qgface.atomic.atomic_open``: ``last.pt`` is always the complete previous or the
 complete new file, never a partial one. At scale a checkpoint is ~3 GB (the WebFace12M class proxies
@@ -44,7 +46,7 @@ log = logging.getLogger(__name__)
 FORMAT_VERSION = 1
 KEYS = (
     "format_version", "backbone", "model", "head", "queue", "optimizer", "scheduler", "scaler",
-    "epoch", "step", "batch_in_epoch", "rng", "config", "finished",
+    "epoch", "step", "batch_in_epoch", "rng", "config", "finished", "validation",
 )
 
 
