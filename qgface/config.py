@@ -277,9 +277,6 @@ class EvalConfig:
                                   "training with eval.benchmarks)")
         if not self.best_metric:
             raise ConfigError("eval.best_metric must name a validation metric, e.g. hq_avg")
-        if self.every_steps == 0 and {"best", "best.pt"} & {name.strip() for name in self.checkpoints.split(",")}:
-            raise ConfigError("eval.checkpoints=best needs eval.every_steps > 0: best.pt is kept by the "
-                              "validation during training")
 
 
 @dataclass

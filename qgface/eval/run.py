@@ -116,7 +116,8 @@ def checkpoints_to_evaluate(run_dir: str | Path, spec: str) -> list[Path]:
                  for name in spec.split(",")]
     for path in paths:
         if not path.is_file():
-            raise FileNotFoundError(f"eval.checkpoints={spec}: checkpoint {path} does not exist")
+            hint = " (best.pt is kept by validation during training: eval.every_steps > 0)" if path.name == "best.pt" else ""
+            raise FileNotFoundError(f"eval.checkpoints={spec}: checkpoint {path} does not exist{hint}")
     return paths
 
 

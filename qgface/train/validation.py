@@ -133,6 +133,9 @@ class Validator:
         """Validate ``backbone`` at ``step`` on every rank; log; True when ``best`` improved (same on all ranks)."""
         started = time.perf_counter()
         device, was_training = self.info.device, backbone.training
+        # every rank embeds with the model rank 0 saves: its BatchNorm statistics (DDP would copy them
+        # at the next forward anyway, so training is unchanged)
+        dist.broadcast_buffers(backbone)
         shards, error = [], None
         # building a DataLoader iterator draws a seed from torch's global stream: fork it, so that
         # validating leaves the training's random numbers (dropout, exact resume) untouched
@@ -154,7 +157,7 @@ class Validator:
             raise ValidationDataError(
                 f"validation at step {step} failed on rank(s) {[r for r, bad in enumerate(failed) if bad]} "
                 f"(that rank's log has the error{f': {type(error).__name__}: {error}' if error else ''}); "
-                "last.pt is the state before this step's save; fix the validation data or set eval.every_steps=0")
+                "last.pt holds the last step saved before it; fix the validation data or set eval.every_steps=0")
         gathered = [gather_shards(rows, len(benchmark.embed_items())) for rows, (benchmark, _) in zip(shards, self.sets)]
         metrics, error_text = None, None
         if self.info.is_main:  # one rank scores, so every rank keeps the same best step
