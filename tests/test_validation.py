@@ -257,6 +257,17 @@ def test_best_pt_is_the_best_step_and_a_resumed_run_remembers_it(root, tmp_path)
     assert os.path.samefile(folder / "best.pt", folder / "last.pt") == (best_step == 3)
     assert set(_scalars(run)) >= {f"val/hq/{m}" for m in ("lfw", "cfp_fp", "agedb_30", "calfw", "cplfw", "lfw_std")}
 
+    # validating (and resuming) left training untouched: the same losses and weights as a plain run
+    plain = tmp_path / "plain"
+    trainer = Trainer(load_config(None, _args(root, plain, "train.max_steps=3")))
+    try:
+        assert trainer.validator is None and trainer.train() == 0
+    finally:
+        trainer.close()
+    assert _scalars(plain)["train/loss"] == _scalars(run)["train/loss"]
+    validated, unvalidated = (torch.load(r / "checkpoints" / "last.pt", weights_only=True) for r in (run, plain))
+    assert all(torch.equal(value, unvalidated["model"][key]) for key, value in validated["model"].items())
+
     # the evaluation chain scores best.pt (eval.checkpoints=best) and shows it as the best step's row
     cfg = load_config(run / "config.yaml", ["eval.checkpoints=best", "eval.benchmarks=[hq]"])
     (path,) = checkpoints_to_evaluate(run, cfg.eval.checkpoints)

@@ -23,6 +23,7 @@ import json
 import logging
 import time
 from collections.abc import Mapping
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -101,7 +102,14 @@ class Validator:
         self.batch_size, self.num_workers, self.tf32 = e.batch_size, e.num_workers, e.tf32
         self.best_benchmark = best_metric_benchmark(e.val_benchmarks, e.best_metric)  # before any data work
         self.best = BestMetric(e.best_metric)
-        self.sets = self._prepare(cfg)
+        with self._own_random_stream():  # compressing iterates a DataLoader too
+            self.sets = self._prepare(cfg)
+
+    def _own_random_stream(self) -> AbstractContextManager:
+        """A fork of torch's global RNG: building a DataLoader iterator draws a seed from that stream, and
+        validation must leave the training's random numbers (dropout, exact resume) untouched."""
+        device = self.info.device
+        return torch.random.fork_rng(devices=[device] if device.type == "cuda" else [])
 
     def _prepare(self, cfg: Config) -> list[tuple[Benchmark, ImageSource]]:
         """Every rank opens (compressing when missing) each validation set; failures decided together."""
@@ -137,9 +145,7 @@ class Validator:
         # at the next forward anyway, so training is unchanged)
         dist.broadcast_buffers(backbone)
         shards, error = [], None
-        # building a DataLoader iterator draws a seed from torch's global stream: fork it, so that
-        # validating leaves the training's random numbers (dropout, exact resume) untouched
-        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        with self._own_random_stream():
             try:
                 for benchmark, source in self.sets:
                     shards.append(embed_shard(backbone, benchmark, source, self.info.rank, self.info.world_size,
