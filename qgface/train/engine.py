@@ -38,7 +38,7 @@ from qgface.train.monitor import ProgressReport, build_monitor, norm_similarity_
 from qgface.train.precision import build_autocast, build_scaler, resolve_precision
 from qgface.train.schedule import contrast_weight_at, quality_scale_at, queue_size_at
 from qgface.train.signals import REQUEUE_EXIT_CODE, StopFlag
-from qgface.train.validation import Validator, publish_best
+from qgface.train.validation import Validator, write_best_json
 
 log = logging.getLogger(__name__)
 
@@ -343,11 +343,15 @@ class Trainer:
             "validation": self.validator.state_dict() if self.validator is not None else None,
         }
         folder = ckpt.checkpoint_dir(c)
-        ckpt.save_checkpoint(folder / "last.pt", state)
-        if epoch_end:  # written once: the epoch's copy is a hard link to last.pt
+        # written once. A new best goes to best.pt first and last.pt becomes a hard link to it: a crash
+        # in between resumes from the previous last.pt, which remembers the older best, so the redone
+        # step publishes best.pt (and best.json) again
+        ckpt.save_checkpoint(folder / ("best.pt" if best else "last.pt"), state)
+        if best:
+            ckpt.link_or_copy(folder / "best.pt", folder / "last.pt")
+            write_best_json(folder, self.validator.best)
+        if epoch_end:  # the epoch's copy is a hard link to last.pt
             ckpt.link_or_copy(folder / "last.pt", folder / f"epoch_{self.epoch}.pt")
-        if best:  # best.pt: a hard link to this last.pt, plus best.json
-            publish_best(folder, self.validator.best)
         log.info("saved %s at step %d%s", folder / "last.pt", self.step, f" (+ epoch_{self.epoch}.pt)" if epoch_end else "")
 
     def _resume(self) -> None:

@@ -5,9 +5,9 @@ Every ``eval.every_steps`` steps and at the end of training, the backbone embeds
 (:mod:`qgface.eval.sharded`), and rank 0 computes the metrics with the benchmark's own protocol
 object, so the numbers are those ``python -m qgface.eval`` gives for a checkpoint of that step. They go
 to TensorBoard as ``val/<benchmark>/<metric>`` and into one log line. When ``eval.best_metric``
-improves (strictly), the trainer saves ``last.pt`` at that step and hard-links ``best.pt`` to it, with
-``best.json`` (metric, value, step); the best so far is part of the checkpoint, so a resumed run
-remembers it.
+improves (strictly), the trainer saves that step's checkpoint as ``best.pt`` and makes ``last.pt`` a
+hard link to it, then writes ``best.json`` (metric, value, step); the best so far is part of the
+checkpoint, so a resumed run remembers it.
 
 No rank waits forever at a collective: the validation data is prepared on every rank in the
 constructor, before the first step, and every failure is decided for all ranks at once (a gather of
@@ -40,10 +40,9 @@ from qgface.eval.embed import ImageSource
 from qgface.eval.run import eval_data_root
 from qgface.eval.sharded import embed_shard, gather_shards
 from qgface.train import dist
-from qgface.train.checkpoint import link_or_copy
 from qgface.train.monitor import Monitor
 
-__all__ = ["BestMetric", "ValidationDataError", "Validator", "best_metric_benchmark", "publish_best"]
+__all__ = ["BestMetric", "ValidationDataError", "Validator", "best_metric_benchmark", "write_best_json"]
 
 log = logging.getLogger(__name__)
 
@@ -86,9 +85,8 @@ class BestMetric:
         return {"metric": self.metric, "value": self.value, "step": self.step}
 
 
-def publish_best(folder: Path, best: BestMetric) -> None:
-    """``best.pt`` := ``last.pt`` (a hard link: it was just saved at ``best.step``) and ``best.json``."""
-    link_or_copy(folder / "last.pt", folder / "best.pt")
+def write_best_json(folder: Path, best: BestMetric) -> None:
+    """``<folder>/best.json``: the metric, value and step of ``best.pt`` (written atomically)."""
     atomic_write_text(folder / "best.json", json.dumps({**best.state_dict(), "checkpoint": "best.pt"}, indent=1))
     log.info("best.pt is step %d: %s = %.4f", best.step, best.metric, best.value)
 
