@@ -39,7 +39,7 @@ def test_all_keeps_last_pt_saved_between_epochs(tmp_path):
 
 def test_config_refuses_other_values():
     assert load_config(None, ["eval.checkpoints=all"]).eval.checkpoints == "all"
-    with pytest.raises(ConfigError, match="eval.checkpoints must be last, all or comma-separated"):
+    with pytest.raises(ConfigError, match="eval.checkpoints must be last, all, best or comma-separated"):
         load_config(None, ["eval.checkpoints=every"])
 
 

@@ -59,6 +59,11 @@ def test_unknown_benchmark_and_backbone(launch, capsys, tmp_path):
     assert "model.backbone='ir500' is not a backbone" in _refused(launch, capsys, tmp_path, "model.backbone=ir500")
 
 
+def test_a_best_metric_the_validation_sets_do_not_produce_is_refused(launch, capsys, tmp_path):
+    err = _refused(launch, capsys, tmp_path, "eval.every_steps=100", "eval.val_benchmarks=[crlfw]")
+    assert "eval.best_metric='hq_avg' is not a metric of eval.val_benchmarks=['crlfw']" in err and "crlfw_avg" in err
+
+
 def test_unknown_override_is_blamed_on_itself(launch, capsys, tmp_path):
     err = _refused(launch, capsys, tmp_path, str(REPO / "configs" / "tiny.yaml"), "optim.lrr=0.5")
     assert "override 'optim.lrr=0.5': unknown key 'optim.lrr'; did you mean 'optim.lr'?" in err

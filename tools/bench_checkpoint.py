@@ -44,7 +44,7 @@ def make_state(classes: int) -> dict:
         "optimizer": {"state": {0: {"momentum_buffer": backbone.clone()}, 1: {"momentum_buffer": kernel.clone()}},
                       "param_groups": [{"lr": 0.1, "params": [0, 1]}]},
         "scheduler": {}, "scaler": {}, "epoch": 1, "step": 1000, "batch_in_epoch": 0, "rng": [],
-        "config": Config().to_dict(), "finished": False,
+        "config": Config().to_dict(), "finished": False, "validation": None,
     }
 
 

@@ -2,7 +2,7 @@
 
 Each mistake a user can make in the config that would otherwise surface minutes (or a queue wait)
 later, inside a job, is refused here with one line naming the key or file and what to do: the
-benchmark names, the backbone, the training data (``data.root``: a readable ``train.rec/.idx`` with
+benchmark names, the backbone, the metric that chooses best.pt (``eval.best_metric``), the training data (``data.root``: a readable ``train.rec/.idx`` with
 a valid InsightFace header, or image folders), the evaluation data of the chosen benchmarks
 (``eval.data_root``) and explicitly named checkpoints (``eval.checkpoints``).
 """
@@ -28,6 +28,8 @@ def check_launch(cfg: Config, evaluate: bool = True) -> None:
     if cfg.model.backbone not in BACKBONES:
         raise PreflightError(f"model.backbone={cfg.model.backbone!r} is not a backbone; choose one of "
                              f"{', '.join(BACKBONES)}")
+    if cfg.eval.every_steps:
+        _check_best_metric(cfg)
     if evaluate:
         _check_benchmarks(cfg)
         _check_checkpoints(cfg)
@@ -46,6 +48,17 @@ def _check_benchmarks(cfg: Config) -> None:
             hint = " (LFW, CFP-FP, AgeDB-30, CALFW and CPLFW are evaluated together as hq)" if name in HQ_SETS else ""
             raise PreflightError(f"eval.benchmarks: {name!r} is not a benchmark; choose from "
                                  f"{', '.join(BENCHMARK_NAMES)}{hint} (launch.py --benchmarks ...)")
+
+
+def _check_best_metric(cfg: Config) -> None:
+    """Validation during training chooses best.pt by a metric its benchmarks must produce."""
+    from qgface.config import ConfigError
+    from qgface.train.validation import best_metric_benchmark
+
+    try:
+        best_metric_benchmark(cfg.eval.val_benchmarks, cfg.eval.best_metric)
+    except ConfigError as err:
+        raise PreflightError(str(err)) from None
 
 
 def eval_data_problem(name: str, root: Path, cfg: Config) -> str:
@@ -80,7 +93,7 @@ def _check_train_data(root: Path) -> None:
 
 def _check_checkpoints(cfg: Config) -> None:
     """Checkpoints named by absolute path must exist now; names in checkpoints/ appear during training."""
-    if cfg.eval.checkpoints in ("last", "all"):
+    if cfg.eval.checkpoints in ("last", "all", "best"):
         return
     for name in (n.strip() for n in cfg.eval.checkpoints.split(",")):
         if Path(name).is_absolute() and not Path(name).is_file():

@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from qgface.vocab import choices, synthetic
-from qgface.vocab.benchmarks import DEFAULT_BENCHMARKS, IJB_PROTOCOLS, SCFACE_ALIGNED_DIR, TINYFACE_ALIGNED_DIR
+from qgface.vocab.benchmarks import (DEFAULT_BENCHMARKS, IJB_PROTOCOLS, SCFACE_ALIGNED_DIR, TINYFACE_ALIGNED_DIR,
+                                     VALIDATION_BENCHMARKS)
 
 
 class ConfigError(ValueError):
@@ -237,15 +238,32 @@ class EvalConfig:
     ijb_protocol: str = "qgface"
     """IJB-B/C convention: qgface (the paper's: unit embeddings, lower TAR on ties) or insightface (N1D1F2)"""
     checkpoints: str = "last"
-    """checkpoints evaluated after training: last (last.pt), all (every epoch_<e>.pt, and last.pt unless it is one), or comma-separated file names in checkpoints/ or paths"""
+    """checkpoints evaluated after training: last (last.pt), all (every epoch_<e>.pt, and last.pt unless it is one), best (best.pt, kept by validation during training), or comma-separated file names in checkpoints/ or paths"""
+    every_steps: int = 0
+    """validate during training every this many steps and at the end (docs/method.md §7.9); 0 = off"""
+    val_benchmarks: list[str] = field(default_factory=lambda: list(VALIDATION_BENCHMARKS))
+    """benchmarks validated during training; only those cheap enough to run inside training: hq, crlfw"""
+    best_metric: str = "hq_avg"
+    """validation metric (higher is better) that chooses checkpoints/best.pt, e.g. hq_avg, lfw, crlfw_avg, crlfw_8"""
 
     def __post_init__(self) -> None:
         _check_choice("eval.ijb_protocol", self.ijb_protocol, tuple(IJB_PROTOCOLS))
-        if self.checkpoints not in ("last", "all"):
+        if self.checkpoints not in ("last", "all", "best"):
             names = [name.strip() for name in self.checkpoints.split(",")]
             if not all(name.endswith((".pt", ".pth", ".ckpt")) for name in names):
-                raise ConfigError(f"eval.checkpoints must be last, all or comma-separated checkpoint files "
+                raise ConfigError(f"eval.checkpoints must be last, all, best or comma-separated checkpoint files "
                                   f"(e.g. epoch_1.pt,last.pt); got {self.checkpoints!r}")
+        if self.every_steps < 0:
+            raise ConfigError(f"eval.every_steps must be >= 0 (0 = no validation during training); got {self.every_steps!r}")
+        if not self.val_benchmarks or len(set(self.val_benchmarks)) != len(self.val_benchmarks):
+            raise ConfigError(f"eval.val_benchmarks must list distinct benchmarks; got {self.val_benchmarks!r}")
+        for name in self.val_benchmarks:
+            if name not in VALIDATION_BENCHMARKS:
+                raise ConfigError(f"eval.val_benchmarks: {name!r} cannot be validated during training; only "
+                                  f"{', '.join(VALIDATION_BENCHMARKS)} are cheap enough (evaluate the others after "
+                                  "training with eval.benchmarks)")
+        if not self.best_metric:
+            raise ConfigError("eval.best_metric must name a validation metric, e.g. hq_avg")
 
 
 @dataclass

@@ -97,12 +97,13 @@ def result_path(output_dir: str | Path, checkpoint: str | Path, benchmark: str) 
 
 
 def checkpoints_to_evaluate(run_dir: str | Path, spec: str) -> list[Path]:
-    """The checkpoints ``eval.checkpoints`` names for a run: ``last`` -> last.pt; ``all`` -> every
-    ``epoch_<e>.pt`` in epoch order, plus last.pt when training stopped between epochs (its step is
-    then no epoch's); else comma-separated names in ``<run>/checkpoints/`` or paths. Missing files raise."""
+    """The checkpoints ``eval.checkpoints`` names for a run: ``last`` -> last.pt; ``best`` -> best.pt (kept
+    by validation during training); ``all`` -> every ``epoch_<e>.pt`` in epoch order, plus last.pt when
+    training stopped between epochs (its step is then no epoch's); else comma-separated names in
+    ``<run>/checkpoints/`` or paths. Missing files raise."""
     folder = Path(run_dir) / "checkpoints"
-    if spec == "last":
-        paths = [folder / "last.pt"]
+    if spec in ("last", "best"):
+        paths = [folder / f"{spec}.pt"]
     elif spec == "all":
         epochs = sorted(folder.glob("epoch_*.pt"), key=lambda p: int(p.stem.split("_")[1]))
         paths = list(epochs)
@@ -116,7 +117,8 @@ def checkpoints_to_evaluate(run_dir: str | Path, spec: str) -> list[Path]:
                  for name in spec.split(",")]
     for path in paths:
         if not path.is_file():
-            raise FileNotFoundError(f"eval.checkpoints={spec}: checkpoint {path} does not exist")
+            hint = " (best.pt is kept by validation during training: eval.every_steps > 0)" if path.name == "best.pt" else ""
+            raise FileNotFoundError(f"eval.checkpoints={spec}: checkpoint {path} does not exist{hint}")
     return paths
 
 

@@ -38,6 +38,7 @@ from qgface.train.monitor import ProgressReport, build_monitor, norm_similarity_
 from qgface.train.precision import build_autocast, build_scaler, resolve_precision
 from qgface.train.schedule import contrast_weight_at, quality_scale_at, queue_size_at
 from qgface.train.signals import REQUEUE_EXIT_CODE, StopFlag
+from qgface.train.validation import Validator, write_best_json
 
 log = logging.getLogger(__name__)
 
@@ -164,6 +165,9 @@ class Trainer:
         self.precision = resolve_precision(cfg.train.precision, self.device)
         self.autocast = build_autocast(self.precision, self.device)
         self.scaler = build_scaler(self.precision, self.device)
+
+        # ---- validation data, on every rank before the first step (docs/method.md §7.9)
+        self.validator = Validator(cfg, self.dist) if cfg.eval.every_steps else None
 
         # ---- counters, resume, monitoring
         self.epoch, self.step, self.batch_in_epoch = 0, 0, 0
@@ -293,8 +297,10 @@ class Trainer:
                     if epoch_done:
                         self.scheduler.step()
                         self.epoch, self.batch_in_epoch = self.epoch + 1, 0
-                    if epoch_done or finished or self.stop_now or self.step % self.cfg.train.checkpoint_every == 0:
-                        self._save(finished, epoch_done)
+                    # validation before the save, so last.pt holds the best so far; a new best is saved now
+                    best = self._validate(finished)
+                    if epoch_done or finished or self.stop_now or best or self.step % self.cfg.train.checkpoint_every == 0:
+                        self._save(finished, epoch_done, best)
                     if finished:
                         log.info("training complete at step %d", self.step)
                         return 0
@@ -315,8 +321,14 @@ class Trainer:
             batches = iter(self.loader)
         return itertools.islice(batches, self.epoch_steps - self.batch_in_epoch)
 
+    def _validate(self, finished: bool) -> bool:
+        """Validate when due (never on the way out after a signal); True when the best metric improved."""
+        if self.validator is None or self.stop_now or not self.validator.due(self.step, finished):
+            return False
+        return self.validator.run(self.model.backbone, self.step, self.monitor)
+
     # ------------------------------------------------------------------ checkpoints
-    def _save(self, finished: bool, epoch_end: bool) -> None:
+    def _save(self, finished: bool, epoch_end: bool, best: bool = False) -> None:
         rng = dist.gather_objects(ckpt.capture_rng())  # every rank's own streams, in rank order
         if not self.dist.is_main:
             return
@@ -328,10 +340,17 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(), "epoch": self.epoch, "step": self.step,
             "batch_in_epoch": self.batch_in_epoch, "rng": rng, "config": c.to_dict(), "finished": finished,
+            "validation": self.validator.state_dict() if self.validator is not None else None,
         }
         folder = ckpt.checkpoint_dir(c)
-        ckpt.save_checkpoint(folder / "last.pt", state)
-        if epoch_end:  # written once: the epoch's copy is a hard link to last.pt
+        # written once. A new best goes to best.pt first and last.pt becomes a hard link to it: a crash
+        # in between resumes from the previous last.pt, which remembers the older best, so the redone
+        # step publishes best.pt (and best.json) again
+        ckpt.save_checkpoint(folder / ("best.pt" if best else "last.pt"), state)
+        if best:
+            ckpt.link_or_copy(folder / "best.pt", folder / "last.pt")
+            write_best_json(folder, self.validator.best)
+        if epoch_end:  # the epoch's copy is a hard link to last.pt
             ckpt.link_or_copy(folder / "last.pt", folder / f"epoch_{self.epoch}.pt")
         log.info("saved %s at step %d%s", folder / "last.pt", self.step, f" (+ epoch_{self.epoch}.pt)" if epoch_end else "")
 
@@ -354,6 +373,8 @@ class Trainer:
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
         self.epoch, self.step, self.batch_in_epoch = state["epoch"], state["step"], state["batch_in_epoch"]
+        if self.validator is not None:
+            self.validator.load_state_dict(state["validation"], path)
         if len(state["rng"]) == self.dist.world_size:
             ckpt.restore_rng(state["rng"][self.dist.rank])
         else:

@@ -25,6 +25,9 @@ BENCHMARK_NAMES: tuple[str, ...] = tuple(REGISTRY)
 DEFAULT_BENCHMARKS: tuple[str, ...] = ("hq", "crlfw", "tinyface", "scface", "ijbb", "ijbc")
 """what ``eval.benchmarks`` (and so ``launch.py`` and ``slurm/eval.sbatch``) evaluates by default"""
 
+VALIDATION_BENCHMARKS: tuple[str, ...] = ("hq", "crlfw")
+"""benchmarks cheap enough to validate during training (eval.val_benchmarks): a few .bin files, seconds per call"""
+
 HQ_SETS: tuple[str, ...] = ("lfw", "cfp_fp", "agedb_30", "calfw", "cplfw")
 """the InsightFace ``.bin`` verification sets evaluated together as ``hq``, in their fixed order"""
 

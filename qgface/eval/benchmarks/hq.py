@@ -63,6 +63,11 @@ class HQVerification(Benchmark):
             self.image_names += [f"{name}.bin:{i}" for i in range(len(images))]
         self.labels = np.arange(len(self.image_names))
 
+    @staticmethod
+    def metric_names(sets: tuple[str, ...] = HQ_SETS) -> list[str]:
+        """The metric keys :meth:`evaluate` returns for ``sets``, known without loading any data."""
+        return [key for name in sets for key in (name, f"{name}_std")] + ["hq_avg"]
+
     def load_bytes(self, index: int) -> bytes:
         return self._images[index]
 
@@ -108,6 +113,11 @@ class CrossResolutionLFW(Benchmark):
         # every second image once, then every first image at each size (size-major)
         self._items: list[tuple[int, Hashable]] = [(2 * p + 1, None) for p in range(pairs)]
         self._items += [(2 * p, size) for size in self.resolutions for p in range(pairs)]
+
+    @staticmethod
+    def metric_names(sizes: tuple[int, ...] = CRLFW_SIZES) -> list[str]:
+        """The metric keys :meth:`evaluate` returns for ``sizes``, known without loading any data."""
+        return [key for size in sizes for key in (f"crlfw_{size}", f"crlfw_{size}_std")] + ["crlfw_avg"]
 
     def load_bytes(self, index: int) -> bytes:
         return self._images[index]
