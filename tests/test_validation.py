@@ -81,7 +81,7 @@ def test_metric_names_are_the_keys_the_benchmarks_return(root):
         benchmark = make_benchmark(name, root)
         n = len(benchmark.embed_items())
         emb = rng.standard_normal((n, 512)).astype(np.float32)
-        metrics = benchmark.compute(emb / np.linalg.norm(emb, axis=1, keepdims=True), np.ones(n, np.float32))
+        metrics = benchmark.evaluate(emb / np.linalg.norm(emb, axis=1, keepdims=True), np.ones(n, np.float32)).metrics
         assert type(benchmark).metric_names() == list(metrics)
 
 

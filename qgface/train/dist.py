@@ -112,6 +112,15 @@ def any_rank(flags: Sequence[torch.Tensor]) -> list[bool]:
     return [bool(v) for v in t.tolist()]
 
 
+def broadcast_object(obj: Any, src: int = 0) -> Any:
+    """``obj`` of rank ``src`` on every rank."""
+    if not _active():
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=src)
+    return box[0]
+
+
 def gather_objects(obj: Any) -> list[Any]:
     """Every rank's ``obj`` in rank order (on every rank)."""
     if not _active():
