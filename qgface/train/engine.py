@@ -230,9 +230,10 @@ class Trainer:
             contrast, queue_ok = self._contrast(emb, g_hat, labels)
         loss_con = contrast.loss if contrast is not None else torch.zeros((), device=self.device)
         loss = loss_cls + self.contrast_weight * loss_con
-        # one collective and one host read per (micro-)batch: a non-finite loss, a queue too small for
-        # the step's keys, or a stop signal on any rank concerns all ranks (built on the device: a
-        # tensor made from a host value would be a copy that waits for the GPU)
+        # the step's only host read of its flags (besides the queue view's nonzero and fp16's inf check):
+        # one all-reduce, next to the queue's all-gathers and DDP's gradient all-reduce, tells every rank
+        # of a non-finite loss, a queue too small for the step's keys, or a stop signal on any rank
+        # (the flags are built on the device: a tensor made from a host value would wait for the GPU)
         stop = torch.full((), self.stop.requested, dtype=torch.bool, device=self.device)
         bad, queue_short, self.stop_now = dist.any_rank([~torch.isfinite(loss), ~queue_ok, stop])
         if queue_short:
