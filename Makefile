@@ -1,11 +1,12 @@
 # Two commands from a fresh clone (Python >= 3.10 with venv):
 #   make demo   set up .venv, then run the whole pipeline on the embedded synthetic default (python launch.py)
 #   make test   set up .venv, then run the whole test suite
+#   make lint   ruff check + ruff format --check (configured in pyproject.toml)
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup demo test clean-venv
+.PHONY: setup demo test lint clean-venv
 
 setup: $(VENV)/.installed
 
@@ -23,6 +24,10 @@ demo: setup
 
 test: setup
 	$(PY) -m pytest -ra
+
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 
 clean-venv:
 	rm -rf $(VENV)

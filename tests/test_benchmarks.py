@@ -311,7 +311,8 @@ def test_ijb_aligns_pools_templates_and_scores_pairs(data_root, name, tmp_path):
 
 
 def test_ijb_record_holds_the_distributed_bytes_landmarks_and_score(data_root, tmp_path):
-    from qgface.data.recordio import RecordIOReader, unpack
+    from qgface.data.irheader import unpack
+    from qgface.data.recordio import RecordIOReader
     from qgface.eval.compress import compress_benchmark
 
     bench = make_benchmark("ijbc", data_root)
@@ -454,7 +455,7 @@ def test_cli_writes_json_with_a_real_checkpoint(tmp_path, capsys):
     (run_dir / "config.yaml").write_text(
         f"eval:\n  data_root: {data_root}\n  rec_dir: {tmp_path / 'rec'}\n  num_workers: 0\n  batch_size: 8\n")
     assert eval_main(["--checkpoint", str(ckpt), "--benchmark", "scface"]) == 0
-    result = json.loads((run_dir / "eval" / "scface.json").read_text())
+    result = json.loads((run_dir / "eval" / "last" / "scface.json").read_text())
     assert result["status"] == "ok" and result["step"] == 123 and result["benchmark"] == "scface"
     assert result["protocol"] is None  # only benchmarks with several conventions (IJB) name one
     assert set(result["metrics"]) == {"scface_d1", "scface_d2", "scface_d3"}
@@ -464,7 +465,7 @@ def test_cli_writes_json_with_a_real_checkpoint(tmp_path, capsys):
     # a missing data root fails with one message and a failure record
     assert eval_main(["--checkpoint", str(ckpt), "--benchmark", "hq", f"eval.data_root={tmp_path / 'nope'}"]) == 1
     assert "lfw.bin" in capsys.readouterr().err
-    assert json.loads((run_dir / "eval" / "hq.json").read_text())["status"] == "failed"
+    assert json.loads((run_dir / "eval" / "last" / "hq.json").read_text())["status"] == "failed"
 
 
 def test_config_resolution_prefers_the_run_config(tmp_path):

@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from qgface.data import recordio
 from qgface.data.binfile import BinFileError, load_bin, save_bin
 from qgface.data.images import decode_bgr, encode_jpeg, normalize_bgr
 
@@ -38,7 +37,6 @@ def test_save_load_round_trip(tmp_path):
     assert issame.dtype == np.bool_ and issame.tolist() == [True, False]
     assert pickle.loads(path.read_bytes()) == (IMAGES, [True, False])  # plain pickle, protocol 4
     assert path.read_bytes()[:2] == b"\x80\x04"
-    assert recordio.load_bin is load_bin and recordio.save_bin is save_bin
 
 
 def test_loads_python2_pickle(tmp_path):

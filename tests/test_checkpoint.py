@@ -24,6 +24,7 @@ def _state(**changes):
         "format_version": 1, "backbone": "ir_tiny", "model": model.state_dict(), "head": {}, "queue": None,
         "optimizer": opt.state_dict(), "scheduler": {}, "scaler": {}, "epoch": 1, "step": 7,
         "batch_in_epoch": 3, "rng": [capture_rng()], "config": load_config().to_dict(), "finished": False,
+        "validation": {"metric": "hq_avg", "value": 91.5, "step": 6},
     }
     state.update(changes)
     return state
@@ -51,6 +52,14 @@ def test_missing_and_extra_keys_are_named(tmp_path):
     torch.save(_state(extra_thing=1), path)
     with pytest.raises(CheckpointError, match=r"bad\.pt.*extra_thing"):
         load_checkpoint(path)
+
+
+def test_a_checkpoint_from_before_validation_existed_still_resumes(tmp_path):
+    path = tmp_path / "old.pt"
+    state = _state()
+    del state["validation"]  # written by a qgface without validation during training
+    torch.save(state, path)
+    assert load_checkpoint(path)["validation"] is None
 
 
 def test_strict_module_load_names_file_and_key(tmp_path):

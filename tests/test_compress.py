@@ -13,11 +13,18 @@ import numpy as np
 import pytest
 
 from qgface.data.images import encode_jpeg
-from qgface.data.recordio import RecordIOReader, unpack
+from qgface.data.irheader import unpack
+from qgface.data.recordio import RecordIOReader
 from qgface.eval.benchmarks import make_benchmark
 from qgface.eval.benchmarks.scface import SCface
 from qgface.eval.compress import (
-    RecordSource, StaleRecError, check_rec, compress_benchmark, open_source, rec_files, verify_data,
+    RecordSource,
+    StaleRecError,
+    check_rec,
+    compress_benchmark,
+    open_source,
+    rec_files,
+    verify_data,
 )
 
 

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from qgface.config import Config, ConfigError, describe_keys, load_config, save_config
+from qgface.config import Config, ConfigError, describe_keys, from_dict, load_config, save_config
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
@@ -94,3 +94,26 @@ def test_every_key_has_a_meaning():
     assert len(rows) > 50
     assert [key for key, _, meaning in rows if not meaning] == []
     assert isinstance(Config(), Config)
+
+
+def test_a_saved_config_takes_overrides_as_its_yaml_file_would(tmp_path):
+    from qgface.config import config_with_overrides
+
+    saved = load_config(overrides=["seed=3", "contrast.queue=fifo", "eval.benchmarks=[hq]"]).to_dict()
+    save_config(from_dict(saved), tmp_path / "config.yaml")
+    overrides = ["eval.batch_size=9", "contrast.weight=0.5"]
+    assert config_with_overrides(saved, overrides) == load_config(tmp_path / "config.yaml", overrides)
+    assert saved["eval"]["batch_size"] == 128  # the caller's dict is not changed
+    with pytest.raises(ConfigError, match="ckpt: unknown key 'sed'"):
+        config_with_overrides({"sed": 1}, source="ckpt")
+
+
+def test_the_example_cluster_profile_is_the_paper_config_plus_cluster_keys():
+    repo = Path(__file__).resolve().parents[1]
+    profile = load_config(repo / "configs" / "cluster" / "example.yaml")
+    paper = load_config(repo / "configs" / "qgface.yaml")
+    assert (profile.cluster.partition, profile.cluster.nodes, profile.cluster.gpus_per_node) == ("gpu", 2, 8)
+    assert (profile.cluster.time_min, profile.cluster.max_requeues, profile.cluster.cpus_per_task) == (1440, 10, 64)
+    assert profile.cluster.mem == "480G"
+    profile.cluster = paper.cluster
+    assert profile == paper  # nothing but cluster.* differs

@@ -10,11 +10,18 @@ import pytest
 import torch
 
 from qgface.config import from_dict
-from qgface.data.datasets import (DatasetLayoutError, FolderTrainDataset, RecordTrainDataset, TwoViewDataset,
-                                  open_train_dataset)
+from qgface.data.datasets import (
+    DatasetLayoutError,
+    FolderTrainDataset,
+    RecordTrainDataset,
+    TwoViewDataset,
+    open_train_dataset,
+)
 from qgface.data.images import encode_jpeg, normalize_bgr, to_network_input
+from qgface.data.insightface_rec import write_insightface_rec
+from qgface.data.irheader import IRHeader, pack
 from qgface.data.loader import build_train_loader
-from qgface.data.recordio import IRHeader, RecordIOError, RecordIOWriter, pack, write_insightface_rec
+from qgface.data.recordio import RecordIOError, RecordIOWriter
 from qgface.data.views import make_views
 
 LABELS = [0, 0, 1, 1, 1, 2]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import datetime
 import importlib.util
+import json
 import os
 import shutil
 import subprocess
@@ -16,8 +17,10 @@ import pytest
 import torch
 import yaml
 
-from qgface.cluster import jobs, prepare_run, resolve_mode, slurm_env
+from qgface.cluster import SlurmUnavailableError, jobs, prepare_run, resolve_mode, slurm_env
 from qgface.config import load_config
+
+from paper_columns import RESULTS_HEADER
 
 REPO = Path(__file__).resolve().parents[1]
 LAUNCH = REPO / "launch.py"
@@ -28,8 +31,6 @@ FEW_STEPS = [
     "train.steps_per_epoch=3", "optim.epochs=2", "optim.milestones=[1]", "train.checkpoint_every=1",
     "train.log_every=1", "data.num_workers=0", "eval.num_workers=0", f"data.synthetic_dir={SYNTHETIC_DIR}",
 ]  # fmt: skip
-PAPER_COLUMNS = ["checkpoint", "step", "scface_d1", "scface_d2", "scface_d3", "tinyface_rank1", "ijbb_tar_at_1e-4",
-                 "hq_avg", "all_avg"]  # fmt: skip
 
 
 def _launch_module():
@@ -75,7 +76,9 @@ def test_flags_win_over_key_value_and_default_config_is_tiny():
 def test_auto_mode_is_local_without_sbatch(tmp_path, monkeypatch):
     monkeypatch.setenv("PATH", str(tmp_path))
     assert resolve_mode("auto") == "local"
-    assert resolve_mode("slurm") == "slurm" and resolve_mode("local") == "local"
+    assert resolve_mode("local") == "local"
+    with pytest.raises(SlurmUnavailableError, match="sbatch is not on PATH"):
+        resolve_mode("slurm")
     with pytest.raises(ValueError, match="auto, slurm or local"):
         resolve_mode("kubernetes")
 
@@ -103,7 +106,6 @@ def test_run_directory_is_timestamped_with_absolute_paths(tmp_path, monkeypatch)
     saved = load_config(first.config_path)
     assert saved.run_dir == str(first.run_dir) and saved.resolved_run_dir() == first.run_dir
     assert saved.data.root == str(tmp_path / "train") and saved.data.synthetic_dir == str(tmp_path / "logs/synthetic")
-    assert first.checkpoint == first.run_dir / "checkpoints" / "last.pt"
 
 
 def test_torchrun_command_lines():
@@ -120,15 +122,13 @@ def test_torchrun_command_lines():
     assert "--standalone" in local and local[local.index("--nproc_per_node") + 1] == "4"
 
 
-def test_failed_training_fails_the_local_run(tmp_path):
+def test_an_empty_data_root_is_refused_before_a_run_directory_exists(tmp_path):
     (tmp_path / "empty").mkdir()
     done = run_launch("--cluster", "local", "--no-eval", *FEW_STEPS, f"output_root={tmp_path / 'logs'}",
                       f"data.root={tmp_path / 'empty'}", "train.max_restarts=0", cwd=tmp_path, timeout=300)
-    assert done.returncode == 1, done.stdout + done.stderr
-    assert "train failed" in done.stdout and "torchrun exited with" in done.stdout
-    run_dir = run_dir_of(done.stdout)
-    assert not (run_dir / "checkpoints" / "last.pt").exists()
-    assert list((run_dir / "slurm").glob("*_0_log.err")), "the job's log goes to <run>/slurm/"
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert f"error: data.root={tmp_path / 'empty'}: " in done.stderr and "run directory" not in done.stdout
+    assert not (tmp_path / "logs").exists() or not any((tmp_path / "logs").iterdir())
 
 
 @pytest.mark.slow
@@ -144,10 +144,16 @@ def test_local_chain_trains_evaluates_and_aggregates(tmp_path):
     ckpt = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True, map_location="cpu")
     assert ckpt["finished"] and ckpt["step"] == 6
     assert yaml.safe_load((run_dir / "config.yaml").read_text())["run_dir"] == str(run_dir)
-    assert (run_dir / "eval" / "tinyface.json").is_file()
+    assert (run_dir / "eval" / "last" / "tinyface.json").is_file()
     with open(run_dir / "results.csv") as f:
         reader = csv.DictReader(f)
         rows = list(reader)
-    assert reader.fieldnames[: len(PAPER_COLUMNS)] == PAPER_COLUMNS and len(rows) == 1
+    assert reader.fieldnames[: len(RESULTS_HEADER)] == RESULTS_HEADER and len(rows) == 1
     assert 0.0 <= float(rows[0]["tinyface_rank1"]) <= 100.0 and rows[0]["step"] == "6"
     assert list((run_dir / "tb").glob("events.out.tfevents.*"))
+    # what the user sees: progress while training, then the headline table and where everything is
+    assert " step 6/6 (100%) epoch 1 loss " in done.stdout and " ETA " in done.stdout
+    assert "| checkpoint | step | scface_d1 |" in done.stdout and "| last.pt | 6 |" in done.stdout
+    assert f"  results        {run_dir}/results.csv" in done.stdout
+    ids = json.loads((run_dir / "slurm" / "jobs.json").read_text())
+    assert ids["mode"] == "local" and ids["train"] and len(ids["eval_tasks"]) == 1 and ids["aggregate"]

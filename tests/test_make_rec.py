@@ -14,7 +14,9 @@ import pytest
 
 from qgface.data.datasets import RecordTrainDataset
 from qgface.data.images import decode_bgr
-from qgface.data.recordio import RecordIOReader, read_insightface_header, unpack
+from qgface.data.insightface_rec import read_insightface_header
+from qgface.data.irheader import unpack
+from qgface.data.recordio import RecordIOReader
 from qgface.data.synthetic.camera import render_aligned
 from qgface.data.synthetic.faces import Variation, make_identity
 

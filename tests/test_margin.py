@@ -198,7 +198,7 @@ def test_gradient_follows_the_upstream_factor_and_clamped_cosines_get_none():
     (g1,) = torch.autograd.grad(loss, [e], retain_graph=True)
     (g3,) = torch.autograd.grad(3.0 * loss, [e])
     torch.testing.assert_close(g3, 3.0 * g1)
-    ref = dense_loss(head, e, head.margin_scaler(norms).double(), y)
+    ref = dense_loss(head, e, head.current_g_hat(norms).double(), y)
     (g_ref,) = torch.autograd.grad(ref, [e])
     torch.testing.assert_close(g1, g_ref, rtol=1e-10, atol=1e-12)
 
@@ -209,4 +209,4 @@ def test_no_gradient_work_or_backward_under_no_grad():
     with torch.no_grad():
         loss, _ = head(e.requires_grad_(), norms, y)
     assert not loss.requires_grad
-    torch.testing.assert_close(loss, dense_loss(head, e.detach(), head.margin_scaler(norms).double(), y))
+    torch.testing.assert_close(loss, dense_loss(head, e.detach(), head.current_g_hat(norms).double(), y))

@@ -159,3 +159,23 @@ def test_custom_class_pickle_is_refused(tiny, tmp_path):
 def test_missing_file_names_it(tmp_path):
     with pytest.raises(CheckpointError, match="nope.pt"):
         load_backbone(tmp_path / "nope.pt", "ir_tiny")
+
+
+def test_read_checkpoint_tells_each_layout_and_its_metadata_from_one_read(tiny, tmp_path):
+    from qgface.models.io import read_checkpoint
+
+    sd = tiny.state_dict()
+    torch.save({"model": sd, "backbone": "ir_tiny", "step": 12, "epoch": 3, "config": {"seed": 5}}, tmp_path / "a.pt")
+    torch.save({"global_step": 1000, "epoch": 25, "state_dict": {f"model.{k}": v for k, v in sd.items()}},
+               tmp_path / "b.ckpt")
+    torch.save(sd, tmp_path / "c.pt")
+    torch.save({"weights": sd}, tmp_path / "d.pt")
+    a, b, c = (read_checkpoint(tmp_path / n) for n in ("a.pt", "b.ckpt", "c.pt"))
+    assert (a.layout, a.backbone, a.step, a.epoch, a.config) == ("qgface", "ir_tiny", 12, 3, {"seed": 5})
+    assert (b.layout, b.backbone, b.step, b.epoch, b.config) == ("lightning", "ir_tiny", 1000, 25, None)
+    assert (c.layout, c.backbone, c.step) == ("state_dict", None, None)
+    assert all(a.state_dict.keys() == sd.keys() == other.state_dict.keys() for other in (b, c))
+    with pytest.raises(CheckpointError, match="d.pt.*unknown layout.*weights"):
+        read_checkpoint(tmp_path / "d.pt")
+    x = torch.randn(2, 3, 112, 112)  # the contents already read build the same backbone as the path
+    torch.testing.assert_close(load_backbone(tmp_path / "c.pt", "ir_tiny", contents=c)(x), tiny(x), rtol=0, atol=0)

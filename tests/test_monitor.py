@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from qgface.train.monitor import Monitor, build_monitor, norm_similarity_heatmap, pair_grid
+from qgface.train.monitor import Monitor, ProgressReport, _span, build_monitor, norm_similarity_heatmap, pair_grid
 
 
 def _read(tb_dir):
@@ -67,3 +68,17 @@ def test_heatmap_is_an_rgb_image():
     img = norm_similarity_heatmap(torch.rand(64) * 30, torch.rand(64) * 2 - 1)
     assert img.ndim == 3 and img.shape[2] == 3 and img.dtype == np.uint8
     assert img.std() > 0
+
+
+def test_heatmap_axes_fit_the_data_within_the_cosine_bounds():
+    cos = np.array([0.86, 0.9, 0.94])
+    lo, hi = _span(cos, -1.0, 1.0)
+    assert lo == pytest.approx(0.86 - 0.004) and hi == pytest.approx(0.94 + 0.004)
+    assert _span(np.array([0.5, 1.0]), -1.0, 1.0)[1] == 1.0  # never past the quantity's own bound
+
+
+def test_progress_line_has_step_loss_speed_and_eta():
+    report = ProgressReport(total_steps=100, start_step=20)
+    line = report.line(step=40, epoch=1, loss=12.3456, images_per_s=85.04, now=report.started + 50.0)
+    # 20 steps in 50 s -> 60 steps left take 150 s
+    assert line == "step 40/100 (40%) epoch 1 loss 12.3456 85.0 images/s ETA 2m30s"

@@ -25,10 +25,9 @@ from PIL import Image
 
 from qgface.data.binfile import load_bin
 from qgface.data.images import decode_bgr, encode_jpeg
-from qgface.data.recordio import (
-    IRHeader, RecordIOReader, RecordIOWriter, identity_of, pack, read_insightface_header, unpack,
-    write_insightface_rec,
-)
+from qgface.data.insightface_rec import identity_of, read_insightface_header, write_insightface_rec
+from qgface.data.irheader import IRHeader, pack, unpack
+from qgface.data.recordio import RecordIOReader, RecordIOWriter
 
 pytestmark = pytest.mark.mxnet
 

@@ -103,7 +103,7 @@ def test_eval_scores_the_onnx_model_like_its_checkpoint(exported, tmp_path):
         out = tmp_path / flag.strip("-")
         assert eval_main([flag, str(path), "--benchmark", "hq", "--output-dir", str(out), "--no-compress",
                           f"eval.data_root={data}", "eval.num_workers=0"]) == 0
-        results[flag] = json.loads((out / "hq.json").read_text())
+        results[flag] = json.loads((out / Path(path).stem / "hq.json").read_text())
     assert results["--onnx"]["status"] == "ok" and results["--onnx"]["checkpoint"] == str(onnx_path.resolve())
     assert results["--onnx"]["metrics"].keys() == results["--checkpoint"]["metrics"].keys()
     for key, value in results["--checkpoint"]["metrics"].items():

@@ -209,7 +209,7 @@ def test_shards_of_three_ranks_reshard_to_any_world(tmp_path, new_world):
         head = _head(c, r, 3)
         head.kernel.data.copy_(full[:, start:start + n])
         shards.write_shard(tmp_path, 7, head, full_m[:, start:start + n])
-    shards.write_manifest(tmp_path, 7, _head(c, 0, 3), epoch_end=False, ranges=ranges)
+    shards.write_manifest(tmp_path, 7, _head(c, 0, 3), keep=False, ranges=ranges)
     manifest = shards.read_manifest(tmp_path, 7, c, tmp_path / "last.pt")
     got = [shards.load_slice(tmp_path, manifest, *shard_range(c, r, new_world)) for r in range(new_world)]
     assert torch.equal(torch.cat([k for k, _ in got], 1), full)
@@ -221,7 +221,7 @@ def test_shard_errors_name_the_file(tmp_path):
         shards.read_manifest(tmp_path, 3, 10, tmp_path / "last.pt")
     head = _head(10, 0, 1)
     shards.write_shard(tmp_path, 3, head, None)
-    shards.write_manifest(tmp_path, 3, head, epoch_end=True, ranges=[(0, 10)])
+    shards.write_manifest(tmp_path, 3, head, keep=True, ranges=[(0, 10)])
     with pytest.raises(CheckpointError, match="holds 10 classes, this run's data has 11"):
         shards.read_manifest(tmp_path, 3, 11, tmp_path / "last.pt")
     (shards.shard_dir(tmp_path, 3) / "rank_0.pt").write_bytes(b"truncated")
@@ -231,9 +231,9 @@ def test_shard_errors_name_the_file(tmp_path):
 
 def test_prune_keeps_the_current_step_and_epoch_ends(tmp_path):
     head = _head(10, 0, 1)
-    for step, epoch_end in ((2, False), (3, True), (4, False)):
+    for step, keep in ((2, False), (3, True), (4, False)):
         shards.write_shard(tmp_path, step, head, None)
-        shards.write_manifest(tmp_path, step, head, epoch_end=epoch_end, ranges=[(0, 10)])
+        shards.write_manifest(tmp_path, step, head, keep=keep, ranges=[(0, 10)])
     shards.write_shard(tmp_path, 6, head, None)  # a save that died before its manifest
     shards.prune_shards(tmp_path, keep_step=4)
     assert sorted(p.name for p in (tmp_path / shards.SHARDS).iterdir()) == ["step_000000003", "step_000000004"]
@@ -251,7 +251,7 @@ def test_initial_proxies_do_not_depend_on_the_world_size():
 
 def test_settings_the_sharded_head_refuses():
     with pytest.raises(ConfigError, match="head.sample_rate=0.3 needs head.partial_fc=true"):
-        load_config(None, ["head.sample_rate=0.3"])
+        check_partial_fc(load_config(None, ["head.sample_rate=0.3"]), "fp32")
     with pytest.raises(ConfigError, match=r"head.sample_rate must lie in \(0, 1\]"):
         load_config(None, ["head.partial_fc=true", "head.sample_rate=0"])
     cfg = load_config(None, ["head.partial_fc=true", "optim.grad_clip=5"])

@@ -10,10 +10,9 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from qgface.data.recordio import (
-    IRHeader, RecordIOError, RecordIOReader, RecordIOWriter, identity_of, pack, read_insightface_header,
-    unpack, write_insightface_rec,
-)
+from qgface.data.insightface_rec import identity_of, read_insightface_header, write_insightface_rec
+from qgface.data.irheader import IRHeader, pack, unpack
+from qgface.data.recordio import RecordIOError, RecordIOReader, RecordIOWriter
 
 MAGIC = b"\x0a\x23\xd7\xce"  # 0xced7230a, little endian
 

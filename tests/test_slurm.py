@@ -24,6 +24,8 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from qgface.config import load_config
 from qgface.data.synthetic import ensure_synthetic
 
+from paper_columns import RESULTS_HEADER
+
 pytestmark = pytest.mark.slurm
 
 REPO = Path(__file__).resolve().parents[1]
@@ -33,8 +35,6 @@ FEW_STEPS = [
     "train.log_every=1", "data.num_workers=0", "eval.num_workers=0", f"data.synthetic_dir={SYNTHETIC_DIR}",
 ]  # fmt: skip
 BENCHMARKS = ["tinyface", "ijbb"]  # the two smallest synthetic benchmarks
-PAPER_COLUMNS = ["checkpoint", "step", "scface_d1", "scface_d2", "scface_d3", "tinyface_rank1", "ijbb_tar_at_1e-4",
-                 "hq_avg", "all_avg"]  # fmt: skip
 ENDED = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "BOOT_FAIL", "DEADLINE"}
 ENV = {**os.environ, "PYTHONPATH": str(REPO), "PYTHON": sys.executable}
 
@@ -168,7 +168,7 @@ def test_eval_array_ran_after_training_on_its_nodes(chain_run):
         assert task["StartTime"] >= train["EndTime"], "afterok: evaluation starts once training has ended"
     assert sorted(r["benchmark"] for r in task_results(run_dir, ids["eval_array"])) == sorted(BENCHMARKS)
     for name in BENCHMARKS:
-        assert json.loads((run_dir / "eval" / f"{name}.json").read_text())["status"] == "ok"
+        assert json.loads((run_dir / "eval" / "last" / f"{name}.json").read_text())["status"] == "ok"
 
 
 def test_aggregation_wrote_results_csv_and_tensorboard(chain_run):
@@ -178,7 +178,7 @@ def test_aggregation_wrote_results_csv_and_tensorboard(chain_run):
     with open(run_dir / "results.csv") as f:
         reader = csv.DictReader(f)
         (row,) = list(reader)
-    assert reader.fieldnames[: len(PAPER_COLUMNS)] == PAPER_COLUMNS
+    assert reader.fieldnames[: len(RESULTS_HEADER)] == RESULTS_HEADER
     assert row["step"] == "6" and row["checkpoint"].endswith("last.pt")
     assert 0.0 <= float(row["tinyface_rank1"]) <= 100.0 and 0.0 <= float(row["ijbb_tar_at_1e-4"]) <= 100.0
     assert row["all_avg"] == "", "all_avg needs all six paper columns"
@@ -197,8 +197,10 @@ def test_failed_array_task_is_reported_by_aggregation(chain_run, tmp_path, slurm
     data = ensure_synthetic(load_config(REPO / "configs" / "tiny.yaml", FEW_STEPS))  # made by chain_run
     partial = tmp_path / "evaldata"
     partial.mkdir()
-    for name in ("tinyface", "aligned_pad_0.1_pad_high"):  # TinyFace's protocol and aligned images; no IJBB/
+    for name in ("tinyface", "aligned_pad_0.1_pad_high"):  # TinyFace's protocol and aligned images
         (partial / name).symlink_to(data / name)
+    for name in ("meta", "loose_crop"):  # IJB-B's folders pass the login-node check but hold no protocol
+        (partial / "IJBB" / name).mkdir(parents=True)
     _, ids = launch("--partition", slurm_cluster.partition, "--benchmarks", *BENCHMARKS, "--", *FEW_STEPS,
                     f"run_dir={run_dir}", f"eval.data_root={partial}", cwd=REPO)  # fmt: skip
     (agg,) = wait_ended(ids["aggregate"], 300)
@@ -212,21 +214,20 @@ def test_failed_array_task_is_reported_by_aggregation(chain_run, tmp_path, slurm
 
 
 def test_failed_training_cancels_evaluation_and_aggregation_reports_it(slurm_cluster, tmp_path):
-    """torchrun out of restarts fails the training job: the array never runs, aggregation names every gap."""
-    (tmp_path / "empty").mkdir()
+    """A non-finite loss fails the training job at once (not retried): the array never runs, aggregation
+    names every gap."""
     run_dir, ids, stdout = launch_and_wait("--partition", slurm_cluster.partition, "--benchmarks", *BENCHMARKS,
-                                           "--", *FEW_STEPS, f"output_root={tmp_path}",
-                                           f"data.root={tmp_path / 'empty'}", "train.max_restarts=0", cwd=REPO,
-                                           expect_exit=1)  # fmt: skip
+                                           "--", *FEW_STEPS, f"output_root={tmp_path}", "optim.lr=1e30",
+                                           "train.max_restarts=2", cwd=REPO, expect_exit=1)  # fmt: skip
     assert f"aggregation job {ids['aggregate']} failed" in stdout and f"FAILED: {run_dir}/results.csv" in stdout
     (agg,) = wait_ended(ids["aggregate"], 60)
     assert records(ids["train"])[0]["JobState"] == "FAILED"
-    assert "torchrun exited with 1" in logs(run_dir, ids["train"])
+    assert "training failed (not retried: it would fail again): NonFiniteLossError" in logs(run_dir, ids["train"])
     assert {t["JobState"] for t in records(ids["eval_array"])} == {"CANCELLED"}
     assert agg["JobState"] == "FAILED"
     text = logs(run_dir, ids["aggregate"])
     assert all(name in text for name in BENCHMARKS)
-    assert not list((run_dir / "eval").glob("*.json"))
+    assert not list((run_dir / "eval").rglob("*.json"))
 
 
 # ---------------------------------------------------------------------- preemption and a killed worker
@@ -344,7 +345,7 @@ def test_eval_sbatch_by_hand_after_a_compression_killed_by_sigkill(chain_run, tm
     assert [t["JobState"] for t in tasks] == ["COMPLETED", "COMPLETED"]
     assert (rec_dir / "tinyface.manifest.json").is_file() and not list(rec_dir.glob(".*.tmp"))
     for name in ("tinyface", "ijbb"):
-        assert json.loads((run_dir / "eval" / f"{name}.json").read_text())["status"] == "ok"
+        assert json.loads((run_dir / "eval" / "last" / f"{name}.json").read_text())["status"] == "ok"
     done = subprocess.run([sys.executable, "-m", "qgface.aggregate", str(run_dir)], env=ENV, capture_output=True,
                           text=True)  # fmt: skip
     assert done.returncode == 0, done.stderr

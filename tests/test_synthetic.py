@@ -14,7 +14,9 @@ import scipy.io
 from qgface.config import from_dict
 from qgface.data.binfile import load_bin
 from qgface.data.images import decode_bgr
-from qgface.data.recordio import RecordIOReader, read_insightface_header, unpack
+from qgface.data.insightface_rec import read_insightface_header
+from qgface.data.irheader import unpack
+from qgface.data.recordio import RecordIOReader
 from qgface.data.synthetic import HQ_SETS, camera, ensure_synthetic, generate, synthetic_name
 from qgface.data.synthetic.faces import TEMPLATE, make_identity
 from qgface.eval.align import ARCFACE_TEMPLATE

@@ -88,7 +88,7 @@ def test_cli_trains_both_losses_and_writes_tensorboard(train_root, tmp_path):
                 "train/images_per_s", "train/contrast_weight", "train/quality_scale"):
         assert tag in tags["scalars"]
     assert {"train/feature_norm_H", "train/feature_norm_L", "train/positive_cosine"} <= set(tags["histograms"])
-    assert [e.step for e in acc.Images("train/pairs_L_H")] == [1, 10, 19]  # once per epoch
+    assert [e.step for e in acc.Images("train/pairs_L_H")] == [1, 10, 19, 27]  # each epoch, and the end
     assert "train/norm_vs_similarity" in tags["images"]
 
     last = _last(run)

@@ -1,3 +1,4 @@
+#!/usr/bin/env python3
 """Save and load time of a training checkpoint at WebFace12M scale (prints numbers, asserts nothing).
 
     python tools/bench_checkpoint.py                      # ~3 GB in a temp dir under /tmp
@@ -43,7 +44,7 @@ def make_state(classes: int) -> dict:
         "optimizer": {"state": {0: {"momentum_buffer": backbone.clone()}, 1: {"momentum_buffer": kernel.clone()}},
                       "param_groups": [{"lr": 0.1, "params": [0, 1]}]},
         "scheduler": {}, "scaler": {}, "epoch": 1, "step": 1000, "batch_in_epoch": 0, "rng": [],
-        "config": Config().to_dict(), "finished": False,
+        "config": Config().to_dict(), "finished": False, "validation": None,
     }
 
 

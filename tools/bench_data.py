@@ -1,3 +1,4 @@
+#!/usr/bin/env python3
 """Data-path throughput and memory: RecordIO reads, views, the DataLoader per worker count, the index.
 
     python tools/bench_data.py                   # 20,000 synthetic 112x112 JPEG records in a temp dir
@@ -43,9 +44,11 @@ import torch
 from qgface.config import DataConfig, from_dict
 from qgface.data import views as V
 from qgface.data.datasets import RecordTrainDataset, TwoViewDataset
-from qgface.data.loader import build_train_loader
 from qgface.data.images import decode_bgr, encode_jpeg
-from qgface.data.recordio import RecordIOReader, read_insightface_header, unpack, write_insightface_rec
+from qgface.data.insightface_rec import read_insightface_header, write_insightface_rec
+from qgface.data.irheader import unpack
+from qgface.data.loader import build_train_loader
+from qgface.data.recordio import RecordIOReader
 
 MXNET_VENV = Path(__file__).resolve().parents[1] / ".mxnet-venv"
 

@@ -1,3 +1,4 @@
+#!/usr/bin/env python3
 """Detector speed on CPU: MTCNN images/s on the test photos (or a folder), single process.
 
     python tools/bench_detect.py                  # tests/data/photos, 3 rounds

@@ -1,3 +1,4 @@
+#!/usr/bin/env python3
 """Benchmark the evaluation metrics at full benchmark scale on CPU (prints, asserts nothing).
 
 Cases (docs/method.md §7), all with random 512-d float32 features:

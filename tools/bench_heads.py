@@ -1,3 +1,4 @@
+#!/usr/bin/env python3
 """Benchmark the loss heads on CPU: forward+backward time and peak extra memory (prints, asserts nothing).
 
 Cases (docs/method.md §3/§4 at paper scale):
@@ -79,7 +80,7 @@ def _dense_loss(head, emb: torch.Tensor, norms: torch.Tensor, labels: torch.Tens
 
     from qgface.losses.margin import EPS
 
-    g_hat = head.margin_scaler(norms)
+    g_hat = head.current_g_hat(norms)
     w = torch.nn.functional.normalize(head.kernel, dim=0)
     cos = (emb @ w).clamp(-1 + EPS, 1 - EPS)
     onehot = torch.zeros_like(cos).scatter_(1, labels[:, None], 1.0)
@@ -214,7 +215,8 @@ def _sharded_worker(rank: int, args: argparse.Namespace, init_file: str, classes
     rows: list = [None] * args.ranks
     dist.all_gather_object(rows, (_peak_bytes() - base, statistics.median(times), sent))
     if rank == 0:
-        print(f"{case:>12}  C={classes:>9,}  ranks {args.ranks}  per-rank peak +{max(r[0] for r in rows) / MIB:7.0f} MiB  "
+        peak = max(r[0] for r in rows) / MIB
+        print(f"{case:>12}  C={classes:>9,}  ranks {args.ranks}  per-rank peak +{peak:7.0f} MiB  "
               f"step {max(r[1] for r in rows) * 1e3:8.1f} ms  sent/rank/step {sent / MIB:9.3f} MiB", flush=True)
     dist.destroy_process_group()
 
@@ -236,7 +238,8 @@ def main() -> None:
     p.add_argument("--classes", type=int, nargs="+", default=[617_970, 2_059_906], help="--partial-fc: class counts")
     p.add_argument("--ranks", type=int, default=4, help="--partial-fc: gloo processes")
     p.add_argument("--batch", type=int, default=32, help="--partial-fc: embeddings per rank (both views)")
-    p.add_argument("--rates", type=float, nargs="*", default=[1.0, 0.3], help="--partial-fc: sample rates (none: replicated only)")
+    p.add_argument("--rates", type=float, nargs="*", default=[1.0, 0.3],
+                   help="--partial-fc: sample rates (none: replicated only)")
     p.add_argument("--no-replicated", action="store_true",
                    help="--partial-fc: skip the replicated head (each rank holds the kernel 3 times)")
     p.add_argument("--reps", type=int, default=3)

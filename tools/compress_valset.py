@@ -1,3 +1,4 @@
+#!/usr/bin/env python3
 """Compress evaluation benchmarks into <rec_dir>/<name>.rec/.idx/.manifest.json (docs/method.md §8).
 
     python tools/compress_valset.py [--config YAML] [--benchmark NAME ...] [--force] [--verify] [key=value ...]

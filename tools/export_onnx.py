@@ -1,3 +1,4 @@
+#!/usr/bin/env python3
 """Export a checkpoint's backbone to ONNX (dynamic batch; outputs ``embedding`` and ``norm``).
 
     python tools/export_onnx.py logs/mine/checkpoints/last.pt mine.onnx

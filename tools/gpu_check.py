@@ -1,3 +1,4 @@
+#!/usr/bin/env python3
 """One prepared check of what only a GPU shows (issue 14); writes one JSON and prints a summary.
 
 On one GPU, in under 8 minutes:

@@ -1,3 +1,4 @@
+#!/usr/bin/env python3
 """Summarise an indexed RecordIO pair: record count, InsightFace header, label range, first records.
 
     python tools/inspect_rec.py data/faces_emore/train.rec --show 5
@@ -11,7 +12,9 @@ from pathlib import Path
 import numpy as np
 
 from qgface.data.images import decode_bgr
-from qgface.data.recordio import IRHeader, RecordIOError, RecordIOReader, identity_of, read_insightface_header, unpack
+from qgface.data.insightface_rec import identity_of, read_insightface_header
+from qgface.data.irheader import IRHeader, unpack
+from qgface.data.recordio import RecordIOError, RecordIOReader
 
 
 def describe(header: IRHeader) -> str:

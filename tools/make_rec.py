@@ -1,3 +1,4 @@
+#!/usr/bin/env python3
 """Pack a folder of aligned identity folders into an InsightFace ``train.rec``/``train.idx``.
 
     python -m qgface.align raw_photos/ aligned/          # when the photos are not aligned yet
@@ -33,7 +34,9 @@ from tqdm import tqdm
 
 from qgface.atomic import atomic_write_text
 from qgface.data.images import decode_bgr, encode_jpeg
-from qgface.data.recordio import IRHeader, RecordIOReader, RecordIOWriter, pack, unpack, write_insightface_rec
+from qgface.data.insightface_rec import write_insightface_rec
+from qgface.data.irheader import IRHeader, pack, unpack
+from qgface.data.recordio import RecordIOReader, RecordIOWriter
 from qgface.infer.files import list_images
 
 log = logging.getLogger("make_rec")

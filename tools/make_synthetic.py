@@ -1,3 +1,4 @@
+#!/usr/bin/env python3
 """Generate the synthetic mixed-quality face dataset and/or a preview grid of it.
 
     python tools/make_synthetic.py /data/synthetic                   # the default set (~1 minute on 2 cores)
@@ -20,6 +21,7 @@ import cv2
 import numpy as np
 
 from qgface.data.synthetic import HQ_SETS, generate, render_shot
+from qgface.vocab import synthetic
 
 
 def _decode(payload: bytes) -> np.ndarray:
@@ -70,9 +72,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("out", nargs="?", type=Path, help="new or empty folder to generate the dataset into")
-    parser.add_argument("--identities", type=int, default=300, help="training identities")
-    parser.add_argument("--images-per-identity", type=int, default=20, help="training images per identity")
-    parser.add_argument("--eval-identities", type=int, default=100, help="identities of every evaluation set")
+    parser.add_argument("--identities", type=int, default=synthetic.IDENTITIES, help="training identities")
+    parser.add_argument("--images-per-identity", type=int, default=synthetic.IMAGES_PER_IDENTITY,
+                        help="training images per identity")
+    parser.add_argument("--eval-identities", type=int, default=synthetic.EVAL_IDENTITIES,
+                        help="identities of every evaluation set")
     parser.add_argument("--seed", type=int, default=0, help="seed of identities, variations and degradations")
     parser.add_argument("--hq-pairs", type=int, help=f"pairs (even) in each of {', '.join(HQ_SETS)} "
                         "(default: 3 per eval identity, at most 300)")

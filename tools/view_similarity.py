@@ -1,3 +1,4 @@
+#!/usr/bin/env python3
 """How far apart a model puts the two training views of an image, per view recipe (docs/ablation.md).
 
 For N images of a run's training set, makes the pair of views of each two-view recipe with the

@@ -16,7 +16,6 @@ for Slurm to end the step.
 
 from __future__ import annotations
 
-import ctypes
 import json
 import logging
 import os
@@ -31,6 +30,7 @@ from types import FrameType
 from typing import Any
 
 from qgface.cluster import slurm_env
+from qgface.cluster.process_tree import ProcessTree
 
 log = logging.getLogger(__name__)
 
@@ -40,8 +40,9 @@ REQUEUE_GRACE_S = 300.0
 """after a stop on Slurm, how long a task waits for the requeue (USR2 -> checkpoint) or Slurm's SIGKILL"""
 TORCHRUN_SIGNALS = "SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1,SIGUSR2"
 """signals torchrun turns into a graceful shutdown: Slurm sends USR2/USR1 to torchrun too, whose default action kills"""
-PR_SET_PDEATHSIG = 1
-"""prctl option (linux/prctl.h): the signal a process gets when its parent dies"""
+TRAIN_ERROR_ENV = "QGFACE_TRAIN_ERROR_FILE"
+"""environment variable naming the file where a training worker records the error that stopped it:
+``{"deterministic": bool, "error": line}`` (qgface.train's entry point writes it)"""
 JOBS_FILE = "jobs.json"
 """<run>/slurm/jobs.json: the job ids of a launched chain, read by the training task to pin the eval array"""
 
@@ -51,8 +52,17 @@ class JobStepError(RuntimeError):
 
 
 def setup_logging() -> None:
-    """INFO messages into the task's log file (a job process is an entry point of its own)."""
+    """INFO messages into the task's log file (a job process is an entry point of its own), and Ctrl-C
+    back to its default: the local launcher starts its jobs with SIGINT ignored (so that submitit's
+    controller never prints a KeyboardInterrupt traceback on the user's terminal), and a task passes
+    the default on to the entry points it runs."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+def train_error_file(run_dir: Path, job_id: str) -> Path:
+    """Where the training workers of job ``job_id`` record the error that stopped them (``TRAIN_ERROR_ENV``)."""
+    return run_dir / "slurm" / f"{job_id}_train_error.json"
 
 
 def torchrun_command(
@@ -77,79 +87,6 @@ def _torchrun_handles_signal_list() -> bool:
     from torch.distributed.launcher.api import LaunchConfig  # torch only where torchrun is started
 
     return "signals_to_handle" in LaunchConfig.__dataclass_fields__
-
-
-class ProcessTree:
-    """A child process in its own process group, plus every descendant it ever had (torchrun workers
-    run in sessions of their own and outlive an aborted torchrun), stoppable from a signal handler."""
-
-    def __init__(self, cmd: Sequence[str], env: dict[str, str] | None = None) -> None:
-        self.proc = subprocess.Popen(list(cmd), start_new_session=True, env=env, preexec_fn=_term_with_parent)
-        self.known: set[int] = {self.proc.pid}
-        self.stop_signal: int | None = None
-
-    def refresh(self) -> None:
-        """Remember the current descendants (cheap: one pass over /proc)."""
-        children: dict[int, list[int]] = {}
-        for entry in os.listdir("/proc"):
-            if entry.isdigit():
-                ppid = _stat(int(entry))[1]
-                if ppid is not None:
-                    children.setdefault(ppid, []).append(int(entry))
-        todo = [self.proc.pid]
-        while todo:
-            for child in children.get(todo.pop(), []):
-                if child not in self.known:
-                    self.known.add(child)
-                    todo.append(child)
-
-    def stop(self, signum: int = signal.SIGTERM) -> None:
-        """Send ``signum`` to the process group of the child once (repeats would abort torchrun's shutdown)."""
-        if self.stop_signal is not None:
-            return
-        self.stop_signal = signum
-        self.refresh()
-        try:
-            os.killpg(self.proc.pid, signum)
-        except ProcessLookupError:
-            pass
-
-    def alive(self) -> list[int]:
-        return [pid for pid in self.known if _stat(pid)[0] not in (None, "Z", "X")]
-
-    def wait(self, poll_s: float = 1.0) -> int:
-        """Exit status of the child; polls so that signal handlers run in between."""
-        while True:
-            code = self.proc.poll()
-            if code is not None:
-                return code
-            self.refresh()
-            time.sleep(poll_s)
-
-    def wait_all(self, timeout_s: float) -> bool:
-        """Wait until the child and all its known descendants have exited; False on timeout."""
-        deadline = time.monotonic() + timeout_s
-        while self.alive():
-            if time.monotonic() > deadline:
-                return False
-            time.sleep(0.2)
-        return True
-
-
-def _term_with_parent() -> None:
-    """In the child before exec: SIGTERM it when this task process dies, even by SIGKILL (submitit's
-    local executor kills a cancelled task one second after SIGINT), so torchrun never outlives it."""
-    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-
-
-def _stat(pid: int) -> tuple[str | None, int | None]:
-    """(state letter, parent pid) of ``pid`` from /proc, (None, None) when it is gone."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
-        return None, None
-    return fields[0], int(fields[1])
 
 
 class TrainTask:
@@ -180,17 +117,28 @@ class TrainTask:
         cmd = torchrun_command(self.config_path, cfg.cluster.gpus_per_node, cfg.train.max_restarts, node)
         host, rank = socket.gethostname(), node.node_rank if node else 0
         log.info("train task: node_rank=%d host=%s: %s", rank, host, " ".join(cmd))
-        child_env = dict(os.environ, TORCH_ELASTIC_SHUTDOWN_TIMEOUT=str(int(STOP_TIMEOUT_S)))
+        error_file = train_error_file(cfg.resolved_run_dir(), str(env.job_id))
+        if rank == 0:
+            error_file.unlink(missing_ok=True)  # from an earlier start of this job (requeue)
+        child_env = dict(os.environ, TORCH_ELASTIC_SHUTDOWN_TIMEOUT=str(int(STOP_TIMEOUT_S)),
+                         **{TRAIN_ERROR_ENV: str(error_file)})
         self._torchrun = ProcessTree(cmd, env=child_env)
         self._install_signal_handlers(signal.Signals[f"SIG{submitit.JobEnvironment.USR_SIG}"])
-        code = self._torchrun.wait()
+        # torchrun's restarts are for crashes: a deterministic error (bad data or config, a corrupt
+        # record, a non-finite loss) would only happen again, so it stops torchrun at once
+        code = self._torchrun.wait(stop_when=lambda: bool(_read_train_error(error_file).get("deterministic")))
         log.info("train task: node_rank=%d host=%s: torchrun exited with %d", rank, host, code)
         if code == 0:
             return {"hostname": host, "node_rank": rank, "torchrun_exit": 0}
+        recorded = _read_train_error(error_file)
+        if recorded.get("deterministic"):
+            self._torchrun.wait_all(STOP_TIMEOUT_S)
+            raise JobStepError(f"training failed (not retried: it would fail again): {recorded['error']}")
         if self._torchrun.stop_signal is None:
+            cause = f"; the last worker error: {recorded['error']}" if recorded.get("error") else ""
             raise JobStepError(
                 f"training failed on {host} (node_rank {rank}): torchrun exited with {code} after at most "
-                f"train.max_restarts={cfg.train.max_restarts} restarts; the workers' errors are above in this log"
+                f"train.max_restarts={cfg.train.max_restarts} restarts{cause}"
             )
         self._torchrun.wait_all(STOP_TIMEOUT_S)
         if on_slurm:
@@ -233,6 +181,14 @@ class TrainTask:
         signal.signal(usr_sig, on_usr_sig)
 
 
+def _read_train_error(path: Path) -> dict[str, Any]:
+    """The error a training worker recorded in ``path`` ({} when none, or while it is being replaced)."""
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
 def _pin_eval_array(run_dir: Path, node: slurm_env.NodeTask, partition: str) -> None:
     """Restrict the pending evaluation array of this run to the training job's nodes (DESIGN.md)."""
     jobs_file = run_dir / "slurm" / JOBS_FILE
@@ -260,16 +216,29 @@ def run_entry_point(args: Sequence[str], what: str) -> None:
 
 
 class EvalTask:
-    """One evaluation array task: ``python -m qgface.eval --checkpoint CKPT --benchmark NAME``."""
+    """One evaluation array task: ``python -m qgface.eval --checkpoint CKPT --benchmark NAME`` for every
+    checkpoint ``eval.checkpoints`` names (resolved when the task runs, after training has saved them)."""
 
-    def __init__(self, checkpoint: str) -> None:
-        self.checkpoint = checkpoint
+    def __init__(self, run_dir: str) -> None:
+        self.run_dir = run_dir
 
     def __call__(self, benchmark: str) -> dict[str, Any]:
+        from qgface.config import load_config
+        from qgface.eval.run import checkpoints_to_evaluate
+
         setup_logging()
-        args = ["qgface.eval", "--checkpoint", self.checkpoint, "--benchmark", benchmark]
-        run_entry_point(args, f"evaluation of {benchmark}")
-        return {"benchmark": benchmark, "hostname": socket.gethostname()}
+        spec = load_config(Path(self.run_dir) / "config.yaml").eval.checkpoints
+        checkpoints = checkpoints_to_evaluate(self.run_dir, spec)
+        failures = []
+        for checkpoint in checkpoints:
+            args = ["qgface.eval", "--checkpoint", str(checkpoint), "--benchmark", benchmark]
+            try:
+                run_entry_point(args, f"evaluation of {benchmark} on {checkpoint.name}")
+            except JobStepError as err:
+                failures.append(str(err))
+        if failures:
+            raise JobStepError("\n".join(failures))
+        return {"benchmark": benchmark, "checkpoints": [str(c) for c in checkpoints], "hostname": socket.gethostname()}
 
 
 class AggregateTask:

@@ -50,9 +50,14 @@ def compress_hostlist(hosts: Sequence[str]) -> str:
     return run_slurm("scontrol", "show", "hostlist", ",".join(hosts)).strip()
 
 
+def array_id(job_id: str) -> str:
+    """The array's own id of an array task id (``1042_3`` -> ``1042``); a plain job id unchanged."""
+    return job_id.split("_")[0]
+
+
 def rendezvous_port(job_id: int | str) -> int:
     """The c10d rendezvous port of a training job: the same on every node and after every requeue."""
-    return RDZV_PORT_BASE + int(str(job_id).split("_")[0]) % RDZV_PORT_SPAN
+    return RDZV_PORT_BASE + int(array_id(str(job_id))) % RDZV_PORT_SPAN
 
 
 @dataclass(frozen=True)

@@ -13,26 +13,26 @@ On Slurm (DESIGN.md "What a user does"):
    before task 0 has pinned it.
 
 Locally (no ``sbatch``, or ``--cluster local``) the same callables run one after the other through
-submitit's local executor, and ``run_local_chain`` waits for them.
+submitit's local executor, and ``run_local_chain`` waits for them. Preparing the run directory
+(before any of this) is :mod:`qgface.cluster.run_dir`.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import datetime
 import json
 import logging
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import submitit
 
 from qgface.atomic import atomic_write_text
-from qgface.cluster import jobs, slurm_env
-from qgface.config import ClusterConfig, Config, from_dict, save_config
+from qgface.cluster import follow, jobs, slurm_env
+from qgface.cluster.run_dir import Run
+from qgface.cluster.slurm_env import array_id
+from qgface.config import ClusterConfig, Config
 from qgface.data.cpus import REQUEST_WORKERS, cpus_needed
 
 log = logging.getLogger(__name__)
@@ -41,25 +41,8 @@ SIGNAL_DELAY_S = 120
 """submitit's USR2 arrives this long before the time limit: time for torchrun's workers to save"""
 AGGREGATE_TIME_MIN = 30
 """time limit of the aggregation job"""
-PATH_KEYS = ("output_root", "run_dir", "data.root", "data.synthetic_dir", "eval.data_root", "eval.rec_dir")
-"""config paths made absolute at launch, so jobs, sbatch scripts and later re-evaluations agree on them"""
 
 Report = Callable[[str], None]
-
-
-@dataclass(frozen=True)
-class Run:
-    """A prepared run directory: the resolved config is written to ``config_path``."""
-
-    cfg: Config
-    run_dir: Path
-    config_path: Path
-
-    @property
-    def checkpoint(self) -> Path:
-        """The checkpoint the evaluation array scores (``eval.checkpoint``, relative to checkpoints/)."""
-        ckpt = Path(self.cfg.eval.checkpoint)
-        return ckpt if ckpt.is_absolute() else self.run_dir / "checkpoints" / ckpt
 
 
 @dataclass
@@ -74,84 +57,43 @@ class Chain:
     def ids(self) -> dict[str, Any]:
         out: dict[str, Any] = {"mode": self.mode, "train": self.train.job_id}
         if self.evals:
-            out["eval_array"] = self.evals[0].job_id.split("_")[0]
+            out["eval_array"] = array_id(self.evals[0].job_id)
             out["eval_tasks"] = [job.job_id for job in self.evals]
         if self.aggregate is not None:
             out["aggregate"] = self.aggregate.job_id
         return out
 
 
+class SlurmUnavailableError(RuntimeError):
+    """``--cluster slurm`` was asked for, but there is no Slurm to submit to (one line saying why)."""
+
+
 def resolve_mode(cluster: str) -> str:
-    """``auto`` = ``slurm`` when ``sbatch`` is on PATH and the controller answers, else ``local``.
+    """``auto`` = ``slurm`` when ``sbatch`` is on PATH and the controller answers, else ``local``;
+    ``slurm`` raises SlurmUnavailableError when either is not the case.
 
     Asking the controller keeps a laptop or CI box that has the Slurm client installed but no
     cluster running on the local path instead of failing at submission.
     """
     if cluster not in ("auto", "slurm", "local"):
         raise ValueError(f"cluster must be auto, slurm or local; got {cluster!r}")
-    if cluster != "auto":
+    if cluster == "local":
         return cluster
     if not shutil.which("sbatch"):
+        if cluster == "slurm":
+            raise SlurmUnavailableError("--cluster slurm: sbatch is not on PATH; run on a Slurm login node, "
+                                        "or use --cluster local")
         return "local"
     try:
         slurm_env.run_slurm("sinfo", "--noheader", "--format=%P", timeout_s=15)
     except slurm_env.SlurmCommandError as err:
+        if cluster == "slurm":
+            reason = (str(err).splitlines() or [""])[0]
+            raise SlurmUnavailableError(f"--cluster slurm: the Slurm controller does not answer ({reason}); "
+                                        "check `sinfo`, or use --cluster local") from None
         log.warning("sbatch is installed but Slurm does not answer (%s): running locally", err)
         return "local"
     return "slurm"
-
-
-def prepare_run(cfg: Config, now: datetime.datetime | None = None) -> Run:
-    """Create the run directory (``<output_root>/<name>-<YYYYmmdd-HHMMSS>`` unless ``run_dir`` is set)
-    and write the resolved config, with absolute paths, to its ``config.yaml``."""
-    cfg = _absolute_paths(cfg)
-    if cfg.run_dir:
-        run_dir = Path(cfg.run_dir)
-        run_dir.mkdir(parents=True, exist_ok=True)
-    else:
-        run_dir = _new_run_dir(Path(cfg.output_root), cfg.name, now or datetime.datetime.now())
-        cfg = dataclasses.replace(cfg, run_dir=str(run_dir))
-    for sub in ("slurm", "checkpoints", "tb", "eval"):
-        (run_dir / sub).mkdir(exist_ok=True)
-    config_path = run_dir / "config.yaml"
-    save_config(cfg, config_path)
-    return Run(cfg, run_dir, config_path)
-
-
-def ensure_data(run: Run, evaluate: bool = True) -> None:
-    """Generate the synthetic dataset when a data root it stands in for is empty: once, in the
-    launching process, before any job starts, so that no two jobs race to create it."""
-    if run.cfg.data.root and (run.cfg.eval.data_root or not evaluate):
-        return
-    from qgface.data.synthetic import ensure_synthetic
-
-    log.info("checking the synthetic dataset under %s (generated once, a minute or two)", run.cfg.data.synthetic_dir)
-    ensure_synthetic(run.cfg)
-
-
-def _absolute_paths(cfg: Config) -> Config:
-    values = cfg.to_dict()
-    for key in PATH_KEYS:
-        *parents, leaf = key.split(".")
-        node = values
-        for part in parents:
-            node = node[part]
-        if node[leaf] and not Path(node[leaf]).is_absolute():
-            node[leaf] = str(Path(node[leaf]).absolute())
-    return from_dict(values, source="launch")
-
-
-def _new_run_dir(root: Path, name: str, now: datetime.datetime) -> Path:
-    root.mkdir(parents=True, exist_ok=True)
-    base = f"{name}-{now:%Y%m%d-%H%M%S}"
-    for suffix in [""] + [f"-{i}" for i in range(1, 100)]:
-        candidate = root / (base + suffix)
-        try:
-            candidate.mkdir()
-        except FileExistsError:
-            continue
-        return candidate
-    raise FileExistsError(f"{root / base}: 100 run directories with this name and second already exist")
 
 
 def train_cpus_per_task(cfg: Config) -> int:
@@ -215,13 +157,13 @@ def submit_chain(run: Run, evaluate: bool = True, report: Report = log.info) -> 
                 slurm_dependency=f"afterok:{chain.train.job_id}",
                 slurm_additional_parameters={"kill_on_invalid_dep": "yes"},
             )
-            chain.evals = eval_ex.map_array(jobs.EvalTask(str(run.checkpoint)), benchmarks)
-            array_id = chain.evals[0].job_id.split("_")[0]
-            report(f"eval array: {array_id} ({', '.join(benchmarks)}; afterok:{chain.train.job_id}, same nodes)")
+            chain.evals = eval_ex.map_array(jobs.EvalTask(str(run.run_dir)), benchmarks)
+            eval_array = array_id(chain.evals[0].job_id)
+            report(f"eval array: {eval_array} ({', '.join(benchmarks)}; afterok:{chain.train.job_id}, same nodes)")
             agg_ex = _executor(run, "slurm", "aggregate", nodes=1, gpus=0, time_min=AGGREGATE_TIME_MIN, cpus=1)
-            agg_ex.update_parameters(slurm_dependency=f"afterany:{array_id}")
+            agg_ex.update_parameters(slurm_dependency=f"afterany:{eval_array}")
             chain.aggregate = agg_ex.submit(jobs.AggregateTask(str(run.run_dir)))
-            report(f"aggregate job: {chain.aggregate.job_id} (afterany:{array_id})")
+            report(f"aggregate job: {chain.aggregate.job_id} (afterany:{eval_array})")
         atomic_write_text(run.run_dir / "slurm" / jobs.JOBS_FILE, json.dumps(chain.ids(), indent=2) + "\n")
         slurm_env.run_slurm("scontrol", "release", chain.train.job_id)
     except BaseException:
@@ -231,7 +173,7 @@ def submit_chain(run: Run, evaluate: bool = True, report: Report = log.info) -> 
 
 
 def _cancel(chain: Chain) -> None:
-    ids = [chain.train.job_id] + [j.job_id.split("_")[0] for j in chain.evals[:1]]
+    ids = [chain.train.job_id] + [array_id(j.job_id) for j in chain.evals[:1]]
     ids += [chain.aggregate.job_id] if chain.aggregate is not None else []
     log.error("submission failed: cancelling jobs %s", " ".join(ids))
     try:
@@ -240,34 +182,68 @@ def _cancel(chain: Chain) -> None:
         log.error("%s", err)
 
 
+class LocalRunInterrupted(Exception):
+    """Ctrl-C stopped a local chain during ``what``; the step it stopped in has ended (or was killed)."""
+
+    def __init__(self, what: str, stopped: bool) -> None:
+        super().__init__(what)
+        self.what, self.stopped = what, stopped
+
+
 def run_local_chain(run: Run, evaluate: bool = True, report: Report = log.info) -> int:
-    """Run the chain locally, one step after the other; 0 when aggregation (or training) succeeded."""
+    """Run the chain locally, one step after the other; 0 when aggregation (or training) succeeded.
+
+    Training's progress lines are reported as they come; ``<run>/slurm/jobs.json`` holds the local
+    job ids, as on Slurm. Ctrl-C stops the running step (training saves last.pt first) and raises
+    LocalRunInterrupted."""
     c = run.cfg.cluster
     if c.nodes > 1:
         log.warning("local mode runs on this machine only: cluster.nodes=%d treated as 1", c.nodes)
-    train_ok = _run_local(run, "train", report, jobs.TrainTask(str(run.config_path)), gpus=c.gpus_per_node)
+    ids: dict[str, Any] = {"mode": "local"}
+    train = LocalStep("train", "train", gpus=c.gpus_per_node, time_min=c.time_min, cpus=train_cpus_per_task(run.cfg))
+    train_ok = _run_local(run, train, report, ids, jobs.TrainTask(str(run.config_path)))
     if not evaluate or not run.cfg.eval.benchmarks:
         return 0 if train_ok else 1
     if train_ok:
         for benchmark in run.cfg.eval.benchmarks:
-            task = jobs.EvalTask(str(run.checkpoint))
-            _run_local(run, f"eval {benchmark}", report, task, benchmark, gpus=min(c.gpus_per_node, 1))
+            step = LocalStep("eval", f"eval {benchmark}", gpus=min(c.gpus_per_node, 1), time_min=c.eval_time_min,
+                             cpus=eval_cpus_per_task(run.cfg))
+            _run_local(run, step, report, ids, jobs.EvalTask(str(run.run_dir)), benchmark)
     else:
         report("training failed: no evaluation; aggregation reports every benchmark as missing")
-    agg_ok = _run_local(run, "aggregate", report, jobs.AggregateTask(str(run.run_dir)), gpus=0)
+    aggregate = LocalStep("aggregate", "aggregate", gpus=0, time_min=c.time_min, cpus=1)
+    agg_ok = _run_local(run, aggregate, report, ids, jobs.AggregateTask(str(run.run_dir)))
     return 0 if agg_ok and train_ok else 1
 
 
-def _run_local(run: Run, what: str, report: Report, fn: Callable[..., Any], *args: Any, gpus: int) -> bool:
-    time_min = run.cfg.cluster.eval_time_min if what.startswith("eval") else run.cfg.cluster.time_min
-    cpus = {"train": train_cpus_per_task, "eval": eval_cpus_per_task}.get(what.split()[0], lambda cfg: 1)(run.cfg)
-    job = _executor(run, "local", what.split()[0], nodes=1, gpus=gpus, time_min=time_min, cpus=cpus).submit(fn, *args)
+@dataclass(frozen=True)
+class LocalStep:
+    """One step of a local chain: its kind (train | eval | aggregate: the job name and its jobs.json key),
+    the label it is reported under, and its resources."""
+
+    kind: str
+    label: str
+    gpus: int
+    time_min: int
+    cpus: int
+
+
+def _run_local(run: Run, step: LocalStep, report: Report, ids: dict[str, Any], fn: Callable[..., Any],
+               *args: Any) -> bool:
+    what = step.label
+    executor = _executor(run, "local", step.kind, nodes=1, gpus=step.gpus, time_min=step.time_min, cpus=step.cpus)
+    job = follow.start_ignoring_interrupts(lambda: executor.submit(fn, *args))
     report(f"{what} job: {job.job_id} (local; log {job.paths.stdout})")
+    if step.kind == "eval":
+        ids.setdefault("eval_tasks", []).append(job.job_id)
+    else:
+        ids[step.kind] = job.job_id
+    atomic_write_text(run.run_dir / "slurm" / jobs.JOBS_FILE, json.dumps(ids, indent=2) + "\n")
     try:
-        return report_outcome(job, what, report)
+        follow.follow(job, report)
     except KeyboardInterrupt:
-        job.cancel(check=False)
-        raise
+        raise LocalRunInterrupted(what, follow.stop(job, jobs.STOP_TIMEOUT_S + 30)) from None
+    return report_outcome(job, what, report)
 
 
 def report_outcome(job: submitit.Job, what: str, report: Report) -> bool:
@@ -285,4 +261,6 @@ def _error_summary(err: Exception) -> str:
     """The exception line of a job's remote traceback (submitit wraps it in a long message)."""
     lines = [line.strip() for line in str(err).splitlines() if line.strip()]
     raised = [line for line in lines if "Error: " in line or "Exception: " in line]
-    return raised[-1] if raised else (lines[0] if lines else repr(err))
+    line = raised[-1] if raised else (lines[0] if lines else repr(err))
+    # our own wrapper adds nothing for the user: "qgface.cluster.jobs.JobStepError: training failed: ..."
+    return line.split("JobStepError: ", 1)[1] if "JobStepError: " in line else line

@@ -21,7 +21,9 @@ from torch.utils.data import Dataset
 
 from qgface.data.folder_index import FolderIndex, build_folder_index, open_folder_index
 from qgface.data.images import decode_bgr
-from qgface.data.recordio import RecordIOError, RecordIOReader, read_insightface_header, unpack
+from qgface.data.insightface_rec import identity_of, read_insightface_header
+from qgface.data.irheader import unpack
+from qgface.data.recordio import RecordIOError, RecordIOReader
 from qgface.data.views import make_views, num_views
 
 __all__ = ["IMAGE_SIZE", "IMAGE_EXTENSIONS", "DatasetLayoutError", "RecordTrainDataset", "FolderTrainDataset",
@@ -73,7 +75,7 @@ class RecordTrainDataset(Dataset):
             raise IndexError(f"index {index} out of range for {self.num_images} images")
         key = self.first_key + index
         header, payload = unpack(self.reader.read(key))
-        label = int(header.label if isinstance(header.label, numbers.Number) else header.label[0])
+        label = identity_of(header)
         where = f"{self.reader.rec_path}: key {key}"
         if not 0 <= label < self.num_classes:
             raise RecordIOError(f"{where}: identity label {label} is outside [0, {self.num_classes}) given by "

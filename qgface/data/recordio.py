@@ -11,12 +11,9 @@ On-disk format (dmlc-core recordio). Every record is one or more chunks, each
 2 = middle, 3 = last; 0 = whole record); the reader puts it back. The ``.idx`` is text, one
 ``key<TAB>byte offset<LF>`` line per record in write order.
 
-Record payloads written by InsightFace/MXNet start with an ``IRHeader`` (:func:`pack`).
-InsightFace training layout: record 0 is a header with an array label ``[N+1, N+1+num_ids]``;
-records ``1..N`` are images whose label is the identity (a scalar, or an array whose first
-element is the identity); records ``N+1..N+num_ids`` are one per identity with the label
-``[first image key, end image key)``. See :func:`read_insightface_header` and
-:func:`write_insightface_rec`.
+This module is the framing only. Record payloads written by InsightFace/MXNet start with MXNet's
+``IRHeader`` (:mod:`qgface.data.irheader`); the InsightFace training layout on top of both is
+:mod:`qgface.data.insightface_rec`.
 """
 
 from __future__ import annotations
@@ -24,74 +21,30 @@ from __future__ import annotations
 import contextlib
 import logging
 import mmap
-import numbers
 import operator
 import os
 import struct
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterable, Iterator, NamedTuple
 
 import numpy as np
 
 from qgface.atomic import atomic_open
-from qgface.data.binfile import load_bin, save_bin
 from qgface.data.record_index import RecordIndex, parse_idx
 
-__all__ = [
-    "IRHeader", "RecordIOError", "RecordIOReader", "RecordIOWriter", "identity_of", "load_bin",
-    "pack", "read_insightface_header", "save_bin", "unpack", "write_insightface_rec",
-]
+__all__ = ["MAGIC", "RecordIOError", "RecordIOReader", "RecordIOWriter"]
 
 log = logging.getLogger(__name__)
 
 MAGIC = 0xCED7230A
 _MAGIC_BYTES = struct.pack("<I", MAGIC)
 _CHUNK = struct.Struct("<II")  # magic, lrec
-_IR = struct.Struct("<IfQQ")  # MXNet's IRHeader: flag, label, id, id2 (24 bytes)
 _LEN_MASK = (1 << 29) - 1
 _PAD = (b"", b"\0\0\0", b"\0\0", b"\0")
 
 
 class RecordIOError(Exception):
     """A ``.rec``/``.idx`` pair is missing, malformed or inconsistent (message names file/key/offset)."""
-
-
-class IRHeader(NamedTuple):
-    """MXNet's image-record header; ``flag > 0`` means ``label`` is a float32 array of that length."""
-
-    flag: int
-    label: float | np.ndarray
-    id: int
-    id2: int
-
-
-def pack(header: IRHeader, payload: bytes) -> bytes:
-    """``mx.recordio.pack``: 24-byte header, then the float32 label array if any, then ``payload``."""
-    flag, label, id_, id2 = header
-    if isinstance(label, numbers.Number):
-        return _IR.pack(0, float(label), id_, id2) + bytes(payload)
-    values = np.asarray(label, dtype=np.float32)
-    return _IR.pack(values.size, 0.0, id_, id2) + values.tobytes() + bytes(payload)
-
-
-def unpack(record: bytes) -> tuple[IRHeader, bytes]:
-    """``mx.recordio.unpack``: the header (label a float32 array when ``flag > 0``) and the payload."""
-    if len(record) < _IR.size:
-        raise RecordIOError(f"record of {len(record)} bytes is shorter than the {_IR.size}-byte IRHeader")
-    flag, label, id_, id2 = _IR.unpack_from(record)
-    start = _IR.size
-    if flag > 0:
-        end = start + 4 * flag
-        if len(record) < end:
-            raise RecordIOError(f"IRHeader says {flag} float32 labels but the record has {len(record)} bytes")
-        label = np.frombuffer(record, np.float32, flag, start).copy()
-        start = end
-    return IRHeader(flag, label, id_, id2), bytes(record[start:])
-
-
-def identity_of(header: IRHeader) -> int:
-    """The identity of an InsightFace image record: its scalar label or its label array's first element."""
-    return int(header.label[0]) if header.flag > 0 else int(header.label)
 
 
 def _encode(record: bytes) -> bytes:
@@ -285,51 +238,3 @@ def _read_idx(idx_path: Path, rec_path: Path) -> RecordIndex:
         raise RecordIOError(str(exc)) from None
 
 
-def read_insightface_header(reader: RecordIOReader) -> tuple[int, int]:
-    """``(first, end)``: the image keys of an InsightFace training ``.rec`` are ``range(first, end)``.
-
-    Record 0 must be the header (``flag > 0``, label ``[N+1, N+1+num_ids]``), so this is ``(1, N+1)``.
-    """
-    if 0 not in reader:
-        raise RecordIOError(f"{reader.rec_path}: no record 0, so no InsightFace header")
-    header, _ = unpack(reader.read(0))
-    if header.flag < 2:
-        raise RecordIOError(f"{reader.rec_path}: key 0: record 0 has flag {header.flag}, not the "
-                            "InsightFace header (an array label [N+1, N+1+num_ids])")
-    end = int(header.label[0])
-    if end < 1 or (end > 1 and (end - 1) not in reader):
-        raise RecordIOError(f"{reader.rec_path}: key 0: header says images are keys 1..{end - 1}, "
-                            f"but key {end - 1} is not in {reader.idx_path}")
-    return 1, end
-
-
-def write_insightface_rec(rec_path: str | os.PathLike, idx_path: str | os.PathLike,
-                          items: Iterable[tuple[bytes, int]]) -> tuple[int, int]:
-    """Write a complete InsightFace-layout training set; returns ``(num_images, num_ids)``.
-
-    ``items`` yields ``(jpeg bytes, identity)`` with identities ``0, 1, 2, ...`` in non-decreasing
-    order. It is consumed once (streamed), so record 0, whose label needs the final counts, is
-    written after the images; readers find records by key, not by file position.
-    """
-    ranges: list[tuple[int, int]] = []  # [first, end) image keys of identity len(ranges)-1
-    with RecordIOWriter(rec_path, idx_path) as writer:
-        key = 1
-        for payload, label in items:
-            label = operator.index(label)
-            if label == len(ranges):
-                ranges.append((key, key))
-            elif label != len(ranges) - 1:
-                raise ValueError(f"{rec_path}: item {key - 1} has identity {label} but identities must be "
-                                 f"0, 1, 2, ... in non-decreasing order (expected {len(ranges) - 1} or "
-                                 f"{len(ranges)})")
-            writer.write(key, pack(IRHeader(0, float(label), key, 0), payload))
-            ranges[-1] = (ranges[-1][0], key + 1)
-            key += 1
-        if key == 1:
-            raise ValueError(f"{rec_path}: no images given")
-        first_id_key = key
-        writer.write(0, pack(IRHeader(0, [first_id_key, first_id_key + len(ranges)], 0, 0), b""))
-        for label, (first, end) in enumerate(ranges):
-            writer.write(first_id_key + label, pack(IRHeader(0, [first, end], first_id_key + label, 0), b""))
-    log.info("wrote %s: %d images of %d identities", rec_path, key - 1, len(ranges))
-    return key - 1, len(ranges)

@@ -13,10 +13,13 @@ Samplers of random parameters follow torchvision's semantics (``RandomResizedCro
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import cv2
 import numpy as np
+
+from qgface.vocab.choices import VIEW_KINDS
 
 __all__ = [
     "INTERPOLATIONS", "VIEW_KINDS", "hflip", "random_rescale", "resized_crop_box", "random_resized_crop",
@@ -27,7 +30,6 @@ __all__ = [
 INTERPOLATIONS = (cv2.INTER_NEAREST, cv2.INTER_LINEAR, cv2.INTER_AREA, cv2.INTER_CUBIC, cv2.INTER_LANCZOS4)
 """The interpolations a rescale draws from (nearest, linear, area, cubic, lanczos)."""
 
-VIEW_KINDS = ("lh", "adaface", "flip")
 CROP_RATIO = (3.0 / 4.0, 4.0 / 3.0)
 L_CROP_SCALE = (0.8, 1.0)
 L_JITTER = 0.2

@@ -1,8 +1,9 @@
 """``python -m qgface.eval --checkpoint CKPT|--onnx MODEL.onnx --benchmark NAME [--config YAML] [--output-dir DIR] [key=value ...]``
 
 Evaluates one checkpoint on one benchmark (compressing the benchmark first when needed) and writes
-``<run>/eval/<NAME>.json`` (docs/method.md §7-8). NAME is one of hq, crlfw, tinyface, scface, ijbb, ijbc, ijbb_1n, ijbc_1n,
-ijbs, or an index into ``eval.benchmarks`` (handy as a Slurm array task id). Exits 1 with one message on failure.
+``<run>/eval/<checkpoint stem>/<NAME>.json`` (docs/method.md §7-8); a checkpoint outside a run's checkpoints/
+needs ``--output-dir``. NAME is one of ``qgface.vocab.benchmarks.BENCHMARK_NAMES`` (listed by ``--help``)
+or an index into ``eval.benchmarks`` (handy as a Slurm array task id). Exits 1 with one message on failure.
 """
 
 from __future__ import annotations
@@ -10,8 +11,8 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from qgface.config import ConfigError
 from qgface.data.binfile import BinFileError
@@ -38,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"one of {', '.join(BENCHMARK_NAMES)}, or an index into eval.benchmarks")
     parser.add_argument("--config", default=None,
                         help="YAML config; default: the run's config.yaml, else the checkpoint's own config")
-    parser.add_argument("--output-dir", default=None, help="where <benchmark>.json goes; default <run>/eval")
+    parser.add_argument("--output-dir", default=None, help="results go to DIR/<checkpoint stem>/<benchmark>.json; default <run>/eval")
     parser.add_argument("--no-compress", action="store_true",
                         help="read the image files when no compressed .rec exists instead of creating one")
     parser.add_argument("overrides", nargs="*", help="config overrides such as eval.data_root=/data/eval")
@@ -46,13 +47,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_intermixed_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     output_dir, name = args.output_dir, args.benchmark
     try:
         cfg = resolve_config(args.checkpoint, args.config, args.overrides)
         name = resolve_benchmark(args.benchmark, cfg)
-        output_dir = Path(output_dir) if output_dir else default_output_dir(args.checkpoint, cfg)
+        output_dir = Path(output_dir) if output_dir else default_output_dir(args.checkpoint)
         evaluate(args.checkpoint, name, cfg, output_dir, compress=not args.no_compress)
     except Exception as exc:  # one clear message for the user; a traceback only for unexpected errors
         message = f"{type(exc).__name__}: {exc}"

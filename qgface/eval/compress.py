@@ -32,7 +32,8 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from qgface.atomic import atomic_write_text
-from qgface.data.recordio import IRHeader, RecordIOReader, RecordIOWriter, pack, unpack
+from qgface.data.irheader import IRHeader, pack, unpack
+from qgface.data.recordio import RecordIOReader, RecordIOWriter
 from qgface.data.workers import worker_options
 from qgface.eval.benchmarks.base import Benchmark
 

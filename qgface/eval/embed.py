@@ -70,21 +70,26 @@ def fused_embedding(model: nn.Module, images: torch.Tensor) -> tuple[torch.Tenso
 
 def embed_benchmark(model: nn.Module, benchmark: Benchmark, source: ImageSource | None = None, *,
                     batch_size: int = 128, num_workers: int = 2, device: torch.device | str | None = None,
-                    tf32: bool = False) -> tuple[np.ndarray, np.ndarray]:
+                    tf32: bool = False, item_range: tuple[int, int] | None = None,
+                    progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """Fused embeddings ``[N, 512]`` (float32, unit rows) and norms ``[N]`` of ``benchmark.embed_items()``.
 
     ``source`` gives the image bytes (default: the benchmark's own files); ``device`` defaults to CUDA
-    when available, else CPU; ``tf32`` lets a GPU's fp32 convolutions and matmuls use TF32.
+    when available, else CPU; ``tf32`` lets a GPU's fp32 convolutions and matmuls use TF32;
+    ``item_range`` ``(start, stop)`` embeds only those items (one rank's shard, qgface.eval.sharded);
+    ``progress`` shows a progress bar.
     """
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     items = benchmark.embed_items()
+    if item_range is not None:
+        items = items[item_range[0]:item_range[1]]
     loader = DataLoader(_ItemDataset(source or benchmark, benchmark, items), batch_size=batch_size,
                         shuffle=False, pin_memory=device.type == "cuda", **worker_options(num_workers))
     model = model.to(device).eval()
     embeddings = np.empty((len(items), 0), dtype=np.float32)
     norms = np.empty(len(items), dtype=np.float32)
     start = 0
-    for images in tqdm(loader, desc=f"embed {benchmark.name}", mininterval=5, unit="batch"):
+    for images in tqdm(loader, desc=f"embed {benchmark.name}", mininterval=5, unit="batch", disable=not progress):
         with tf32_policy(matmul=tf32, conv=tf32):
             emb, norm = fused_embedding(model, images.to(device, non_blocking=True))
         if embeddings.shape[1] != emb.shape[1]:

@@ -1,4 +1,4 @@
-"""Evaluate one checkpoint on one benchmark and write ``<output_dir>/<benchmark>.json`` (docs/method.md §7-8).
+"""Evaluate one checkpoint on one benchmark and write ``<output_dir>/<checkpoint stem>/<benchmark>.json`` (docs/method.md §7-8).
 
 Order: protocol files -> compressed ``.rec`` (made when missing, refused when stale) -> backbone ->
 fused embeddings -> protocol metrics -> JSON (atomic). The JSON holds the metrics (percentages), the
@@ -12,24 +12,24 @@ from __future__ import annotations
 import datetime
 import json
 import logging
-import pickle
-import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 
 from qgface.atomic import atomic_write_text
-from qgface.config import Config, from_dict, load_config, save_config
+from qgface.config import Config, config_with_overrides, load_config
 from qgface.eval.benchmarks import BENCHMARK_NAMES, make_benchmark
 from qgface.eval.compress import open_source
 from qgface.eval.embed import embed_benchmark
-from qgface.models import CheckpointError, load_backbone
+from qgface.models import load_backbone
+from qgface.models.io import CheckpointContents, read_checkpoint
 from qgface.models.onnx_backbone import OnnxBackbone
 
-__all__ = ["RESULT_VERSION", "checkpoint_info", "default_output_dir", "eval_data_root", "evaluate",
-           "resolve_benchmark", "resolve_config", "write_failure"]
+__all__ = ["RESULT_VERSION", "checkpoint_info", "checkpoints_to_evaluate", "default_output_dir", "eval_data_root",
+           "evaluate", "resolve_benchmark", "resolve_config", "result_path", "write_failure"]
 
 log = logging.getLogger(__name__)
 
@@ -46,38 +46,25 @@ def resolve_config(checkpoint: str | Path | None, config_path: str | Path | None
         if ckpt.resolve().parent.name == "checkpoints" and run_config.is_file():
             config_path = run_config
         elif ckpt.is_file() and isinstance(saved := checkpoint_info(ckpt).get("config"), dict):
-            with tempfile.TemporaryDirectory() as tmp:  # reuse load_config's override semantics exactly
-                save_config(from_dict(saved, source=f"{ckpt} (config entry)"), Path(tmp) / "config.yaml")
-                return load_config(Path(tmp) / "config.yaml", overrides)
+            return config_with_overrides(saved, overrides, source=f"{ckpt} (config entry)")
     return load_config(config_path, overrides)
 
 
 def checkpoint_info(path: str | Path) -> dict[str, Any]:
-    """``layout`` (qgface | lightning | state_dict | onnx), ``step``, ``epoch``, ``backbone``, ``config`` of a checkpoint."""
-    if not Path(path).is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist or is not a file")
-    if Path(path).suffix == ".onnx":  # an exported backbone (tools/export_onnx.py), run with onnxruntime
+    """``layout`` (qgface | lightning | state_dict | onnx), ``step``, ``epoch``, ``backbone``, ``config``
+    of a checkpoint, from one read of the file."""
+    if _is_onnx(path):  # an exported backbone (tools/export_onnx.py)
         return {"layout": "onnx", "step": None, "epoch": None, "backbone": None, "config": None}
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except RuntimeError:  # legacy (non-zip) files cannot be memory-mapped
-        obj = None
-    except pickle.UnpicklingError as exc:
-        raise CheckpointError(f"checkpoint {path} needs arbitrary unpickling and is refused for safety: "
-                              f"{str(exc).splitlines()[0]}") from None
-    if obj is None:
-        try:
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-        except (RuntimeError, EOFError, pickle.UnpicklingError) as exc:
-            raise CheckpointError(f"checkpoint {path} cannot be read by torch.load: "
-                                  f"{(str(exc).splitlines() or [type(exc).__name__])[0]}") from None
-    if isinstance(obj, dict) and "model" in obj and isinstance(obj["model"], dict):
-        return {"layout": "qgface", "step": obj.get("step"), "epoch": obj.get("epoch"),
-                "backbone": obj.get("backbone"), "config": obj.get("config")}
-    if isinstance(obj, dict) and "state_dict" in obj:
-        return {"layout": "lightning", "step": obj.get("global_step"), "epoch": obj.get("epoch"),
-                "backbone": None, "config": None}
-    return {"layout": "state_dict", "step": None, "epoch": None, "backbone": None, "config": None}
+    return _info(read_checkpoint(path))
+
+
+def _is_onnx(path: str | Path) -> bool:
+    return Path(path).suffix == ".onnx" and Path(path).is_file()
+
+
+def _info(contents: CheckpointContents) -> dict[str, Any]:
+    return {"layout": contents.layout, "step": contents.step, "epoch": contents.epoch,
+            "backbone": contents.backbone if contents.layout == "qgface" else None, "config": contents.config}
 
 
 def resolve_benchmark(name: str, cfg: Config) -> str:
@@ -93,12 +80,46 @@ def resolve_benchmark(name: str, cfg: Config) -> str:
     return name
 
 
-def default_output_dir(checkpoint: str | Path, cfg: Config) -> Path:
-    """``<run>/eval`` for a checkpoint in ``<run>/checkpoints/``, else ``<cfg run dir>/eval``."""
+def default_output_dir(checkpoint: str | Path) -> Path:
+    """``<run>/eval`` for a checkpoint in ``<run>/checkpoints/``; any other checkpoint needs ``--output-dir``
+    (a guessed folder would be created where the user never asked for one)."""
     ckpt = Path(checkpoint).resolve()
-    if ckpt.parent.name == "checkpoints":
+    if ckpt.parent.name == "checkpoints" and (ckpt.parent.parent / "config.yaml").is_file():
         return ckpt.parent.parent / "eval"
-    return cfg.resolved_run_dir() / "eval"
+    raise ValueError(f"checkpoint {checkpoint} is not in a run's checkpoints/ folder; give --output-dir DIR "
+                     "for its results")
+
+
+def result_path(output_dir: str | Path, checkpoint: str | Path, benchmark: str) -> Path:
+    """``<output_dir>/<checkpoint file stem>/<benchmark>.json``: one result per checkpoint and benchmark,
+    so evaluating ``epoch_1.pt`` never replaces the result of ``last.pt``."""
+    return Path(output_dir) / Path(checkpoint).stem / f"{benchmark}.json"
+
+
+def checkpoints_to_evaluate(run_dir: str | Path, spec: str) -> list[Path]:
+    """The checkpoints ``eval.checkpoints`` names for a run: ``last`` -> last.pt; ``best`` -> best.pt (kept
+    by validation during training); ``all`` -> every ``epoch_<e>.pt`` in epoch order, plus last.pt when
+    training stopped between epochs (its step is then no epoch's); else comma-separated names in
+    ``<run>/checkpoints/`` or paths. Missing files raise."""
+    folder = Path(run_dir) / "checkpoints"
+    if spec in ("last", "best"):
+        paths = [folder / f"{spec}.pt"]
+    elif spec == "all":
+        epochs = sorted(folder.glob("epoch_*.pt"), key=lambda p: int(p.stem.split("_")[1]))
+        paths = list(epochs)
+        last = folder / "last.pt"
+        if last.is_file() and (not epochs or checkpoint_info(last)["step"] != checkpoint_info(epochs[-1])["step"]):
+            paths.append(last)
+        if not paths:
+            raise FileNotFoundError(f"eval.checkpoints=all: {folder} holds no epoch_<e>.pt or last.pt")
+    else:
+        paths = [Path(name.strip()) if Path(name.strip()).is_absolute() else folder / name.strip()
+                 for name in spec.split(",")]
+    for path in paths:
+        if not path.is_file():
+            hint = " (best.pt is kept by validation during training: eval.every_steps > 0)" if path.name == "best.pt" else ""
+            raise FileNotFoundError(f"eval.checkpoints={spec}: checkpoint {path} does not exist{hint}")
+    return paths
 
 
 def eval_data_root(cfg: Config) -> Path:
@@ -124,8 +145,10 @@ def evaluate(checkpoint_path: str | Path, benchmark_name: str, cfg: Config,
         tick = now
 
     name = resolve_benchmark(benchmark_name, cfg)
-    output_dir = Path(output_dir) if output_dir else default_output_dir(checkpoint_path, cfg)
-    info = checkpoint_info(checkpoint_path)  # fail early, before any data is generated or compressed
+    output_dir = Path(output_dir) if output_dir else default_output_dir(checkpoint_path)
+    # read once, and early: a bad checkpoint fails before any data is generated or compressed
+    contents = None if _is_onnx(checkpoint_path) else read_checkpoint(checkpoint_path)
+    info = checkpoint_info(checkpoint_path) if contents is None else _info(contents)
     data_root = eval_data_root(cfg)
     benchmark = make_benchmark(name, data_root, tinyface_aligned_dir=cfg.eval.tinyface_aligned_dir,
                                scface_aligned_dir=cfg.eval.scface_aligned_dir, ijb_protocol=cfg.eval.ijb_protocol)
@@ -133,8 +156,9 @@ def evaluate(checkpoint_path: str | Path, benchmark_name: str, cfg: Config,
     source, source_desc = open_source(benchmark, cfg.eval.rec_dir or data_root, compress=compress,
                                       num_workers=cfg.eval.num_workers)
     lap("compress")
-    model = OnnxBackbone(checkpoint_path) if info["layout"] == "onnx" else load_backbone(
-        checkpoint_path, name=cfg.model.backbone if info["layout"] == "state_dict" else None)
+    model = OnnxBackbone(checkpoint_path) if contents is None else load_backbone(
+        checkpoint_path, name=cfg.model.backbone if contents.layout == "state_dict" else None, contents=contents)
+    del contents  # the weights are in the model now
     lap("load_model")
     embeddings, norms = embed_benchmark(model, benchmark, source, batch_size=cfg.eval.batch_size,
                                         num_workers=cfg.eval.num_workers, device=device, tf32=cfg.eval.tf32)
@@ -151,15 +175,15 @@ def evaluate(checkpoint_path: str | Path, benchmark_name: str, cfg: Config,
         "device": str(device or ("cuda" if torch.cuda.is_available() else "cpu")),
         "timings": timings, "finished_at": _now(),
     }
-    path = output_dir / f"{name}.json"
+    path = result_path(output_dir, checkpoint_path, name)
     atomic_write_text(path, json.dumps(result, indent=1))
     log.info("%s: %s -> %s", name, _summary(output.metrics), path)
     return result
 
 
 def write_failure(output_dir: str | Path, benchmark: str, checkpoint: str | Path, error: str) -> Path:
-    """Record a failed evaluation as ``<output_dir>/<benchmark>.json`` with ``status: failed``."""
-    path = Path(output_dir) / f"{benchmark}.json"
+    """Record a failed evaluation as :func:`result_path` with ``status: failed``."""
+    path = result_path(output_dir, checkpoint, benchmark)
     atomic_write_text(path, json.dumps({
         "format_version": RESULT_VERSION, "status": "failed", "benchmark": benchmark,
         "checkpoint": str(Path(checkpoint).resolve()), "error": error, "finished_at": _now(),

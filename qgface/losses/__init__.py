@@ -3,7 +3,7 @@ contrastive loss and its queue. Nothing here knows about data, training or Slurm
 
 from __future__ import annotations
 
-from qgface.losses.contrast import ContrastOutput, quality_factor, qg_contrastive_loss
+from qgface.losses.contrast import ContrastOutput, qg_contrastive_loss, quality_factor
 from qgface.losses.margin import MARGIN_KINDS, MarginHead
 from qgface.losses.queue import ContrastQueue, gather_own_first
 

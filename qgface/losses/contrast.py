@@ -29,9 +29,8 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
-QUALITY_METHODS = ("sgn", "linear", "cos")
-SCALE_RANGES = ("half", "whole")
-SELECTS = ("low", "mean", "high")
+from qgface.vocab.choices import QUALITY_METHODS, SCALE_RANGES, SELECTS
+
 QUALITY_EPS = 1e-3
 """ε in the denominators of the linear and cos quality factors, as the reference computes them (docs/method.md §4)."""
 

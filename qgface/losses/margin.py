@@ -36,8 +36,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from qgface.tf32 import tf32_policy
+from qgface.vocab.choices import MARGIN_KINDS
 
-MARGIN_KINDS = ("adaface", "arcface", "cosface")
 DEFAULT_CHUNK_ELEMS = {"cpu": 1 << 24, "cuda": 1 << 28}
 """logits held at once when ``chunk_elems=0``, per device type (others use the CPU figure)"""
 EPS = 1e-3
@@ -206,8 +206,8 @@ class MarginHead(nn.Module):
             return torch.full_like(g_hat, self.s)
         return self.s * quality_scale_factor(g_hat, self.quality_scale, self.s)
 
-    def margin_scaler(self, norms: torch.Tensor) -> torch.Tensor:
-        """ĝ [N, 1] from the current running statistics (no update)."""
+    def current_g_hat(self, norms: torch.Tensor) -> torch.Tensor:
+        """ĝ [N, 1] by :func:`margin_scaler` from the current running statistics (no update)."""
         return margin_scaler(norms.float().reshape(-1, 1), self.batch_mean, self.batch_std, self.h)
 
     @torch.no_grad()

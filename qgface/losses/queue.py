@@ -24,7 +24,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-QUEUE_MODES = ("proxy", "fifo")
+from qgface.vocab.choices import QUEUE_MODES
+
 PAPER_QUEUE_SIZE = 16384
 """the published K (docs/method.md §4); the automatic size never goes below it"""
 MIN_HISTORY_STEPS = 4

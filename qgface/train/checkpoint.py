@@ -10,7 +10,9 @@ value is a tensor, a number, a string, None or a list/dict of those:
 - ``rng``: one entry per rank (rank order) with the torch, CUDA, numpy and Python states, so a
   resumed rank continues its own streams (dropout draws, anything seeded per rank); the data views
   need no entry here because the data pipeline seeds them from (seed, epoch, index);
-- ``config`` (``cfg.to_dict()``), ``finished`` (training completed).
+- ``config`` (``cfg.to_dict()``), ``finished`` (training completed);
+- ``validation``: the best validation value so far, ``{metric, value, step}`` (None without
+  ``eval.every_steps``), so a resumed run keeps choosing ``best.pt`` against it (train/validation.py).
 
 Writes go through ``qgface.atomic.atomic_open``: ``last.pt`` is always the complete previous or the
 complete new file, never a partial one. At scale a checkpoint is ~3 GB (the WebFace12M class proxies
@@ -37,14 +39,18 @@ from torch import nn
 from qgface.atomic import atomic_open, fsync_dir
 from qgface.config import Config
 from qgface.models import CheckpointError
+from qgface.models.io import read_checkpoint_file
 
 log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
 KEYS = (
     "format_version", "backbone", "model", "head", "queue", "optimizer", "scheduler", "scaler",
-    "epoch", "step", "batch_in_epoch", "rng", "config", "finished",
+    "epoch", "step", "batch_in_epoch", "rng", "config", "finished", "validation",
 )
+
+ADDED_KEYS: dict[str, Any] = {"validation": None}
+"""keys added after format 1 was first written, with the value an older checkpoint stands for"""
 
 
 def checkpoint_dir(cfg: Config) -> Path:
@@ -97,12 +103,11 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {str(path)!r} does not exist; check train.resume")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception as exc:  # corrupt file, foreign pickle: one message naming the file
-        raise CheckpointError(f"checkpoint {str(path)!r} cannot be loaded: {exc}") from exc
+    state = read_checkpoint_file(path)  # memory-mapped; one message naming the file and what it is
     if not isinstance(state, dict):
         raise CheckpointError(f"checkpoint {str(path)!r} is not a training checkpoint (top level {type(state).__name__})")
+    for key, value in ADDED_KEYS.items():  # checkpoints written before the key existed
+        state.setdefault(key, value)
     _check_keys(state, str(path))
     if state["format_version"] != FORMAT_VERSION:
         raise CheckpointError(

@@ -130,7 +130,19 @@ def gather_objects(obj: Any) -> list[Any]:
     return out
 
 
+def broadcast_buffers(module: torch.nn.Module, src: int = 0) -> None:
+    """Rank ``src``'s buffers (BatchNorm running statistics) into ``module`` on every rank, in place.
+
+    Under DDP each rank's forward updates its own running statistics, and DDP copies rank 0's to the
+    others only at the start of the next forward; this makes that copy now (same values, earlier).
+    """
+    if _active():
+        for buffer in module.buffers():
+            dist.broadcast(buffer, src=src)
+
+
 def barrier() -> None:
+    """Wait for every rank (no-op without a process group)."""
     if _active():
         dist.barrier()
 

@@ -25,9 +25,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from qgface.config import Config, ConfigError, save_config
+from qgface.config import Config, ConfigError
 from qgface.data.images import to_network_input
 from qgface.data.loader import build_train_loader
+from qgface.history import record_config
 from qgface.losses import ContrastOutput, ContrastQueue, MarginHead, qg_contrastive_loss
 from qgface.losses.partial_fc import initial_proxies, shard_range
 from qgface.losses.queue import MIN_HISTORY_STEPS, history_steps, queue_size_for
@@ -36,11 +37,12 @@ from qgface.train import checkpoint as ckpt
 from qgface.train import dist
 from qgface.train import sharded_checkpoint as shards
 from qgface.train.determinism import configure_determinism
-from qgface.train.monitor import build_monitor, norm_similarity_heatmap, pair_grid, progress
+from qgface.train.monitor import ProgressReport, build_monitor, norm_similarity_heatmap, pair_grid, progress
 from qgface.train.precision import build_autocast, build_scaler, resolve_precision
 from qgface.train.schedule import contrast_weight_at, quality_scale_at, queue_size_at
 from qgface.train.sharded_head import ShardedForward, build_partial_fc_head, check_partial_fc, kernel_param_index
 from qgface.train.signals import REQUEUE_EXIT_CODE, StopFlag
+from qgface.train.validation import Validator, write_best_json
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +115,9 @@ def train_data_root(cfg: Config) -> str:
 class Trainer:
     """Builds everything from the config; ``train()`` runs (or continues) the schedule."""
 
-    def __init__(self, cfg: Config) -> None:
+    def __init__(self, cfg: Config, config_source: str = "python -m qgface.train", allow_changes: bool = False) -> None:
+        """``config_source`` and ``allow_changes`` go to ``qgface.history.record_config``: a continued
+        run refuses config changes that change what is trained unless ``allow_changes``."""
         self.cfg = cfg
         configure_determinism(cfg.train.deterministic)  # before any CUDA work (cuBLAS reads its env once)
         self.dist = dist.init_distributed()
@@ -174,12 +178,15 @@ class Trainer:
         self.autocast = build_autocast(self.precision, self.device)
         self.scaler = build_scaler(self.precision, self.device)
 
+        # ---- validation data, on every rank before the first step (docs/method.md §7.9)
+        self.validator = Validator(cfg, self.dist) if cfg.eval.every_steps else None
+
         # ---- counters, resume, monitoring
         self.epoch, self.step, self.batch_in_epoch = 0, 0, 0
         self.stop, self.stop_now = StopFlag(), False
         self._resume()
         if self.dist.is_main:  # after the resume checks, so a mismatched rerun leaves the run's config alone
-            save_config(cfg, self.run_dir / "config.yaml")
+            record_config(self.run_dir, cfg, self.step, source=config_source, allow_training_changes=allow_changes)
         self.monitor = build_monitor(self.run_dir, self.dist.is_main, self.step)
         self._bar = None
         self._last_log = (time.perf_counter(), self.step)
@@ -235,9 +242,10 @@ class Trainer:
             contrast, queue_ok = self._contrast(emb, g_hat, labels)
         loss_con = contrast.loss if contrast is not None else torch.zeros((), device=self.device)
         loss = loss_cls + self.contrast_weight * loss_con
-        # one collective and one host read per (micro-)batch: a non-finite loss, a queue too small for
-        # the step's keys, or a stop signal on any rank concerns all ranks (built on the device: a
-        # tensor made from a host value would be a copy that waits for the GPU)
+        # the step's only host read of its flags (besides the queue view's nonzero and fp16's inf check):
+        # one all-reduce, next to the queue's all-gathers and DDP's gradient all-reduce, tells every rank
+        # of a non-finite loss, a queue too small for the step's keys, or a stop signal on any rank
+        # (the flags are built on the device: a tensor made from a host value would wait for the GPU)
         stop = torch.full((), self.stop.requested, dtype=torch.bool, device=self.device)
         bad, queue_short, self.stop_now = dist.any_rank([~torch.isfinite(loss), ~queue_ok, stop])
         if queue_short:
@@ -287,6 +295,7 @@ class Trainer:
                  self.cfg.model.backbone, self.total_steps, self.epoch_steps, self.cfg.optim.epochs,
                  self.step, self.device, self.dist.world_size, self.precision)
         self._bar = progress(self.total_steps, self.step, self.dist.is_main)
+        self._progress = ProgressReport(self.total_steps, self.step)
         with self.stop:
             while True:
                 first = True
@@ -295,15 +304,18 @@ class Trainer:
                     self.step += 1
                     self.batch_in_epoch += 1
                     self._bar.update()
-                    self._log(out, views, images=first)
+                    finished = self.step >= self.total_steps
+                    # images on each epoch's first step and on the last one, so the final model is shown
+                    self._log(out, views, images=first or finished)
                     first = False
                     epoch_done = self.batch_in_epoch == self.epoch_steps
                     if epoch_done:
                         self.scheduler.step()
                         self.epoch, self.batch_in_epoch = self.epoch + 1, 0
-                    finished = self.step >= self.total_steps
-                    if epoch_done or finished or self.stop_now or self.step % self.cfg.train.checkpoint_every == 0:
-                        self._save(finished, epoch_done)
+                    # validation before the save, so last.pt holds the best so far; a new best is saved now
+                    best = self._validate(finished)
+                    if epoch_done or finished or self.stop_now or best or self.step % self.cfg.train.checkpoint_every == 0:
+                        self._save(finished, epoch_done, best)
                     if finished:
                         log.info("training complete at step %d", self.step)
                         return 0
@@ -324,14 +336,20 @@ class Trainer:
             batches = iter(self.loader)
         return itertools.islice(batches, self.epoch_steps - self.batch_in_epoch)
 
+    def _validate(self, finished: bool) -> bool:
+        """Validate when due (never on the way out after a signal); True when the best metric improved."""
+        if self.validator is None or self.stop_now or not self.validator.due(self.step, finished):
+            return False
+        return self.validator.run(self.model.backbone, self.step, self.monitor)
+
     # ------------------------------------------------------------------ checkpoints
-    def _save(self, finished: bool, epoch_end: bool) -> None:
+    def _save(self, finished: bool, epoch_end: bool, best: bool = False) -> None:
         rng = dist.gather_objects(ckpt.capture_rng())  # every rank's own streams, in rank order
         c = self.cfg
         folder = ckpt.checkpoint_dir(c)
         head_state, optimizer_state = self.model.head.state_dict(), self.optimizer.state_dict()
         if c.head.partial_fc:
-            self._save_kernel_shards(folder, epoch_end, head_state, optimizer_state)
+            self._save_kernel_shards(folder, epoch_end or best, head_state, optimizer_state)
         if not self.dist.is_main:
             return
         state = {
@@ -341,11 +359,18 @@ class Trainer:
             "optimizer": optimizer_state, "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(), "epoch": self.epoch, "step": self.step,
             "batch_in_epoch": self.batch_in_epoch, "rng": rng, "config": c.to_dict(), "finished": finished,
+            "validation": self.validator.state_dict() if self.validator is not None else None,
         }
-        ckpt.save_checkpoint(folder / "last.pt", state)
+        # written once. A new best goes to best.pt first and last.pt becomes a hard link to it: a crash
+        # in between resumes from the previous last.pt, which remembers the older best, so the redone
+        # step publishes best.pt (and best.json) again
+        ckpt.save_checkpoint(folder / ("best.pt" if best else "last.pt"), state)
+        if best:
+            ckpt.link_or_copy(folder / "best.pt", folder / "last.pt")
+            write_best_json(folder, self.validator.best)
         if c.head.partial_fc:
             shards.prune_shards(folder, self.step)
-        if epoch_end:  # written once: the epoch's copy is a hard link to last.pt
+        if epoch_end:  # the epoch's copy is a hard link to last.pt
             ckpt.link_or_copy(folder / "last.pt", folder / f"epoch_{self.epoch}.pt")
         log.info("saved %s at step %d%s", folder / "last.pt", self.step, f" (+ epoch_{self.epoch}.pt)" if epoch_end else "")
 
@@ -373,6 +398,8 @@ class Trainer:
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
         self.epoch, self.step, self.batch_in_epoch = state["epoch"], state["step"], state["batch_in_epoch"]
+        if self.validator is not None:
+            self.validator.load_state_dict(state["validation"], path)
         if len(state["rng"]) == self.dist.world_size:
             ckpt.restore_rng(state["rng"][self.dist.rank])
         else:
@@ -380,7 +407,7 @@ class Trainer:
                         path, len(state["rng"]), self.dist.world_size)
         log.info("resumed from %s: epoch %d, batch %d, step %d", path, self.epoch, self.batch_in_epoch, self.step)
 
-    def _save_kernel_shards(self, folder: Path, epoch_end: bool, head_state: dict, optimizer_state: dict) -> None:
+    def _save_kernel_shards(self, folder: Path, keep: bool, head_state: dict, optimizer_state: dict) -> None:
         """Every rank writes its kernel slice and momentum (sharded_checkpoint); rank 0, once all are
         written, the manifest. The kernel and its state leave the dicts last.pt is made of."""
         head, index = self.model.head, kernel_param_index(self.optimizer, self.model.head.kernel)
@@ -390,7 +417,7 @@ class Trainer:
         dist.barrier()
         if self.dist.is_main:
             ranges = [shard_range(head.num_classes, r, self.dist.world_size) for r in range(self.dist.world_size)]
-            shards.write_manifest(folder, self.step, head, epoch_end, ranges)
+            shards.write_manifest(folder, self.step, head, keep, ranges)
 
     def _load_kernel_shards(self, path: Path, state: dict) -> tuple[dict, torch.Tensor | None]:
         """(head state with this rank's kernel slice, its momentum) from the shards of ``state``'s step,
@@ -411,7 +438,7 @@ class Trainer:
         b = views.shape[0]
         h_norm, l_norm = out.norms[:b], out.norms[b:]
         pos_cos = (out.emb[:b] * out.emb[b:]).sum(1) if self.num_views == 2 else None
-        if images:  # once per epoch, on its first step
+        if images:  # on each epoch's first step and on the last one
             self.monitor.image("train/pairs_L_H", pair_grid(to_network_input(views[:8])), self.step)
         if images and pos_cos is not None:
             self.monitor.image("train/norm_vs_similarity",
@@ -425,13 +452,14 @@ class Trainer:
         now, (then, then_step) = time.perf_counter(), self._last_log
         self._last_log = (now, self.step)
         head = self.model.head
+        images_per_s = (self.step - then_step) * b * self.num_views * self.dist.world_size / (now - then)
         self.monitor.log({
             "train/loss": loss, "train/loss_cls": loss_cls, "train/loss_con": loss_con,
             "train/lr": self.optimizer.param_groups[0]["lr"],
             "train/norm_mean": head.batch_mean.item(), "train/norm_std": head.batch_std.item(),
             "train/dynamic_margin": self.queue.dynamic_margin.item() if self.queue is not None else 0.0,
             "train/contrast_active_fraction": active,
-            "train/images_per_s": (self.step - then_step) * b * self.num_views * self.dist.world_size / (now - then),
+            "train/images_per_s": images_per_s,
             "train/contrast_weight": self.contrast_weight, "train/quality_scale": head.quality_scale,
         }, self.step)
         self.monitor.histogram("train/feature_norm_H", h_norm, self.step)
@@ -439,6 +467,7 @@ class Trainer:
             self.monitor.histogram("train/feature_norm_L", l_norm, self.step)
             self.monitor.histogram("train/positive_cosine", pos_cos, self.step)
         self._bar.set_postfix(loss=f"{loss:.3f}", con=f"{loss_con:.3f}", epoch=self.epoch, refresh=False)
+        self._progress.report(self.step, self.epoch, loss, images_per_s)
 
     def close(self) -> None:
         """Flush TensorBoard, close the bar (safe to call more than once, after any failure)."""

@@ -3,12 +3,14 @@
 The run keeps ONE ``<run>/tb/`` folder, so a requeued job continues the same curves; on resume the
 writer is opened with ``purge_step`` = the first step that will be redone, so TensorBoard drops any
 events the interrupted job wrote after its last checkpoint and no step appears twice.
-The renderers turn a batch into images: L/H sample pairs and the norm x similarity heatmap.
+The renderers turn a batch into images: L/H sample pairs and the norm x similarity heatmap (logged on
+each epoch's first step and on the last step). ``ProgressReport`` writes the progress lines a person reads.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -16,6 +18,8 @@ import numpy as np
 import torch
 
 log = logging.getLogger(__name__)
+progress_log = logging.getLogger("qgface.train.progress")
+"""progress lines; the training entry point sends them to stdout"""
 
 
 class Monitor:
@@ -95,7 +99,7 @@ def norm_similarity_heatmap(norms: torch.Tensor, cosines: torch.Tensor, bins: in
     fig = Figure(figsize=(4, 3.2), dpi=80)
     canvas = FigureCanvasAgg(fig)
     ax = fig.add_subplot(1, 1, 1)
-    counts, xedges, yedges = np.histogram2d(n, c, bins=bins, range=[[0.0, max(float(n.max()), 1e-3)], [-1.0, 1.0]])
+    counts, xedges, yedges = np.histogram2d(n, c, bins=bins, range=[_span(n, 0.0, None), _span(c, -1.0, 1.0)])
     mesh = ax.pcolormesh(xedges, yedges, counts.T, cmap="viridis")
     fig.colorbar(mesh, ax=ax, label="pairs")
     ax.set_xlabel("feature norm")
@@ -103,6 +107,46 @@ def norm_similarity_heatmap(norms: torch.Tensor, cosines: torch.Tensor, bins: in
     fig.tight_layout()
     canvas.draw()
     return np.ascontiguousarray(np.asarray(canvas.buffer_rgba())[..., :3])
+
+
+def _span(values: np.ndarray, low: float | None, high: float | None) -> list[float]:
+    """Axis range fitted to the data (5 % margin each side), clipped to the quantity's own bounds:
+    a fixed -1..1 cosine axis would squeeze pairs that all sit near 0.9 into one row of bins."""
+    lo, hi = float(values.min()), float(values.max())
+    pad = max(hi - lo, 1e-3) * 0.05
+    lo, hi = lo - pad, hi + pad
+    if low is not None:
+        lo = max(lo, low)
+    if high is not None:
+        hi = min(hi, high)
+    return [lo, hi]
+
+
+class ProgressReport:
+    """One line per logging step on the ``qgface.train.progress`` logger (stdout: the terminal in
+    local mode, the ``.out`` log on Slurm): step, epoch, loss, images/s and the ETA from the mean
+    speed since this process started."""
+
+    def __init__(self, total_steps: int, start_step: int) -> None:
+        self.total, self.start_step, self.started = total_steps, start_step, time.perf_counter()
+
+    def line(self, step: int, epoch: int, loss: float, images_per_s: float, now: float | None = None) -> str:
+        elapsed = (now if now is not None else time.perf_counter()) - self.started
+        done = step - self.start_step
+        eta = elapsed / done * (self.total - step) if done > 0 else float("nan")
+        return (f"step {step}/{self.total} ({100 * step / self.total:.0f}%) epoch {epoch} loss {loss:.4f} "
+                f"{images_per_s:.1f} images/s ETA {_duration(eta)}")
+
+    def report(self, step: int, epoch: int, loss: float, images_per_s: float) -> None:
+        progress_log.info("%s", self.line(step, epoch, loss, images_per_s))
+
+
+def _duration(seconds: float) -> str:
+    if not np.isfinite(seconds):
+        return "?"
+    minutes, secs = divmod(int(round(seconds)), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m{secs:02d}s" if hours else f"{minutes}m{secs:02d}s"
 
 
 def progress(total: int, initial: int, enabled: bool):

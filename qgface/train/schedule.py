@@ -3,7 +3,7 @@
 Each value depends only on the (0-based) epoch index and the config, so a resumed run needs nothing
 but its epoch counter to recompute them. The engine uses ``torch.optim.lr_scheduler.MultiStepLR``
 for the learning rate (its state is checkpointed); ``lr_multiplier`` is the same rule written out,
-so it can be documented, tested and logged.
+so it can be documented and tested against MultiStepLR (the trainer logs the optimiser's own lr).
 """
 
 from __future__ import annotations

@@ -8,11 +8,11 @@ kernel and its SGD momentum are written by every rank, in parallel, each file at
     checkpoints/head_shards/step_<N>/rank_<r>.pt   {"kernel" [D, n_r], "momentum" [D, n_r] or None,
                                                     "class_start", "num_local"}
     checkpoints/head_shards/step_<N>/manifest.json {"step", "world_size", "num_classes", "ranges",
-                                                    "epoch_end", "files"}
+                                                    "keep", "files"}
 
 Order of a save: every rank writes its shard; a barrier; rank 0 writes the manifest, then
 ``last.pt`` (whose ``step`` names the shard folder), then removes the shard folders of earlier steps
-that are not epoch ends (``epoch_<N>.pt`` still points at those). A crash anywhere leaves the
+that are not kept: those of epoch ends and of new bests are (``epoch_<N>.pt``, ``best.pt`` point at them). A crash anywhere leaves the
 previous ``last.pt`` and its complete folder in place. Resuming reads the manifest of
 ``last.pt``'s step: with the same world size each rank loads its own file; with another, each rank
 cuts its new contiguous slice (``shard_range``) out of the old shards it overlaps (memory-mapped).
@@ -51,26 +51,27 @@ def write_shard(checkpoints: Path, step: int, head: PartialFCHead, momentum: tor
         torch.save(state, f)
 
 
-def write_manifest(checkpoints: Path, step: int, head: PartialFCHead, epoch_end: bool,
+def write_manifest(checkpoints: Path, step: int, head: PartialFCHead, keep: bool,
                    ranges: list[tuple[int, int]]) -> None:
-    """Rank 0, after every rank's shard is written: what the step's folder holds."""
+    """Rank 0, after every rank's shard is written: what the step's folder holds; ``keep`` (an epoch
+    end or a new best) exempts it from :func:`prune_shards`."""
     manifest = {"step": step, "world_size": len(ranges), "num_classes": head.num_classes,
-                "ranges": [list(r) for r in ranges], "epoch_end": epoch_end,
+                "ranges": [list(r) for r in ranges], "keep": keep,
                 "files": [f"rank_{r}.pt" for r in range(len(ranges))]}
     atomic_write_text(shard_dir(checkpoints, step) / "manifest.json", json.dumps(manifest, indent=1) + "\n")
 
 
 def prune_shards(checkpoints: Path, keep_step: int) -> None:
-    """Remove the shard folders other than ``keep_step``'s, except those of epoch ends."""
+    """Remove the shard folders other than ``keep_step``'s, except those written with ``keep``."""
     root = checkpoints / SHARDS
     for folder in sorted(root.glob("step_*")):
         if folder == shard_dir(checkpoints, keep_step):
             continue
         try:
-            epoch_end = json.loads((folder / "manifest.json").read_text())["epoch_end"]
+            keep = json.loads((folder / "manifest.json").read_text())["keep"]
         except (OSError, ValueError, KeyError):
-            epoch_end = False  # an unfinished save (no manifest): never referenced by a last.pt
-        if not epoch_end:
+            keep = False  # an unfinished save (no manifest): never referenced by a checkpoint
+        if not keep:
             shutil.rmtree(folder, ignore_errors=True)
 
 

@@ -27,6 +27,9 @@ def build_partial_fc_head(cfg: Config, num_classes: int) -> PartialFCHead:
 def check_partial_fc(cfg: Config, precision: str) -> None:
     """Raise ConfigError for a setting the sharded head cannot train with (``precision`` resolved)."""
     if not cfg.head.partial_fc:
+        if cfg.head.sample_rate < 1.0:  # checked here, not per key: an override may set either key alone
+            raise ConfigError(f"head.sample_rate={cfg.head.sample_rate!r} needs head.partial_fc=true (class-centre "
+                              "sampling is part of the sharded head)")
         return
     if cfg.optim.grad_clip > 0:
         raise ConfigError(f"optim.grad_clip={cfg.optim.grad_clip} cannot be combined with head.partial_fc=true: each "

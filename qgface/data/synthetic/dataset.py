@@ -23,17 +23,18 @@ import numpy as np
 
 from qgface.atomic import atomic_write_text, fsync_dir
 from qgface.data.binfile import save_bin
-from qgface.data.recordio import write_insightface_rec
+from qgface.data.insightface_rec import write_insightface_rec
 from qgface.data.synthetic.faces import make_identity
 from qgface.data.synthetic.layouts import IJBS_PROBE_VIDEO_BASE, write_ijb, write_ijbs, write_scface, write_tinyface
 from qgface.data.synthetic.shots import STREAM, Plan, Renderer
+from qgface.vocab import synthetic
+from qgface.vocab.benchmarks import HQ_SETS
 
 __all__ = ["GENERATOR_VERSION", "HQ_SETS", "generate", "ensure_synthetic", "synthetic_name"]
 
 log = logging.getLogger(__name__)
 
 GENERATOR_VERSION = 4  # 2: SCface all.txt in the distributed layout; 3: IJB 1:N lists, >= 10k impostor pairs; 4: IJB-S
-HQ_SETS = ("lfw", "cfp_fp", "agedb_30", "calfw", "cplfw")
 # image A / image B nuisance of each HQ set: cfp_fp frontal vs half-profile, agedb/calfw an age gap
 _HQ_STYLE = {
     "lfw": ({}, {}),
@@ -47,7 +48,8 @@ _LOOKALIKE_IMPOSTORS = ("calfw", "cplfw")
 
 def _defaults() -> dict[str, Any]:
     """Generation parameters; ``None`` sizes scale with ``eval_identities`` (see :func:`_resolve`)."""
-    return {"identities": 300, "images_per_identity": 20, "eval_identities": 100, "seed": 0, "hq_pairs": None,
+    return {"identities": synthetic.IDENTITIES, "images_per_identity": synthetic.IMAGES_PER_IDENTITY,
+            "eval_identities": synthetic.EVAL_IDENTITIES, "seed": 0, "hq_pairs": None,
             "tinyface_probes": 2, "tinyface_gallery": 2, "tinyface_distractors": None, "scface_subjects": None,
             "ijb_templates": None, "ijb_media": 2, "ijb_frames": 2, "ijb_max_pairs": 100_000}
 
@@ -164,8 +166,9 @@ def _plan_ijbs(plan: Plan, eval_ids: list[int]) -> tuple[list[int], set[str]]:
     return pids, {f"1/videos_{IJBS_PROBE_VIDEO_BASE + 1}_20.jpg"}
 
 
-def generate(out_dir: str | os.PathLike, *, identities: int = 300, images_per_identity: int = 20,
-             eval_identities: int = 100, seed: int = 0, hq_pairs: int | None = None, tinyface_probes: int = 2,
+def generate(out_dir: str | os.PathLike, *, identities: int = synthetic.IDENTITIES,
+             images_per_identity: int = synthetic.IMAGES_PER_IDENTITY, eval_identities: int = synthetic.EVAL_IDENTITIES,
+             seed: int = 0, hq_pairs: int | None = None, tinyface_probes: int = 2,
              tinyface_gallery: int = 2, tinyface_distractors: int | None = None, scface_subjects: int | None = None,
              ijb_templates: int | None = None, ijb_media: int = 2, ijb_frames: int = 2, ijb_max_pairs: int = 100_000,
              workers: int = 2) -> None:

@@ -16,6 +16,7 @@ import numpy as np
 from qgface.atomic import atomic_write_bytes, atomic_write_text
 from qgface.data.synthetic.faces import TEMPLATE
 from qgface.data.synthetic.shots import STREAM
+from qgface.vocab.benchmarks import TINYFACE_ALIGNED_DIR
 
 
 def _write_mat(path: Path, names: list[str], ids: list[int], names_key: str, ids_key: str) -> None:
@@ -32,7 +33,7 @@ def _write_mat(path: Path, names: list[str], ids: list[int], names_key: str, ids
 
 
 def write_tinyface(out: Path, results: dict[tuple, Any]) -> dict[str, int]:
-    root, aligned = out / "tinyface" / "Testing_Set", out / "aligned_pad_0.1_pad_high"
+    root, aligned = out / "tinyface" / "Testing_Set", out / TINYFACE_ALIGNED_DIR
     listed: dict[str, list[str]] = {"Probe": [], "Gallery_Match": [], "Gallery_Distractor": []}
     for key, value in results.items():
         if key[0] in listed:

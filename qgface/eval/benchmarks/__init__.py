@@ -1,37 +1,27 @@
-"""Benchmark registry (docs/method.md §7): one protocol object per benchmark name."""
+"""Benchmark protocol objects (docs/method.md §7); the names and their registry are :mod:`qgface.vocab.benchmarks`."""
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
 
-from qgface.eval.benchmarks.base import Benchmark, BenchmarkError, EvalOutput
-from qgface.eval.benchmarks.hq import CrossResolutionLFW, HQVerification
-from qgface.eval.benchmarks.ijb import IJB, IJB_PROTOCOLS
-from qgface.eval.benchmarks.ijb_1n import IJB1N
-from qgface.eval.benchmarks.ijbs import IJBS
-from qgface.eval.benchmarks.scface import SCface
-from qgface.eval.benchmarks.tinyface import TinyFace
+from qgface.eval.benchmarks.base import Benchmark, BenchmarkError, BenchmarkOptions, EvalOutput
+from qgface.vocab.benchmarks import BENCHMARK_NAMES, IJB_PROTOCOLS, REGISTRY, SCFACE_ALIGNED_DIR, TINYFACE_ALIGNED_DIR
 
-__all__ = ["BENCHMARK_NAMES", "IJB_PROTOCOLS", "Benchmark", "BenchmarkError", "EvalOutput", "make_benchmark"]
-
-BENCHMARK_NAMES = ("hq", "crlfw", "tinyface", "scface", "ijbb", "ijbc", "ijbb_1n", "ijbc_1n", "ijbs")
+__all__ = ["BENCHMARK_NAMES", "IJB_PROTOCOLS", "Benchmark", "BenchmarkError", "BenchmarkOptions", "EvalOutput",
+           "benchmark_class", "make_benchmark"]
 
 
-def make_benchmark(name: str, data_root: str | Path, *, tinyface_aligned_dir: str = "aligned_pad_0.1_pad_high",
-                   scface_aligned_dir: str = "scface/aligned", ijb_protocol: str = "qgface") -> Benchmark:
+def benchmark_class(name: str) -> type[Benchmark]:
+    """The protocol class registered for benchmark ``name`` (imported on first use)."""
+    if name not in REGISTRY:
+        raise BenchmarkError(f"unknown benchmark {name!r}; choose one of {', '.join(BENCHMARK_NAMES)}")
+    module, _, cls = REGISTRY[name].partition(":")
+    return getattr(importlib.import_module(module), cls)
+
+
+def make_benchmark(name: str, data_root: str | Path, *, tinyface_aligned_dir: str = TINYFACE_ALIGNED_DIR,
+                   scface_aligned_dir: str = SCFACE_ALIGNED_DIR, ijb_protocol: str = "qgface") -> Benchmark:
     """The protocol object of benchmark ``name`` over the evaluation data root (loads its protocol files)."""
-    if name == "hq":
-        return HQVerification(data_root)
-    if name == "crlfw":
-        return CrossResolutionLFW(data_root)
-    if name == "tinyface":
-        return TinyFace(data_root, tinyface_aligned_dir)
-    if name == "scface":
-        return SCface(data_root, scface_aligned_dir)
-    if name in ("ijbb", "ijbc"):
-        return IJB(data_root, name, ijb_protocol)
-    if name in ("ijbb_1n", "ijbc_1n"):
-        return IJB1N(data_root, name, ijb_protocol)
-    if name == "ijbs":
-        return IJBS(data_root)
-    raise BenchmarkError(f"unknown benchmark {name!r}; choose one of {', '.join(BENCHMARK_NAMES)}")
+    options = BenchmarkOptions(tinyface_aligned_dir, scface_aligned_dir, ijb_protocol)
+    return benchmark_class(name).from_options(name, data_root, options)

@@ -10,12 +10,15 @@ so evaluating from the ``.rec`` or from the files gives identical numbers.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Hashable
 from pathlib import Path
-from typing import Any, Hashable
+from typing import Any
 
 import numpy as np
 
-__all__ = ["Benchmark", "BenchmarkError", "EvalOutput", "read_file_bytes"]
+from qgface.vocab.benchmarks import SCFACE_ALIGNED_DIR, TINYFACE_ALIGNED_DIR
+
+__all__ = ["Benchmark", "BenchmarkError", "BenchmarkOptions", "EvalOutput", "read_file_bytes"]
 
 
 class BenchmarkError(ValueError):
@@ -28,6 +31,15 @@ class EvalOutput:
 
     metrics: dict[str, float | None]  # None: not resolvable by this data (e.g. a FAR below 1/impostors)
     curves: dict[str, dict[str, list[float]]] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass(frozen=True)
+class BenchmarkOptions:
+    """The choices a benchmark's protocol object is built with (the ``eval.*`` keys of the same names)."""
+
+    tinyface_aligned_dir: str = TINYFACE_ALIGNED_DIR
+    scface_aligned_dir: str = SCFACE_ALIGNED_DIR
+    ijb_protocol: str = "qgface"
 
 
 class Benchmark:
@@ -45,6 +57,11 @@ class Benchmark:
         self.data_root = Path(data_root)
         self.image_names: list[str] = []
         self.labels: np.ndarray = np.zeros(0, dtype=np.int64)
+
+    @classmethod
+    def from_options(cls, name: str, data_root: str | Path, options: BenchmarkOptions) -> Benchmark:
+        """The protocol object of registry entry ``name``; subclasses that take options override this."""
+        return cls(data_root)
 
     def __len__(self) -> int:
         return len(self.image_names)
@@ -69,10 +86,6 @@ class Benchmark:
     def evaluate(self, embeddings: np.ndarray, norms: np.ndarray) -> EvalOutput:
         """Metrics and curves from the fused embeddings/norms of :meth:`embed_items`, in that order."""
         raise NotImplementedError
-
-    def compute(self, embeddings: np.ndarray, norms: np.ndarray) -> dict[str, float]:
-        """Just the metrics of :meth:`evaluate`."""
-        return self.evaluate(embeddings, norms).metrics
 
     def sizes(self) -> dict[str, int]:
         """Protocol sizes (pairs, probes, gallery, templates, images) for the results JSON."""

@@ -13,8 +13,8 @@ Keys ``crlfw_<size>`` and their mean ``crlfw_avg`` (the reference's logged aggre
 
 from __future__ import annotations
 
+from collections.abc import Hashable
 from pathlib import Path
-from typing import Hashable
 
 import numpy as np
 from PIL import Image
@@ -22,10 +22,10 @@ from PIL import Image
 from qgface.data.binfile import BinFileError, load_bin
 from qgface.eval.benchmarks.base import Benchmark, BenchmarkError, EvalOutput
 from qgface.eval.metrics import verification_accuracy
+from qgface.vocab.benchmarks import HQ_SETS
 
 __all__ = ["CRLFW_SIZES", "CrossResolutionLFW", "HQ_SETS", "HQVerification"]
 
-HQ_SETS = ("lfw", "cfp_fp", "agedb_30", "calfw", "cplfw")
 CRLFW_SIZES = (8, 12, 16, 20)
 
 
@@ -62,6 +62,11 @@ class HQVerification(Benchmark):
             self.issame[name] = issame
             self.image_names += [f"{name}.bin:{i}" for i in range(len(images))]
         self.labels = np.arange(len(self.image_names))
+
+    @staticmethod
+    def metric_names(sets: tuple[str, ...] = HQ_SETS) -> list[str]:
+        """The metric keys :meth:`evaluate` returns for ``sets``, known without loading any data."""
+        return [key for name in sets for key in (name, f"{name}_std")] + ["hq_avg"]
 
     def load_bytes(self, index: int) -> bytes:
         return self._images[index]
@@ -108,6 +113,11 @@ class CrossResolutionLFW(Benchmark):
         # every second image once, then every first image at each size (size-major)
         self._items: list[tuple[int, Hashable]] = [(2 * p + 1, None) for p in range(pairs)]
         self._items += [(2 * p, size) for size in self.resolutions for p in range(pairs)]
+
+    @staticmethod
+    def metric_names(sizes: tuple[int, ...] = CRLFW_SIZES) -> list[str]:
+        """The metric keys :meth:`evaluate` returns for ``sizes``, known without loading any data."""
+        return [key for size in sizes for key in (f"crlfw_{size}", f"crlfw_{size}_std")] + ["crlfw_avg"]
 
     def load_bytes(self, index: int) -> bytes:
         return self._images[index]

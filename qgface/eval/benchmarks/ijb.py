@@ -23,19 +23,19 @@ pair score = cosine of the two templates. A FAR below 1 / impostor pairs is repo
 
 from __future__ import annotations
 
+from collections.abc import Hashable
 from pathlib import Path
-from typing import Hashable
 
 import numpy as np
 import torch
 
 from qgface.eval.align import align_face
-from qgface.eval.benchmarks.base import Benchmark, BenchmarkError, EvalOutput, read_file_bytes
+from qgface.eval.benchmarks.base import Benchmark, BenchmarkError, BenchmarkOptions, EvalOutput, read_file_bytes
 from qgface.eval.metrics import l2_normalize, tar_at_far
+from qgface.vocab.benchmarks import IJB_PROTOCOLS
 
 __all__ = ["FARS", "IJB", "IJB_PROTOCOLS", "image_weights", "pair_scores", "template_features"]
 
-IJB_PROTOCOLS = {"qgface": "lower", "insightface": "higher"}
 """Protocol name -> ROC point rule of :func:`qgface.eval.metrics.tar_at_far` (docs/method.md §7.5)."""
 
 FARS = {"1e-6": 1e-6, "1e-5": 1e-5, "1e-4": 1e-4, "1e-3": 1e-3, "1e-2": 1e-2, "1e-1": 1e-1}
@@ -120,6 +120,10 @@ class IJB(Benchmark):
 
     params = {"payload": "distributed-loose-crop", "label": "5pts+score-float32",
               "align_at_read": "arcface112-umeyama-warpaffine-v1"}
+
+    @classmethod
+    def from_options(cls, name: str, data_root: str | Path, options: BenchmarkOptions) -> IJB:
+        return cls(data_root, name, options.ijb_protocol)
 
     def __init__(self, data_root: str | Path, name: str = "ijbb", protocol: str = "qgface") -> None:
         super().__init__(data_root)

@@ -19,8 +19,9 @@ from pathlib import Path
 
 import numpy as np
 
-from qgface.eval.benchmarks.base import Benchmark, BenchmarkError, EvalOutput, read_file_bytes
+from qgface.eval.benchmarks.base import Benchmark, BenchmarkError, BenchmarkOptions, EvalOutput, read_file_bytes
 from qgface.eval.metrics import cmc
+from qgface.vocab.benchmarks import SCFACE_ALIGNED_DIR
 
 __all__ = ["DISTANCES", "SCface", "VISIBLE_CAMERAS", "read_listing"]
 
@@ -37,7 +38,11 @@ class SCface(Benchmark):
 
     name = "scface"
 
-    def __init__(self, data_root: str | Path, aligned_dir: str = "scface/aligned") -> None:
+    @classmethod
+    def from_options(cls, name: str, data_root: str | Path, options: BenchmarkOptions) -> SCface:
+        return cls(data_root, options.scface_aligned_dir)
+
+    def __init__(self, data_root: str | Path, aligned_dir: str = SCFACE_ALIGNED_DIR) -> None:
         super().__init__(data_root)
         listing = self.data_root / "scface" / "all.txt"
         self.aligned = self.data_root / aligned_dir
@@ -94,7 +99,7 @@ class SCface(Benchmark):
 def read_listing(path: Path) -> list[str]:
     """The sorted, distinct image file names of an SCface ``all.txt`` in either line format."""
     names = set()
-    for number, line in enumerate(path.read_text().splitlines(), 1):
+    for line in path.read_text().splitlines():
         first = line.split("\t")[0].strip()
         if not first:
             continue

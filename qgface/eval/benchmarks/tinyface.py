@@ -17,8 +17,9 @@ from pathlib import Path
 import numpy as np
 import scipy.io
 
-from qgface.eval.benchmarks.base import Benchmark, BenchmarkError, EvalOutput, read_file_bytes
+from qgface.eval.benchmarks.base import Benchmark, BenchmarkError, BenchmarkOptions, EvalOutput, read_file_bytes
 from qgface.eval.metrics import cmc
+from qgface.vocab.benchmarks import TINYFACE_ALIGNED_DIR
 
 __all__ = ["CMC_RANKS", "IMAGE_SUFFIXES", "TinyFace", "list_images"]
 
@@ -57,7 +58,11 @@ class TinyFace(Benchmark):
 
     name = "tinyface"
 
-    def __init__(self, data_root: str | Path, aligned_dir: str = "aligned_pad_0.1_pad_high") -> None:
+    @classmethod
+    def from_options(cls, name: str, data_root: str | Path, options: BenchmarkOptions) -> TinyFace:
+        return cls(data_root, options.tinyface_aligned_dir)
+
+    def __init__(self, data_root: str | Path, aligned_dir: str = TINYFACE_ALIGNED_DIR) -> None:
         super().__init__(data_root)
         testing = self.data_root / "tinyface" / "Testing_Set"
         self.aligned = self.data_root / aligned_dir

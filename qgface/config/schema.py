@@ -1,27 +1,20 @@
-"""The typed configuration tree: defaults, YAML files with ``base:`` inheritance, ``key=value`` overrides.
+"""The schema of the typed configuration tree: one dataclass per section.
 
-Every key has a default, a type and a one-line meaning (the field's docstring-comment below). A YAML file
-holds only what differs from the defaults and may name a ``base`` file (relative to itself) to start from.
-Command-line overrides use dotted keys (``optim.lr=0.05``, ``eval.benchmarks=[hq,tinyface]``), their
-values parsed as YAML scalars or lists, as with hydra. Values derived from the config (world batch,
-total steps) are computed elsewhere and never written back.
+Every key has a default, a type and a one-line meaning (the string under
+the field), and each section validates itself in ``__post_init__``, naming the dotted key. Reading YAML
+files and ``key=value`` overrides into this tree is :mod:`qgface.config.loading`.
 """
 
 from __future__ import annotations
 
-import ast
 import dataclasses
-import difflib
-import inspect
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from qgface.atomic import atomic_write_text
+from qgface.vocab import choices, synthetic
+from qgface.vocab.benchmarks import (DEFAULT_BENCHMARKS, IJB_PROTOCOLS, SCFACE_ALIGNED_DIR, TINYFACE_ALIGNED_DIR,
+                                     VALIDATION_BENCHMARKS)
 
 
 class ConfigError(ValueError):
@@ -34,13 +27,13 @@ class DataConfig:
     """training data: a folder with train.rec/.idx (InsightFace) or <identity>/<image> folders; empty = synthetic"""
     synthetic_dir: str = "logs/synthetic"
     """where the synthetic mixed-quality dataset is generated and cached when root is empty"""
-    synthetic_identities: int = 300
+    synthetic_identities: int = synthetic.IDENTITIES
     """identities in the synthetic training set"""
-    synthetic_images_per_identity: int = 20
+    synthetic_images_per_identity: int = synthetic.IMAGES_PER_IDENTITY
     """images per identity in the synthetic training set"""
     synthetic_seed: int = 0
     """seed of the synthetic dataset (identities, variations, degradations)"""
-    synthetic_eval_identities: int = 100
+    synthetic_eval_identities: int = synthetic.EVAL_IDENTITIES
     """identities in each synthetic evaluation set (disjoint from the training identities)"""
     batch_size: int = 64
     """source images per rank and step; the backbone sees 2x this many with two views"""
@@ -66,7 +59,7 @@ class DataConfig:
     """adaface: include the zero-padded crop step; false only to study its effect (docs/ablation.md)"""
 
     def __post_init__(self) -> None:
-        _check_choice("data.views", self.views, ("lh", "adaface", "flip"))
+        _check_choice("data.views", self.views, choices.VIEW_KINDS)
         _check_range("data.lowres_range", self.lowres_range, 0.0, 1.0)
         for key in ("crop_p", "photometric_p", "rotation_p", "adaface_p"):
             _check_probability(f"data.{key}", getattr(self, key))
@@ -109,12 +102,9 @@ class HeadConfig:
     """partial_fc: share of each rank's classes used per step (every positive is kept); 1.0 = all classes"""
 
     def __post_init__(self) -> None:
-        _check_choice("head.kind", self.kind, ("adaface", "arcface", "cosface"))
+        _check_choice("head.kind", self.kind, choices.MARGIN_KINDS)
         if not 0.0 < self.sample_rate <= 1.0:
             raise ConfigError(f"head.sample_rate must lie in (0, 1] (1 = every class); got {self.sample_rate!r}")
-        if self.sample_rate < 1.0 and not self.partial_fc:
-            raise ConfigError(f"head.sample_rate={self.sample_rate!r} needs head.partial_fc=true (class-centre "
-                              "sampling is part of the sharded head)")
         if self.chunk_elems < 0:
             raise ConfigError(f"head.chunk_elems must be >= 0 (0 = the device's default); got {self.chunk_elems!r}")
 
@@ -159,11 +149,11 @@ class ContrastConfig:
     """grow the effective queue from the batch size to K between joint_point and the last epoch"""
 
     def __post_init__(self) -> None:
-        _check_choice("contrast.queue", self.queue, ("proxy", "fifo"))
-        _check_choice("contrast.method", self.method, ("sgn", "linear", "cos"))
-        _check_choice("contrast.scale_range", self.scale_range, ("half", "whole"))
-        _check_choice("contrast.select", self.select, ("low", "mean", "high"))
-        _check_choice("contrast.margin_mode", self.margin_mode, ("none", "static", "dynamic"))
+        _check_choice("contrast.queue", self.queue, choices.QUEUE_MODES)
+        _check_choice("contrast.method", self.method, choices.QUALITY_METHODS)
+        _check_choice("contrast.scale_range", self.scale_range, choices.SCALE_RANGES)
+        _check_choice("contrast.select", self.select, choices.SELECTS)
+        _check_choice("contrast.margin_mode", self.margin_mode, choices.MARGIN_MODES)
         if self.queue_size < 0:
             raise ConfigError(f"contrast.queue_size must be >= 0 (0 = from contrast.queue_steps); got {self.queue_size!r}")
         _check_positive("contrast.queue_steps", self.queue_steps)
@@ -227,17 +217,15 @@ class TrainConfig:
     """recompute each IR unit's activations in backward instead of keeping them (memory knob, ~30% slower)"""
 
     def __post_init__(self) -> None:
-        _check_choice("train.precision", self.precision, ("auto", "bf16", "fp16", "fp32"))
-        _check_choice("train.grad_compression", self.grad_compression, ("none", "bf16", "fp16"))
+        _check_choice("train.precision", self.precision, choices.PRECISIONS)
+        _check_choice("train.grad_compression", self.grad_compression, choices.GRAD_COMPRESSIONS)
         _check_positive("train.grad_accum", self.grad_accum)
-        _check_choice_or_path("train.resume", self.resume, ("auto", "none"))
+        _check_choice_or_path("train.resume", self.resume, choices.RESUME_MODES)
 
 
 @dataclass
 class EvalConfig:
-    benchmarks: list[str] = field(
-        default_factory=lambda: ["hq", "crlfw", "tinyface", "scface", "ijbb", "ijbc"]
-    )
+    benchmarks: list[str] = field(default_factory=lambda: list(DEFAULT_BENCHMARKS))
     """benchmarks evaluated after training, one array task each"""
     data_root: str = ""
     """folder holding every benchmark's data (hq .bin files, tinyface/, scface/, IJBB/, IJBC/); empty = synthetic"""
@@ -249,17 +237,39 @@ class EvalConfig:
     """DataLoader workers that decode evaluation images"""
     rec_dir: str = ""
     """where compressed benchmarks (<name>.rec/.idx/.manifest.json) go; empty = beside the benchmark's data"""
-    tinyface_aligned_dir: str = "aligned_pad_0.1_pad_high"
+    tinyface_aligned_dir: str = TINYFACE_ALIGNED_DIR
     """TinyFace: folder under data_root with the aligned Probe/, Gallery_Match/, Gallery_Distractor/ images"""
-    scface_aligned_dir: str = "scface/aligned"
+    scface_aligned_dir: str = SCFACE_ALIGNED_DIR
     """SCface: folder under data_root with the aligned NNN_camK_D.jpg probes and NNN_frontal.jpg mugshots"""
     ijb_protocol: str = "qgface"
     """IJB-B/C convention: qgface (the paper's: unit embeddings, lower TAR on ties) or insightface (N1D1F2)"""
-    checkpoint: str = "last.pt"
-    """checkpoint of the run evaluated after training"""
+    checkpoints: str = "last"
+    """checkpoints evaluated after training: last (last.pt), all (every epoch_<e>.pt, and last.pt unless it is one), best (best.pt, kept by validation during training), or comma-separated file names in checkpoints/ or paths"""
+    every_steps: int = 0
+    """validate during training every this many steps and at the end (docs/method.md §7.9); 0 = off"""
+    val_benchmarks: list[str] = field(default_factory=lambda: list(VALIDATION_BENCHMARKS))
+    """benchmarks validated during training; only those cheap enough to run inside training: hq, crlfw"""
+    best_metric: str = "hq_avg"
+    """validation metric (higher is better) that chooses checkpoints/best.pt, e.g. hq_avg, lfw, crlfw_avg, crlfw_8"""
 
     def __post_init__(self) -> None:
-        _check_choice("eval.ijb_protocol", self.ijb_protocol, ("qgface", "insightface"))
+        _check_choice("eval.ijb_protocol", self.ijb_protocol, tuple(IJB_PROTOCOLS))
+        if self.checkpoints not in ("last", "all", "best"):
+            names = [name.strip() for name in self.checkpoints.split(",")]
+            if not all(name.endswith((".pt", ".pth", ".ckpt")) for name in names):
+                raise ConfigError(f"eval.checkpoints must be last, all, best or comma-separated checkpoint files "
+                                  f"(e.g. epoch_1.pt,last.pt); got {self.checkpoints!r}")
+        if self.every_steps < 0:
+            raise ConfigError(f"eval.every_steps must be >= 0 (0 = no validation during training); got {self.every_steps!r}")
+        if not self.val_benchmarks or len(set(self.val_benchmarks)) != len(self.val_benchmarks):
+            raise ConfigError(f"eval.val_benchmarks must list distinct benchmarks; got {self.val_benchmarks!r}")
+        for name in self.val_benchmarks:
+            if name not in VALIDATION_BENCHMARKS:
+                raise ConfigError(f"eval.val_benchmarks: {name!r} cannot be validated during training; only "
+                                  f"{', '.join(VALIDATION_BENCHMARKS)} are cheap enough (evaluate the others after "
+                                  "training with eval.benchmarks)")
+        if not self.best_metric:
+            raise ConfigError("eval.best_metric must name a validation metric, e.g. hq_avg")
 
 
 @dataclass
@@ -317,156 +327,6 @@ class Config:
         return dataclasses.asdict(self)
 
 
-def load_config(path: str | Path | None = None, overrides: typing.Sequence[str] = ()) -> Config:
-    """Defaults, then the YAML chain of ``path`` (base first), then ``key=value`` overrides."""
-    values: dict[str, Any] = {}
-    if path is not None:
-        _merge(values, _read_yaml_chain(Path(path), seen=()))
-    for item in overrides:
-        _merge(values, _parse_override(item))
-    return from_dict(values, source=str(path) if path else "overrides")
-
-
-def from_dict(values: dict[str, Any], source: str = "config") -> Config:
-    """Build a validated ``Config`` from a nested dict (unknown keys and wrong types raise ConfigError)."""
-    return _build(Config, values, prefix="", source=source)
-
-
-def save_config(cfg: Config, path: str | Path) -> None:
-    """Write the resolved config as YAML (atomically), loadable again with ``load_config``."""
-    atomic_write_text(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-
-
-def config_keys() -> list[str]:
-    """Every dotted key of the tree, for error messages."""
-    return [key for key, _, _ in describe_keys()]
-
-
-def describe_keys(cls: type = Config, prefix: str = "") -> list[tuple[str, str, str]]:
-    """(dotted key, default as YAML, meaning) for every key; the meaning is the string under each field."""
-    meanings = _field_docstrings(cls)
-    rows = []
-    defaults = cls()
-    for f in dataclasses.fields(cls):
-        hint = _hint(cls, f.name)
-        if dataclasses.is_dataclass(hint):
-            rows.extend(describe_keys(hint, f"{prefix}{f.name}."))
-        else:
-            default = yaml.safe_dump(getattr(defaults, f.name), default_flow_style=True).strip()
-            rows.append((f"{prefix}{f.name}", default.removesuffix("\n...").strip(), meanings.get(f.name, "")))
-    return rows
-
-
-def _field_docstrings(cls: type) -> dict[str, str]:
-    body = ast.parse(inspect.getsource(cls)).body[0].body
-    docs = {}
-    for field_node, doc_node in zip(body, body[1:]):
-        if (
-            isinstance(field_node, ast.AnnAssign)
-            and isinstance(doc_node, ast.Expr)
-            and isinstance(doc_node.value, ast.Constant)
-        ):
-            docs[field_node.target.id] = str(doc_node.value.value)
-    return docs
-
-
-def _read_yaml_chain(path: Path, seen: tuple[Path, ...]) -> dict[str, Any]:
-    path = path.resolve()
-    if path in seen:
-        raise ConfigError(f"{path}: 'base' files form a cycle: {' -> '.join(map(str, seen + (path,)))}")
-    if not path.is_file():
-        raise ConfigError(f"config file {path} does not exist")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML: {err}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: the top level must be a mapping of keys, got {type(data).__name__}")
-    base = data.pop("base", None)
-    merged: dict[str, Any] = {}
-    if base is not None:
-        merged = _read_yaml_chain(path.parent / str(base), seen + (path,))
-    _merge(merged, data)
-    return merged
-
-
-def _parse_override(item: str) -> dict[str, Any]:
-    key, sep, raw = item.partition("=")
-    if not sep or not key:
-        raise ConfigError(f"override {item!r} is not of the form key=value (e.g. optim.lr=0.05)")
-    try:
-        value = yaml.safe_load(raw) if raw else ""
-    except yaml.YAMLError:
-        value = raw
-    nested: dict[str, Any] = {}
-    node = nested
-    *parents, leaf = key.split(".")
-    for part in parents:
-        node = node.setdefault(part, {})
-    node[leaf] = value
-    return nested
-
-
-def _merge(into: dict[str, Any], new: dict[str, Any]) -> None:
-    for key, value in new.items():
-        if isinstance(value, dict) and isinstance(into.get(key), dict):
-            _merge(into[key], value)
-        else:
-            into[key] = value
-
-
-def _hint(cls: type, name: str) -> Any:
-    return typing.get_type_hints(cls)[name]
-
-
-def _build(cls: type, values: dict[str, Any], prefix: str, source: str) -> Any:
-    if not isinstance(values, dict):
-        raise ConfigError(f"{source}: {prefix.rstrip('.') or 'config'} must be a mapping, got {values!r}")
-    names = {f.name for f in dataclasses.fields(cls)}
-    kwargs = {}
-    for key, value in values.items():
-        dotted = f"{prefix}{key}"
-        if key not in names:
-            raise ConfigError(f"{source}: unknown key {dotted!r}{_closest(dotted)}")
-        hint = _hint(cls, key)
-        if dataclasses.is_dataclass(hint):
-            kwargs[key] = _build(hint, value, dotted + ".", source)
-        else:
-            kwargs[key] = _coerce(dotted, hint, value, source)
-    try:
-        return cls(**kwargs)
-    except ConfigError as err:
-        raise ConfigError(f"{source}: {err}") from None
-
-
-def _coerce(key: str, hint: Any, value: Any, source: str) -> Any:
-    origin = typing.get_origin(hint)
-    if origin is list:
-        (item_type,) = typing.get_args(hint)
-        if not isinstance(value, list):
-            raise ConfigError(f"{source}: {key} expects a list of {item_type.__name__}, got {value!r}")
-        return [_coerce(f"{key}[{i}]", item_type, v, source) for i, v in enumerate(value)]
-    if hint is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if hint is float and isinstance(value, str):
-        # YAML 1.1 reads exponents without a dot (1e-4) as strings; a float key means a number.
-        try:
-            return float(value)
-        except ValueError:
-            pass
-    if hint is str and isinstance(value, (int, float)) and not isinstance(value, bool):
-        return str(value)
-    if isinstance(hint, type) and isinstance(value, hint) and not (hint is int and isinstance(value, bool)):
-        return value
-    name = hint.__name__ if isinstance(hint, (type, types.GenericAlias)) else str(hint)
-    raise ConfigError(f"{source}: {key} expects {name}, got {value!r} ({type(value).__name__})")
-
-
-def _closest(key: str) -> str:
-    match = difflib.get_close_matches(key, config_keys(), n=1, cutoff=0.5)
-    return f"; did you mean {match[0]!r}?" if match else "; run `python -m qgface.config` to list the valid keys"
-
-
 def _check_choice(key: str, value: str, choices: tuple[str, ...]) -> None:
     if value not in choices:
         raise ConfigError(f"{key} must be one of {', '.join(choices)}; got {value!r}")
@@ -490,8 +350,3 @@ def _check_positive(key: str, value: int) -> None:
 def _check_range(key: str, value: list[float], low: float, high: float) -> None:
     if len(value) != 2 or not low < value[0] <= value[1] <= high:
         raise ConfigError(f"{key} must be [min, max] with {low} < min <= max <= {high}; got {value!r}")
-
-
-if __name__ == "__main__":
-    for key, default, meaning in describe_keys():
-        print(f"{key} = {default}\n    {meaning}")
