@@ -59,33 +59,66 @@ def build_parser() -> argparse.ArgumentParser:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False
     )
     p.add_argument("--nodes", type=int, help="training nodes, one torchrun each (cluster.nodes; default 1)")
-    p.add_argument("--gpus-per-node", type=int, help="GPUs = torchrun workers per node; 0 = one CPU worker "
-                   "with gloo (cluster.gpus_per_node; default 0)")
+    p.add_argument(
+        "--gpus-per-node",
+        type=int,
+        help="GPUs = torchrun workers per node; 0 = one CPU worker with gloo (cluster.gpus_per_node; default 0)",
+    )
     p.add_argument("--partition", help="Slurm partition of every job (cluster.partition; default: the cluster's)")
-    p.add_argument("--time", type=int, metavar="MIN", help="time limit of the training job in minutes; a job "
-                   "that hits it saves, is requeued and resumes (cluster.time_min; default 60)")
+    p.add_argument(
+        "--time",
+        type=int,
+        metavar="MIN",
+        help="time limit of the training job in minutes; a job "
+        "that hits it saves, is requeued and resumes (cluster.time_min; default 60)",
+    )
     p.add_argument("--account", help="Slurm account (cluster.account)")
     p.add_argument("--qos", help="Slurm quality of service (cluster.qos)")
     p.add_argument("--constraint", help="Slurm node features, e.g. a100 (cluster.constraint)")
-    p.add_argument("--cpus-per-task", type=int, help="CPUs per node task: give the data loader workers room "
-                   "(cluster.cpus_per_task; default: GPUs x (1 + loader workers), also given to srun)")
+    p.add_argument(
+        "--cpus-per-task",
+        type=int,
+        help="CPUs per node task: give the data loader workers room "
+        "(cluster.cpus_per_task; default: GPUs x (1 + loader workers), also given to srun)",
+    )
     p.add_argument("--mem", help="memory per node, e.g. 64G (cluster.mem; default: Slurm's)")
-    p.add_argument("--cluster", choices=("auto", "slurm", "local"), default="auto",
-                   help="where to run: slurm, local (this machine, one step after the other, waits for the end), "
-                   "or auto = slurm when sbatch is on PATH and the controller answers, else local (default)")
-    p.add_argument("--benchmarks", nargs="+", metavar="NAME", help="benchmarks to evaluate after training: "
-                   f"{' '.join(BENCHMARK_NAMES)} (eval.benchmarks; default {' '.join(DEFAULT_BENCHMARKS)})")
+    p.add_argument(
+        "--cluster",
+        choices=("auto", "slurm", "local"),
+        default="auto",
+        help="where to run: slurm, local (this machine, one step after the other, waits for the end), "
+        "or auto = slurm when sbatch is on PATH and the controller answers, else local (default)",
+    )
+    p.add_argument(
+        "--benchmarks",
+        nargs="+",
+        metavar="NAME",
+        help="benchmarks to evaluate after training: "
+        f"{' '.join(BENCHMARK_NAMES)} (eval.benchmarks; default {' '.join(DEFAULT_BENCHMARKS)})",
+    )
     p.add_argument("--no-eval", action="store_true", help="train only: no evaluation array, no aggregation")
-    p.add_argument("--wait", action="store_true", help="on Slurm, stay until the chain has ended and exit 0 only "
-                   "if it succeeded (for scripts; local mode always waits)")
-    p.add_argument("--allow-changes", action="store_true", help="continue a run (run_dir=<run>) even when keys that "
-                   "change what is trained (model, data, losses, optimiser) differ from its config.yaml; the change "
-                   "is recorded in <run>/config_history.yaml with the step it took effect")
+    p.add_argument(
+        "--wait",
+        action="store_true",
+        help="on Slurm, stay until the chain has ended and exit 0 only "
+        "if it succeeded (for scripts; local mode always waits)",
+    )
+    p.add_argument(
+        "--allow-changes",
+        action="store_true",
+        help="continue a run (run_dir=<run>) even when keys that "
+        "change what is trained (model, data, losses, optimiser) differ from its config.yaml; the change "
+        "is recorded in <run>/config_history.yaml with the step it took effect",
+    )
     p.add_argument("--name", help="run name; the run directory is <output_root>/<name>-<YYYYmmdd-HHMMSS> (name)")
-    p.add_argument("args", nargs="*", metavar="[CONFIG] [key=value ...]",
-                   help=f"a YAML config (default {DEFAULT_CONFIG.relative_to(DEFAULT_CONFIG.parents[1])}), then "
-                   "overrides such as optim.lr=0.05 or data.root=/data/faces_emore; run_dir=<existing run> "
-                   "continues that run")
+    p.add_argument(
+        "args",
+        nargs="*",
+        metavar="[CONFIG] [key=value ...]",
+        help=f"a YAML config (default {DEFAULT_CONFIG.relative_to(DEFAULT_CONFIG.parents[1])}), then "
+        "overrides such as optim.lr=0.05 or data.root=/data/faces_emore; run_dir=<existing run> "
+        "continues that run",
+    )
     return p
 
 
@@ -101,8 +134,10 @@ def config_from_args(ns: argparse.Namespace) -> tuple[Path, list[str]]:
         elif i == 0:
             config = Path(arg)
         else:
-            raise ConfigError(f"argument {arg!r}: only the first argument may be a config file; "
-                              "the others must be key=value overrides")
+            raise ConfigError(
+                f"argument {arg!r}: only the first argument may be a config file; "
+                "the others must be key=value overrides"
+            )
     for flag, key in FLAG_KEYS.items():
         value = getattr(ns, flag)
         if value is not None:
@@ -116,8 +151,14 @@ def continue_command(ns: argparse.Namespace, run_dir: Path) -> str:
     """The exact command that continues ``run_dir`` with its own settings."""
     flags = [f"--cluster {ns.cluster}"] if ns.cluster != "auto" else []
     flags += ["--no-eval"] if ns.no_eval else []
-    return " ".join([Path(sys.executable).name if _on_path(sys.executable) else sys.executable, sys.argv[0],
-                     *flags, shlex.quote(str(run_dir / "config.yaml"))])
+    return " ".join(
+        [
+            Path(sys.executable).name if _on_path(sys.executable) else sys.executable,
+            sys.argv[0],
+            *flags,
+            shlex.quote(str(run_dir / "config.yaml")),
+        ]
+    )
 
 
 def _on_path(executable: str) -> bool:
@@ -181,7 +222,9 @@ def main(argv: list[str] | None = None) -> int:
             except Exception as err:  # sbatch refused: nothing runs, so nothing of the run is kept
                 if fresh:
                     shutil.rmtree(run.run_dir, ignore_errors=True)
-                print(f"error: submission failed: {(str(err).strip().splitlines() or [repr(err)])[-1]}", file=sys.stderr)
+                print(
+                    f"error: submission failed: {(str(err).strip().splitlines() or [repr(err)])[-1]}", file=sys.stderr
+                )
                 return 1
             print(f"follow it with: {tensorboard}   (results: {run.run_dir / 'results.csv'})", flush=True)
             if not ns.wait:
@@ -194,8 +237,9 @@ def main(argv: list[str] | None = None) -> int:
         what = err.what if isinstance(err, LocalRunInterrupted) else "setting up"
         step = follow.last_step(run.run_dir)
         saved = f"last.pt was saved at step {step}" if step is not None else "no checkpoint was saved yet"
-        print(f"interrupted during {what}: {saved}; continue with: {continue_command(ns, run.run_dir)}",
-              file=sys.stderr)
+        print(
+            f"interrupted during {what}: {saved}; continue with: {continue_command(ns, run.run_dir)}", file=sys.stderr
+        )
         return 130
     print(f"{'finished' if ok else 'FAILED'}: {run.run_dir}" + ("" if ns.no_eval else "/results.csv"))
     print_summary(run, evaluate, cfg.output_root)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 from qgface.infer.cli import add_model_options, recognizer_from_args, run_cli
 
@@ -20,9 +20,12 @@ def build_parser() -> argparse.ArgumentParser:
     add_model_options(parser)
     parser.add_argument("src", help="folder of images (searched recursively)")
     parser.add_argument("out", help="output folder for embeddings.npy, norms.npy, index.csv")
-    parser.add_argument("--detect", action="store_true",
-                        help="raw photos: detect and align the largest face of every image that is not "
-                             "already 112x112; images without a face are listed in index.csv with status no_face")
+    parser.add_argument(
+        "--detect",
+        action="store_true",
+        help="raw photos: detect and align the largest face of every image that is not "
+        "already 112x112; images without a face are listed in index.csv with status no_face",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser
 
@@ -34,8 +37,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         from qgface.infer.folder import embed_folder, save_embeddings
 
         recognizer = recognizer_from_args(args)
-        result = embed_folder(recognizer, args.src, detect=None if args.detect else False,
-                              progress=not args.no_progress)
+        result = embed_folder(
+            recognizer, args.src, detect=None if args.detect else False, progress=not args.no_progress
+        )
         index = save_embeddings(result, args.out)
         print(f"embedded {len(result.paths)} images ({len(result.missing)} without a face) -> {index}")
         return 0

@@ -21,12 +21,21 @@ import yaml
 from qgface.atomic import atomic_write_text
 from qgface.config import Config, ConfigError, load_config, save_config
 
-__all__ = ["HISTORY_FILE", "config_changes", "launched_config_file", "read_history", "record_config",
-           "training_keys"]
+__all__ = ["HISTORY_FILE", "config_changes", "launched_config_file", "read_history", "record_config", "training_keys"]
 
 HISTORY_FILE = "config_history.yaml"
-FREE_KEYS = ("name", "run_dir", "output_root", "optim.epochs", "train.max_steps", "train.checkpoint_every",
-             "train.log_every", "train.max_restarts", "train.resume", "data.num_workers")
+FREE_KEYS = (
+    "name",
+    "run_dir",
+    "output_root",
+    "optim.epochs",
+    "train.max_steps",
+    "train.checkpoint_every",
+    "train.log_every",
+    "train.max_restarts",
+    "train.resume",
+    "data.num_workers",
+)
 """keys a continued run may change freely: where things go, how long it trains, how often it logs"""
 FREE_SECTIONS = ("eval.", "cluster.")
 """sections a continued run may change freely: evaluation and Slurm settings do not touch the model"""
@@ -72,7 +81,9 @@ def launched_config_file(run_dir: str | Path) -> str:
     return str(history[0].get("source", "")) if history else ""
 
 
-def record_config(run_dir: str | Path, cfg: Config, step: int, source: str, allow_training_changes: bool = False) -> None:
+def record_config(
+    run_dir: str | Path, cfg: Config, step: int, source: str, allow_training_changes: bool = False
+) -> None:
     """Write ``cfg`` as the run's ``config.yaml`` and record it in the history, or refuse it.
 
     A new run gets its config and a first entry naming ``source``. An existing one keeps its
@@ -96,14 +107,16 @@ def record_config(run_dir: str | Path, cfg: Config, step: int, source: str, allo
         raise ConfigError(
             f"{path}: the run was trained up to step {step} with other values of keys that change what is "
             f"trained ({listed}); continue it with its own settings (python launch.py {path}), start a new "
-            "run, or allow the change explicitly (launch.py --allow-changes, or python -m qgface.train --allow-changes)")
+            "run, or allow the change explicitly (launch.py --allow-changes, or python -m qgface.train --allow-changes)"
+        )
     save_config(cfg, path)
     _write_history(run_dir, history + [_entry(step, source, changes)])
 
 
 def _entry(step: int, source: str, changes: dict[str, tuple[Any, Any]]) -> dict[str, Any]:
     return {
-        "step": step, "source": source,
+        "step": step,
+        "source": source,
         "at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "changes": {key: {"from": old, "to": new} for key, (old, new) in changes.items()},
     }

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from qgface.infer.cli import add_model_options, embed_file, recognizer_from_args, run_cli
 
@@ -46,8 +46,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not gallery.paths:
             raise ValueError(f"no gallery face to search in {gallery_dir}")
         if gallery.embeddings.shape[1] != probe.shape[0]:
-            raise ValueError(f"gallery embeddings in {gallery_dir} are {gallery.embeddings.shape[1]}-d but this "
-                             f"model's are {probe.shape[0]}-d: embed the gallery with the same checkpoint")
+            raise ValueError(
+                f"gallery embeddings in {gallery_dir} are {gallery.embeddings.shape[1]}-d but this "
+                f"model's are {probe.shape[0]}-d: embed the gallery with the same checkpoint"
+            )
         names, templates, counts = identity_templates(gallery.paths, gallery.embeddings)
         order, scores = top_k(probe, templates, args.k)
         for rank, (i, score) in enumerate(zip(order, scores), start=1):

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 from qgface.infer.cli import add_model_options, embed_file, recognizer_from_args, run_cli
 
@@ -21,11 +21,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("a", help="first image")
     parser.add_argument("b", help="second image")
     group = parser.add_mutually_exclusive_group()
-    group.add_argument("--threshold", type=float, default=None,
-                       help="cosine similarity above which the faces are the same person")
-    group.add_argument("--threshold-from", default=None, metavar="BIN",
-                       help="learn the threshold on an InsightFace verification set (e.g. eval data's lfw.bin), "
-                            "10-fold as the HQ evaluation does; printed, to pass as --threshold next time")
+    group.add_argument(
+        "--threshold", type=float, default=None, help="cosine similarity above which the faces are the same person"
+    )
+    group.add_argument(
+        "--threshold-from",
+        default=None,
+        metavar="BIN",
+        help="learn the threshold on an InsightFace verification set (e.g. eval data's lfw.bin), "
+        "10-fold as the HQ evaluation does; printed, to pass as --threshold next time",
+    )
     return parser
 
 

@@ -75,9 +75,11 @@ def slurm_cluster() -> Iterator[SlurmCluster]:
     try:
         done = subprocess.run(
             [str(script_dir / "start-cluster.sh"), "loopback2"],
-            capture_output=True, text=True, timeout=START_TIMEOUT_S,
+            capture_output=True,
+            text=True,
+            timeout=START_TIMEOUT_S,
             env={**os.environ, "SLURM_CI_PARTITION": partition},
-        )  # fmt: skip
+        )
     except subprocess.TimeoutExpired:
         _unavailable(f"start-cluster.sh loopback2 did not finish in {START_TIMEOUT_S} s")
     if done.returncode != 0:

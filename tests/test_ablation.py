@@ -13,12 +13,36 @@ REPO = Path(__file__).resolve().parents[1]
 def test_ablation_tool_runs_the_settings_and_writes_the_paper_table(tmp_path):
     out = tmp_path / "ablation.md"
     command = [
-        sys.executable, str(REPO / "tools" / "ablation.py"), "--settings", "baseline", "qgface", "--seeds", "0",
-        "--study-dir", str(tmp_path / "study"), "--out", str(out), "--epochs", "1", "--steps", "2",
-        "--batch-size", "8", "--identities", "20", "--images-per-identity", "4", "--eval-identities", "12",
-        "--queue-size", "64", "data.num_workers=0", "eval.num_workers=0", "train.log_every=1",
+        sys.executable,
+        str(REPO / "tools" / "ablation.py"),
+        "--settings",
+        "baseline",
+        "qgface",
+        "--seeds",
+        "0",
+        "--study-dir",
+        str(tmp_path / "study"),
+        "--out",
+        str(out),
+        "--epochs",
+        "1",
+        "--steps",
+        "2",
+        "--batch-size",
+        "8",
+        "--identities",
+        "20",
+        "--images-per-identity",
+        "4",
+        "--eval-identities",
+        "12",
+        "--queue-size",
+        "64",
+        "data.num_workers=0",
+        "eval.num_workers=0",
+        "train.log_every=1",
         "head.t_alpha=1.0",  # norm statistics of the batch itself: some pairs count as low quality at once
-    ]  # fmt: skip
+    ]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
@@ -32,8 +56,11 @@ def test_ablation_tool_runs_the_settings_and_writes_the_paper_table(tmp_path):
     cells = [cell.strip() for cell in baseline_row.strip("|").split("|")][4:]
     assert len(cells) == 7 and all(0.0 <= float(cell) <= 100.0 for cell in cells)
     # the training table: the contrastive term is off for Baseline and has a gradient for D
-    training = {line.split("|")[1].strip(): [c.strip() for c in line.strip("|").split("|")[1:]]
-                for line in table.split("| Setting | first L_cls")[1].splitlines()[2:] if line.startswith("|")}
+    training = {
+        line.split("|")[1].strip(): [c.strip() for c in line.strip("|").split("|")[1:]]
+        for line in table.split("| Setting | first L_cls")[1].splitlines()[2:]
+        if line.startswith("|")
+    }
     assert set(training) == {"Baseline", "D (QGFace)"}
     assert float(training["Baseline"][0]) > 0.0 and training["Baseline"][2:] == ["n/a"] * 3
     first_cls, last_cls, last_con, active, gap = map(float, training["D (QGFace)"])
@@ -50,6 +77,7 @@ def test_ablation_tool_runs_the_settings_and_writes_the_paper_table(tmp_path):
     rewritten = out.read_text()
     assert rewritten.startswith("# My study\n\nintro\n") and rewritten.endswith("\n## Analysis\n\nby hand\n")
     assert rewritten.split("| Setting")[1].split("<!--")[0] == table.split("| Setting")[1].split("<!--")[0]
-    other = subprocess.run([*command, "optim.lr=0.05"], cwd=tmp_path, env=env, capture_output=True, text=True,
-                           timeout=120)  # fmt: skip
+    other = subprocess.run(
+        [*command, "optim.lr=0.05"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120
+    )
     assert other.returncode != 0 and "records another budget" in other.stderr

@@ -34,9 +34,20 @@ CURVES = {
 def write_result(run_dir: Path, name: str, step: int = 500, checkpoint: str = CKPT, **changed: float) -> None:
     path = result_path(run_dir / "eval", checkpoint, name)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({
-        "format_version": 1, "status": "ok", "benchmark": name, "metrics": {**METRICS[name], **changed},
-        "curves": CURVES.get(name, {}), "checkpoint": checkpoint, "step": step, "sizes": {}}))
+    path.write_text(
+        json.dumps(
+            {
+                "format_version": 1,
+                "status": "ok",
+                "benchmark": name,
+                "metrics": {**METRICS[name], **changed},
+                "curves": CURVES.get(name, {}),
+                "checkpoint": checkpoint,
+                "step": step,
+                "sizes": {},
+            }
+        )
+    )
 
 
 def read_csv(path: Path) -> list[dict[str, str]]:
@@ -106,8 +117,10 @@ def test_another_checkpoints_result_replaces_nothing(tmp_path):
     for name in METRICS:
         write_result(tmp_path, name)
     write_result(tmp_path, "tinyface", step=250, checkpoint="/runs/x/checkpoints/epoch_1.pt", tinyface_rank1=10.0)
-    assert sorted(p.relative_to(tmp_path / "eval").as_posix() for p in (tmp_path / "eval").rglob("tinyface.json")) \
-        == ["epoch_1/tinyface.json", "last/tinyface.json"]
+    assert sorted(p.relative_to(tmp_path / "eval").as_posix() for p in (tmp_path / "eval").rglob("tinyface.json")) == [
+        "epoch_1/tinyface.json",
+        "last/tinyface.json",
+    ]
     result = aggregate(tmp_path, tensorboard=False)
     rows = read_csv(tmp_path / "results.csv")
     assert [r["checkpoint"] for r in rows] == ["/runs/x/checkpoints/epoch_1.pt", CKPT]

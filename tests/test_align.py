@@ -36,8 +36,12 @@ def test_noisy_points_give_the_least_squares_optimum():
     # any perturbation of the 4 similarity parameters makes the residual larger
     a, b = best[0, 0], best[1, 0]
     for delta in np.eye(4) * 1e-3:
-        m = np.array([[a + delta[0], -(b + delta[1]), best[0, 2] + delta[2]],
-                      [b + delta[1], a + delta[0], best[1, 2] + delta[3]]])
+        m = np.array(
+            [
+                [a + delta[0], -(b + delta[1]), best[0, 2] + delta[2]],
+                [b + delta[1], a + delta[0], best[1, 2] + delta[3]],
+            ]
+        )
         assert ((_apply(m, src) - dst) ** 2).sum() > err
 
 
@@ -52,7 +56,7 @@ def test_align_face_moves_landmarks_onto_the_template():
     # a 200x160 "loose crop" made by a known similarity of a 112x112 image with bright landmark dots
     aligned_truth = np.zeros((112, 112, 3), np.uint8)
     for x, y in ARCFACE_TEMPLATE.round().astype(int):
-        aligned_truth[y - 1:y + 2, x - 1:x + 2] = 255
+        aligned_truth[y - 1 : y + 2, x - 1 : x + 2] = 255
     forward = _similarity(12, 1.6, 20, 15)
     loose = cv2.warpAffine(aligned_truth, forward, (160, 200))
     landmarks = _apply(forward, ARCFACE_TEMPLATE.round())

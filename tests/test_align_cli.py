@@ -86,8 +86,11 @@ def test_largest_only_pass_through_and_the_summary(tmp_path, aligned, capsys):
 
 def test_bad_input_gives_one_message(tmp_path):
     (tmp_path / "empty").mkdir()
-    result = subprocess.run([sys.executable, "-m", "qgface.align", str(tmp_path / "empty"), str(tmp_path / "out")],
-                            capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, "-m", "qgface.align", str(tmp_path / "empty"), str(tmp_path / "out")],
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 1
     assert result.stderr.strip().splitlines()[-1] == f"qgface.align: error: {tmp_path / 'empty'} holds no image files"
     assert main([str(tmp_path / "empty"), str(tmp_path / "o"), "--min-face-size", "6"]) == 1

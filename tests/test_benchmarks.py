@@ -87,10 +87,14 @@ def make_tinyface(root: Path, rng: np.random.Generator) -> None:
         return out
 
     testing.mkdir(parents=True, exist_ok=True)
-    scipy.io.savemat(testing / "probe_img_ID_pairs.mat",
-                     {"probe_set": cells(probes), "probe_ids": np.array(probe_ids, float)[:, None]})
-    scipy.io.savemat(testing / "gallery_match_img_ID_pairs.mat",
-                     {"gallery_set": cells(matches), "gallery_ids": np.array(match_ids, float)[:, None]})
+    scipy.io.savemat(
+        testing / "probe_img_ID_pairs.mat",
+        {"probe_set": cells(probes), "probe_ids": np.array(probe_ids, float)[:, None]},
+    )
+    scipy.io.savemat(
+        testing / "gallery_match_img_ID_pairs.mat",
+        {"gallery_set": cells(matches), "gallery_ids": np.array(match_ids, float)[:, None]},
+    )
 
 
 def make_scface(root: Path, rng: np.random.Generator, subjects: int = 6, cameras: int = 8) -> None:
@@ -192,9 +196,11 @@ def test_crlfw_degrades_only_the_first_image(data_root):
     img = face(3, np.random.default_rng(0))
     small = bench.transform(8, img)
     assert small.shape == img.shape and not np.array_equal(small, img)
+
     # the pixel noise (detail finer than 14 px) is gone: neighbouring pixels barely differ
     def roughness(x):
         return np.abs(np.diff(x.astype(int), axis=1)).mean()
+
     assert roughness(small) < 0.3 * roughness(img)
 
 
@@ -238,8 +244,9 @@ def test_crlfw_degradation_matches_the_reference_within_one_level(size):
     assert np.abs(got - direct).max() == 0  # Pillow, called as torchvision's Resize calls it
     assert np.abs(got - by_definition).max() <= 1  # fixed-point rounding of Pillow
     # OpenCV's area filter gives other pixels: the test would catch a return to it
-    area = cv2.resize(cv2.resize(img, (size, size), interpolation=cv2.INTER_AREA), (112, 112),
-                      interpolation=cv2.INTER_LINEAR).astype(int)
+    area = cv2.resize(
+        cv2.resize(img, (size, size), interpolation=cv2.INTER_AREA), (112, 112), interpolation=cv2.INTER_LINEAR
+    ).astype(int)
     assert np.mean(np.abs(area - by_definition) > 1) > 0.2
 
 
@@ -268,9 +275,17 @@ def _scface_bench(tmp_path, listing: str):
 
 
 def test_scface_reads_the_distributed_all_txt_and_skips_what_the_protocol_does_not_use(tmp_path):
-    lines = ["001_frontal\t38.3\t51.7", "001_cam1_1\t38.3\t51.7", "001_cam5_2\t1\t2", "001_cam3_3\t1\t2",
-             "001_cam6_1\t1\t2", "001_cam8_3\t1\t2",  # infrared: not in the protocol
-             "001_cam1_4\t1\t2", "001_other\t1\t2", ""]  # nothing the protocol knows
+    lines = [
+        "001_frontal\t38.3\t51.7",
+        "001_cam1_1\t38.3\t51.7",
+        "001_cam5_2\t1\t2",
+        "001_cam3_3\t1\t2",
+        "001_cam6_1\t1\t2",
+        "001_cam8_3\t1\t2",  # infrared: not in the protocol
+        "001_cam1_4\t1\t2",
+        "001_other\t1\t2",
+        "",
+    ]  # nothing the protocol knows
     bench = _scface_bench(tmp_path, "\n".join(lines))
     assert bench.image_names == ["001_cam1_1.jpg", "001_cam3_3.jpg", "001_cam5_2.jpg", "001_frontal.jpg"]
     assert list(bench.distance) == [1, 3, 2, 0] and list(bench.labels) == [1, 1, 1, 1]
@@ -390,8 +405,12 @@ def test_ijb_protocol_is_recorded_and_validated(data_root):
 @pytest.mark.parametrize("name", ["ijbb_1n", "ijbc_1n"])
 def test_ijb_1n_identification_on_separable_templates(data_root, name, tmp_path):
     bench, out = run(name, data_root, tmp_path)
-    assert out.metrics == {f"{name}_rank1": 100.0, f"{name}_rank5": 100.0,
-                           f"{name}_tpir_at_fpir_1e-2": 100.0, f"{name}_tpir_at_fpir_1e-1": 100.0}
+    assert out.metrics == {
+        f"{name}_rank1": 100.0,
+        f"{name}_rank5": 100.0,
+        f"{name}_tpir_at_fpir_1e-2": 100.0,
+        f"{name}_tpir_at_fpir_1e-1": 100.0,
+    }
     assert bench.sizes() == {"images": 36, "gallery_templates": 6, "probe_templates": 6}
     assert list(bench.gallery_templates) == [1, 3, 5, 7, 9, 11] and list(bench.probe_templates) == [2, 4, 6, 8, 10, 12]
     # it reads the 1:1 benchmark's compressed images
@@ -402,10 +421,14 @@ def test_identification_metrics_by_hand():
     from qgface.eval.benchmarks.ijb_1n import identification_metrics
 
     # 4 probes x 3 gallery rows given directly as scores (gallery = identity, probe rows = scores)
-    scores = np.array([[0.9, 0.1, 0.2],   # mate 0: rank 1
-                       [0.8, 0.7, 0.0],   # mate 1: rank 2 (0.8 above)
-                       [0.3, 0.2, 0.6],   # mate 2: rank 1
-                       [0.5, 0.4, 0.45]])  # mate 0: rank 1
+    scores = np.array(
+        [
+            [0.9, 0.1, 0.2],  # mate 0: rank 1
+            [0.8, 0.7, 0.0],  # mate 1: rank 2 (0.8 above)
+            [0.3, 0.2, 0.6],  # mate 2: rank 1
+            [0.5, 0.4, 0.45],
+        ]
+    )  # mate 0: rank 1
     mate = np.array([0, 1, 2, 0])
     rates, tpir = identification_metrics(scores, np.eye(3), mate, ranks=(1, 2), fpirs=(0.25, 0.5))
     assert rates == {1: 0.75, 2: 1.0}
@@ -431,7 +454,7 @@ def test_ijb_template_pooling_is_media_mean_then_sum():
     # template 7: media 1 = rows 0,1 (mean [2, 0]), media 2 = row 2 ([0, 1]) -> [2, 1]; template 9: row 3
     ids, t = template_features(feats, np.array([7, 7, 7, 9]), np.array([1, 1, 2, 1]), np.array([1.0, 1, 1, 2]))
     assert list(ids) == [7, 9]
-    np.testing.assert_allclose(t, [[2 / 5 ** 0.5, 1 / 5 ** 0.5], [2 ** -0.5, 2 ** -0.5]])
+    np.testing.assert_allclose(t, [[2 / 5**0.5, 1 / 5**0.5], [2**-0.5, 2**-0.5]])
 
 
 def test_ijb_rejects_inconsistent_meta(tmp_path):
@@ -450,10 +473,19 @@ def test_cli_writes_json_with_a_real_checkpoint(tmp_path, capsys):
     ckpt = run_dir / "checkpoints" / "last.pt"
     ckpt.parent.mkdir(parents=True)
     torch.manual_seed(0)
-    torch.save({"format_version": 1, "backbone": "ir_tiny", "model": build_backbone("ir_tiny").state_dict(),
-                "step": 123, "epoch": 2}, ckpt)
+    torch.save(
+        {
+            "format_version": 1,
+            "backbone": "ir_tiny",
+            "model": build_backbone("ir_tiny").state_dict(),
+            "step": 123,
+            "epoch": 2,
+        },
+        ckpt,
+    )
     (run_dir / "config.yaml").write_text(
-        f"eval:\n  data_root: {data_root}\n  rec_dir: {tmp_path / 'rec'}\n  num_workers: 0\n  batch_size: 8\n")
+        f"eval:\n  data_root: {data_root}\n  rec_dir: {tmp_path / 'rec'}\n  num_workers: 0\n  batch_size: 8\n"
+    )
     assert eval_main(["--checkpoint", str(ckpt), "--benchmark", "scface"]) == 0
     result = json.loads((run_dir / "eval" / "last" / "scface.json").read_text())
     assert result["status"] == "ok" and result["step"] == 123 and result["benchmark"] == "scface"
@@ -472,8 +504,16 @@ def test_config_resolution_prefers_the_run_config(tmp_path):
     from qgface.eval.run import resolve_config
 
     ckpt = tmp_path / "elsewhere.pt"
-    torch.save({"format_version": 1, "backbone": "ir_tiny", "model": {"w": torch.zeros(1)}, "step": 1,
-                "config": load_config(None, ["eval.batch_size=7"]).to_dict()}, ckpt)
+    torch.save(
+        {
+            "format_version": 1,
+            "backbone": "ir_tiny",
+            "model": {"w": torch.zeros(1)},
+            "step": 1,
+            "config": load_config(None, ["eval.batch_size=7"]).to_dict(),
+        },
+        ckpt,
+    )
     assert resolve_config(ckpt).eval.batch_size == 7  # the checkpoint's own config
     assert resolve_config(ckpt, None, ["eval.batch_size=9"]).eval.batch_size == 9
 

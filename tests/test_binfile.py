@@ -112,6 +112,7 @@ def test_bad_structure(tmp_path):
 
 # ---- JPEG <-> BGR ----------------------------------------------------------------------------
 
+
 def pil_jpeg(rgb: tuple[int, int, int]) -> bytes:
     buf = io.BytesIO()
     Image.new("RGB", (16, 16), rgb).save(buf, format="JPEG", quality=95)

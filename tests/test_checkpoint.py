@@ -13,7 +13,14 @@ import torch
 from qgface.config import load_config
 from qgface.models import CheckpointError
 from qgface.train.checkpoint import (
-    KEYS, capture_rng, link_or_copy, load_checkpoint, load_module_state, restore_rng, resume_path, save_checkpoint,
+    KEYS,
+    capture_rng,
+    link_or_copy,
+    load_checkpoint,
+    load_module_state,
+    restore_rng,
+    resume_path,
+    save_checkpoint,
 )
 
 
@@ -21,9 +28,20 @@ def _state(**changes):
     model = torch.nn.Linear(3, 2)
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     state = {
-        "format_version": 1, "backbone": "ir_tiny", "model": model.state_dict(), "head": {}, "queue": None,
-        "optimizer": opt.state_dict(), "scheduler": {}, "scaler": {}, "epoch": 1, "step": 7,
-        "batch_in_epoch": 3, "rng": [capture_rng()], "config": load_config().to_dict(), "finished": False,
+        "format_version": 1,
+        "backbone": "ir_tiny",
+        "model": model.state_dict(),
+        "head": {},
+        "queue": None,
+        "optimizer": opt.state_dict(),
+        "scheduler": {},
+        "scaler": {},
+        "epoch": 1,
+        "step": 7,
+        "batch_in_epoch": 3,
+        "rng": [capture_rng()],
+        "config": load_config().to_dict(),
+        "finished": False,
         "validation": {"metric": "hq_avg", "value": 91.5, "step": 6},
     }
     state.update(changes)

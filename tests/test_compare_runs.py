@@ -8,9 +8,9 @@ import os
 from pathlib import Path
 
 import pytest
+from test_aggregate import METRICS, write_result
 
 from qgface.eval.aggregate import aggregate
-from test_aggregate import METRICS, write_result
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -25,8 +25,13 @@ def _tool():
 def _run(tmp_path: Path, name: str, tinyface: float) -> Path:
     run = tmp_path / name
     for bench in METRICS:
-        write_result(run, bench, step=500, checkpoint=f"{run}/checkpoints/last.pt",
-                     **({"tinyface_rank1": tinyface} if bench == "tinyface" else {}))
+        write_result(
+            run,
+            bench,
+            step=500,
+            checkpoint=f"{run}/checkpoints/last.pt",
+            **({"tinyface_rank1": tinyface} if bench == "tinyface" else {}),
+        )
     write_result(run, "hq", step=250, checkpoint=f"{run}/checkpoints/epoch_1.pt", hq_avg=50.0)
     aggregate(run, tensorboard=False)
     return run
@@ -36,8 +41,10 @@ def test_table_csv_and_figure_across_runs(tmp_path, capsys):
     a, b = _run(tmp_path, "base", 70.0), _run(tmp_path, "qgface", 76.0)
     assert _tool().main([str(a), str(b), "--out", str(tmp_path / "cmp")]) == 0
     md = (tmp_path / "cmp.md").read_text().splitlines()
-    assert md[0] == ("| run | config | checkpoint | step | scface_d1 | scface_d2 | scface_d3 | tinyface_rank1 | "
-                     "ijbb_tar_at_1e-4 | ijbc_tar_at_1e-4 | hq_avg | all_avg |")
+    assert md[0] == (
+        "| run | config | checkpoint | step | scface_d1 | scface_d2 | scface_d3 | tinyface_rank1 | "
+        "ijbb_tar_at_1e-4 | ijbc_tar_at_1e-4 | hq_avg | all_avg |"
+    )
     assert len(md) == 4 and md[2].startswith("| base | – | last.pt | 500 | 60.00 |")
     with open(tmp_path / "cmp.csv", newline="") as f:
         rows = list(csv.DictReader(f))

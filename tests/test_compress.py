@@ -95,8 +95,11 @@ def test_a_changed_protocol_list_is_refused_with_what_to_do(root, tmp_path):
     listing = root / "scface" / "all.txt"
     listing.write_text("\n".join(listing.read_text().split()[:-4]) + "\n")  # subject 3 loses probes
     changed = make_benchmark("scface", root)
-    for call in (lambda: check_rec(changed, tmp_path), lambda: open_source(changed, tmp_path),
-                 lambda: compress_benchmark(changed, tmp_path)):
+    for call in (
+        lambda: check_rec(changed, tmp_path),
+        lambda: open_source(changed, tmp_path),
+        lambda: compress_benchmark(changed, tmp_path),
+    ):
         with pytest.raises(StaleRecError, match=r"scface\.rec does not match.*Delete .*scface\.manifest\.json"):
             call()
     compress_benchmark(changed, tmp_path, force=True)

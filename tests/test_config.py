@@ -52,7 +52,9 @@ def test_unknown_key_names_the_closest_valid_key(tmp_path):
     with pytest.raises(ConfigError, match=r"unknown key 'optim\.lrr'; did you mean 'optim\.lr'"):
         load_config(None, ["optim.lrr=0.1"])
     (tmp_path / "bad.yaml").write_text("contrast:\n  queue_sise: 10\n")
-    with pytest.raises(ConfigError, match=r"bad\.yaml: unknown key 'contrast\.queue_sise'; did you mean 'contrast\.queue_size'"):
+    with pytest.raises(
+        ConfigError, match=r"bad\.yaml: unknown key 'contrast\.queue_sise'; did you mean 'contrast\.queue_size'"
+    ):
         load_config(tmp_path / "bad.yaml")
 
 

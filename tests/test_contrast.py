@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from qgface.losses import quality_factor, qg_contrastive_loss
+from qgface.losses import qg_contrastive_loss, quality_factor
 from qgface.losses.contrast import pair_quality
 
 
@@ -24,17 +24,27 @@ def _scalers(values: list[float]) -> torch.Tensor:
 E = 1e-3  # the reference's ε in every linear/cos denominator
 
 
-@pytest.mark.parametrize("method,range_,t,tau,want", [
-    ("sgn", "half", 0.25, 0.5, 1.0), ("linear", "half", 0.25, 0.5, 0.25 / 0.501),
-    ("cos", "half", 0.25, 0.5, (1 - math.cos(math.pi * 0.25 / 0.501)) / 2),
-    ("sgn", "half", 0.75, 0.5, 0.0), ("linear", "half", 0.75, 0.5, 0.0), ("cos", "half", 0.75, 0.5, 0.0),
-    ("sgn", "whole", 0.75, 0.5, 1.0), ("linear", "whole", 0.75, 0.5, -0.25 / -0.499),
-    ("cos", "whole", 0.75, 0.5, math.cos(math.pi * 0.75 / (2 * 0.501)) + 1),
-    ("linear", "half", 0.1, 0.4, 0.1 / 0.401), ("cos", "half", 0.1, 0.4, (1 - math.cos(math.pi * 0.1 / 0.401)) / 2),
-    # t = τ takes s2, which with ε is not exactly 1 (the reference's numbers)
-    ("linear", "whole", 0.4, 0.4, -0.6 / -0.599), ("cos", "whole", 0.4, 0.4, math.cos(math.pi * 0.6 / 1.202) + 1),
-    ("linear", "whole", 1.0, 0.4, 0.0), ("cos", "whole", 1.0, 0.4, math.cos(math.pi * 1.2 / 1.202) + 1),
-])
+@pytest.mark.parametrize(
+    "method,range_,t,tau,want",
+    [
+        ("sgn", "half", 0.25, 0.5, 1.0),
+        ("linear", "half", 0.25, 0.5, 0.25 / 0.501),
+        ("cos", "half", 0.25, 0.5, (1 - math.cos(math.pi * 0.25 / 0.501)) / 2),
+        ("sgn", "half", 0.75, 0.5, 0.0),
+        ("linear", "half", 0.75, 0.5, 0.0),
+        ("cos", "half", 0.75, 0.5, 0.0),
+        ("sgn", "whole", 0.75, 0.5, 1.0),
+        ("linear", "whole", 0.75, 0.5, -0.25 / -0.499),
+        ("cos", "whole", 0.75, 0.5, math.cos(math.pi * 0.75 / (2 * 0.501)) + 1),
+        ("linear", "half", 0.1, 0.4, 0.1 / 0.401),
+        ("cos", "half", 0.1, 0.4, (1 - math.cos(math.pi * 0.1 / 0.401)) / 2),
+        # t = τ takes s2, which with ε is not exactly 1 (the reference's numbers)
+        ("linear", "whole", 0.4, 0.4, -0.6 / -0.599),
+        ("cos", "whole", 0.4, 0.4, math.cos(math.pi * 0.6 / 1.202) + 1),
+        ("linear", "whole", 1.0, 0.4, 0.0),
+        ("cos", "whole", 1.0, 0.4, math.cos(math.pi * 1.2 / 1.202) + 1),
+    ],
+)
 def test_quality_factor_at_hand_points(method, range_, t, tau, want):
     got = quality_factor(torch.tensor([t], dtype=torch.float64), tau, method, range_)
     assert got.item() == pytest.approx(want, abs=1e-12)
@@ -67,8 +77,9 @@ def test_loss_by_hand():
     q = torch.tensor([[1.0, 0.0]], dtype=torch.float64)
     k = torch.tensor([[0.6, 0.8]], dtype=torch.float64)
     queue = torch.tensor([[0.0, 1.0], [-1.0, 0.0]], dtype=torch.float64)
-    loss = qg_contrastive_loss(q, k, queue, _scalers([-1.0]), _scalers([1.0]), s=10.0, margin=0.1,
-                               mask_same_class=False, rescale=False)
+    loss = qg_contrastive_loss(
+        q, k, queue, _scalers([-1.0]), _scalers([1.0]), s=10.0, margin=0.1, mask_same_class=False, rescale=False
+    )
     rows = [[0.6 - 0.1, 0.0, -1.0], [0.6 - 0.1, 0.8, -0.6]]  # q→k: q·k, q·v; k→q: k·q, k·v
     want = sum(-10 * r[0] + math.log(sum(math.exp(10 * x) for x in r)) for r in rows) / 2
     assert loss.item() == pytest.approx(want, rel=1e-12)
@@ -130,8 +141,9 @@ def test_own_index_masks_only_own_entries_without_labels():
     base = qg_contrastive_loss(q[:1], k[:1], queue, lo[:1], lo[:1], own_index=own[:1])
     changed = queue.clone()
     changed[[0, 2]] = _unit(2, d, seed=14)
-    torch.testing.assert_close(qg_contrastive_loss(q[:1], k[:1], changed, lo[:1], lo[:1], own_index=own[:1]),
-                               base, rtol=0, atol=0)
+    torch.testing.assert_close(
+        qg_contrastive_loss(q[:1], k[:1], changed, lo[:1], lo[:1], own_index=own[:1]), base, rtol=0, atol=0
+    )
     # two samples: sample 0's views stay negatives for sample 1 (no labels, so no identity masking)
     both = qg_contrastive_loss(q, k, queue, lo, lo, own_index=own)
     assert qg_contrastive_loss(q, k, changed, lo, lo, own_index=own).item() != pytest.approx(both.item())
@@ -150,8 +162,19 @@ def test_gradcheck_float64(method, range_):
     labels, queue_labels = torch.tensor([0, 1, 2]), torch.tensor([0, 4, 1, 5, 6, 2, 7])
 
     def f(q_: torch.Tensor, k_: torch.Tensor) -> torch.Tensor:
-        return qg_contrastive_loss(q_, k_, queue, gq, gk, q_labels=labels, queue_labels=queue_labels, s=4.0,
-                                   method=method, scale_range=range_, margin=0.2)
+        return qg_contrastive_loss(
+            q_,
+            k_,
+            queue,
+            gq,
+            gk,
+            q_labels=labels,
+            queue_labels=queue_labels,
+            s=4.0,
+            method=method,
+            scale_range=range_,
+            margin=0.2,
+        )
 
     q, k = _unit(b, d, seed=16).requires_grad_(), _unit(b, d, seed=17).requires_grad_()
     assert torch.autograd.gradcheck(f, (q, k))
@@ -171,10 +194,25 @@ def test_stats():
     q = torch.tensor([[1.0, 0.0], [0.0, 1.0]], dtype=torch.float64)
     k = torch.tensor([[0.8, 0.6], [0.0, 1.0]], dtype=torch.float64)
     queue = torch.tensor([[0.6, 0.8], [1.0, 0.0], [-1.0, 0.0]], dtype=torch.float64)
-    out = qg_contrastive_loss(q, k, queue, _scalers([-1.0, 1.0]), _scalers([1.0, 1.0]),
-                              q_labels=torch.tensor([0, 1]), queue_labels=torch.tensor([1, 0, 2]), return_stats=True)
-    plain = qg_contrastive_loss(q, k, queue, _scalers([-1.0, 1.0]), _scalers([1.0, 1.0]),
-                                q_labels=torch.tensor([0, 1]), queue_labels=torch.tensor([1, 0, 2]))
+    out = qg_contrastive_loss(
+        q,
+        k,
+        queue,
+        _scalers([-1.0, 1.0]),
+        _scalers([1.0, 1.0]),
+        q_labels=torch.tensor([0, 1]),
+        queue_labels=torch.tensor([1, 0, 2]),
+        return_stats=True,
+    )
+    plain = qg_contrastive_loss(
+        q,
+        k,
+        queue,
+        _scalers([-1.0, 1.0]),
+        _scalers([1.0, 1.0]),
+        q_labels=torch.tensor([0, 1]),
+        queue_labels=torch.tensor([1, 0, 2]),
+    )
     torch.testing.assert_close(out.loss, plain)
     assert out.active_fraction.item() == pytest.approx(0.5)  # pair 0 is low quality, pair 1 is not
     assert out.pos_cos.item() == pytest.approx((0.8 + 1.0) / 2)

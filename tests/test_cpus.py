@@ -15,14 +15,17 @@ from qgface.config import load_config
 from qgface.data.cpus import resolve_num_workers, resolve_prefetch_factor, warn_if_few_cpus
 
 
-@pytest.mark.parametrize("workers,cpus,ranks,expected", [
-    (3, 1, 8, 3),  # an explicit count is kept
-    (-1, 40, 8, 4),  # 5 CPUs per rank: 1 trains, 4 load
-    (-1, 2, 1, 1),
-    (-1, 1, 1, 0),  # one CPU: load in the training process
-    (-1, 8, 16, 0),
-    (-1, 200, 1, 8),  # capped
-])
+@pytest.mark.parametrize(
+    "workers,cpus,ranks,expected",
+    [
+        (3, 1, 8, 3),  # an explicit count is kept
+        (-1, 40, 8, 4),  # 5 CPUs per rank: 1 trains, 4 load
+        (-1, 2, 1, 1),
+        (-1, 1, 1, 0),  # one CPU: load in the training process
+        (-1, 8, 16, 0),
+        (-1, 200, 1, 8),  # capped
+    ],
+)
 def test_worker_count_from_the_cpus_of_each_rank(workers, cpus, ranks, expected):
     assert resolve_num_workers(workers, cpus, ranks) == expected
 
@@ -54,8 +57,9 @@ def test_loader_reads_the_process_affinity_and_warns_at_start():
         "print(loader_workers(from_dict({}).data), loader_workers(from_dict({'data': {'num_workers': 4}}).data))\n"
     )
     env = {**os.environ, "LOCAL_WORLD_SIZE": "8", "LOCAL_RANK": "0"}
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120,
-                         check=False)
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120, check=False
+    )
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["(0,", "None)", "(4,", "2)"]
     assert "only 1 CPU(s) available to 8 training process(es) with 4 loader worker(s)" in out.stderr

@@ -12,12 +12,23 @@ import pytest
 
 from qgface.config import from_dict
 from qgface.data.datasets import IMAGE_EXTENSIONS, FolderTrainDataset
-from qgface.data.folder_index import (build_folder_index, ensure_folder_index, folder_index_is_current,
-                                      folder_index_path, open_folder_index, save_folder_index)
+from qgface.data.folder_index import (
+    build_folder_index,
+    ensure_folder_index,
+    folder_index_is_current,
+    folder_index_path,
+    open_folder_index,
+    save_folder_index,
+)
 from qgface.data.loader import build_train_loader
 
-FILES = {"id_b": ["2.jpg", "10.png", "x.txt"], "id_a": ["b.jpg", "a.JPG"], "id_c": [], "élan": ["ü.png"],
-         ".hidden": ["z.jpg"]}
+FILES = {
+    "id_b": ["2.jpg", "10.png", "x.txt"],
+    "id_a": ["b.jpg", "a.JPG"],
+    "id_c": [],
+    "élan": ["ü.png"],
+    ".hidden": ["z.jpg"],
+}
 
 
 def write_tree(root):
@@ -32,8 +43,9 @@ def listing(root):
     out = []
     identities = sorted(n for n in os.listdir(root) if (root / n).is_dir() and not n.startswith("."))
     for label, ident in enumerate(identities):
-        names = sorted((n for n in os.listdir(root / ident) if n.lower().endswith(IMAGE_EXTENSIONS)),
-                       key=lambda n: n.encode())
+        names = sorted(
+            (n for n in os.listdir(root / ident) if n.lower().endswith(IMAGE_EXTENSIONS)), key=lambda n: n.encode()
+        )
         out += [(str(root / ident / n), label) for n in names]
     return identities, out
 
@@ -46,8 +58,13 @@ def test_index_lists_like_the_rule_and_survives_a_file_round_trip(tmp_path):
     for index in (built, open_folder_index(tmp_path / "i.folder-index")):
         assert [index.identity(c) for c in range(index.num_classes)] == identities == ["id_a", "id_b", "id_c", "élan"]
         assert [(index.path(i), index.label(i)) for i in range(index.num_images)] == expected
-    assert [(p[len(str(tmp_path / "set")) + 1:], y) for p, y in expected] == [
-        ("id_a/a.JPG", 0), ("id_a/b.jpg", 0), ("id_b/10.png", 1), ("id_b/2.jpg", 1), ("élan/ü.png", 3)]
+    assert [(p[len(str(tmp_path / "set")) + 1 :], y) for p, y in expected] == [
+        ("id_a/a.JPG", 0),
+        ("id_a/b.jpg", 0),
+        ("id_b/10.png", 1),
+        ("id_b/2.jpg", 1),
+        ("élan/ü.png", 3),
+    ]
 
 
 def test_index_is_stale_after_a_file_or_an_identity_is_added_or_removed(tmp_path):
@@ -55,9 +72,11 @@ def test_index_is_stale_after_a_file_or_an_identity_is_added_or_removed(tmp_path
     write_tree(root)
     index = build_folder_index(root, IMAGE_EXTENSIONS)
     assert folder_index_is_current(index, root)
-    for change in (lambda: (root / "id_c" / "new.jpg").write_bytes(b""),
-                   lambda: (root / "id_a" / "b.jpg").unlink(),
-                   lambda: (root / "id_d").mkdir()):
+    for change in (
+        lambda: (root / "id_c" / "new.jpg").write_bytes(b""),
+        lambda: (root / "id_a" / "b.jpg").unlink(),
+        lambda: (root / "id_d").mkdir(),
+    ):
         time.sleep(0.01)  # a later modification time on filesystems with coarse timestamps
         change()
         assert not folder_index_is_current(index, root)

@@ -17,9 +17,19 @@ REPO = Path(qgface.__file__).resolve().parents[1]
 
 @pytest.mark.slow  # the whole check at toy sizes: ~1-2 min on two cores
 def test_gpu_check_smoke_writes_one_json_with_every_check_ok(tmp_path):
-    env = {**os.environ, "OUT": str(tmp_path), "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
-    proc = subprocess.run([sys.executable, str(REPO / "tools" / "gpu_check.py"), "--smoke", "--workers", "1"],
-                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    env = {
+        **os.environ,
+        "OUT": str(tmp_path),
+        "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
+    }
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "tools" / "gpu_check.py"), "--smoke", "--workers", "1"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     report = json.loads((tmp_path / "gpu_check.json").read_text())
     failed = {k: v.get("error") for k, v in report["checks"].items() if not v.get("ok")}
     assert proc.returncode == 0 and not failed, (failed, proc.stdout[-2000:], proc.stderr[-2000:])

@@ -40,8 +40,10 @@ def test_allowed_changes_are_recorded_with_their_step(tmp_path):
     assert load_config(run.config_path).optim.epochs == 30
     last = read_history(run.run_dir)[-1]
     assert last["step"] == 40
-    assert last["changes"] == {"optim.epochs": {"from": 26, "to": 30}, "eval.benchmarks": {"from": [
-        "hq", "crlfw", "tinyface", "scface", "ijbb", "ijbc"], "to": ["hq"]}}
+    assert last["changes"] == {
+        "optim.epochs": {"from": 26, "to": 30},
+        "eval.benchmarks": {"from": ["hq", "crlfw", "tinyface", "scface", "ijbb", "ijbc"], "to": ["hq"]},
+    }
 
 
 def test_the_user_may_allow_a_training_change_and_it_is_recorded(tmp_path):

@@ -15,11 +15,15 @@ from qgface.eval.compress import RecordSource, StaleRecError, check_rec, compres
 
 
 def test_closed_set_rank_counts_entries_scoring_at_least_the_mate():
-    scores = np.array([[0.9, 0.1, 0.2, 0.3],    # mate col 0 is top: rank 1
-                       [0.5, 0.6, 0.7, 0.4],    # mate col 0 beaten by 2: rank 3
-                       [0.2, 0.8, 0.1, 0.0],    # mate col 1 top: rank 1
-                       [0.0, 0.0, 0.0, 0.0],    # empty template, mate col 2 ties all: rank 4 (fails)
-                       [0.3, 0.2, 0.1, 0.5]])   # no mate: ignored in the closed set
+    scores = np.array(
+        [
+            [0.9, 0.1, 0.2, 0.3],  # mate col 0 is top: rank 1
+            [0.5, 0.6, 0.7, 0.4],  # mate col 0 beaten by 2: rank 3
+            [0.2, 0.8, 0.1, 0.0],  # mate col 1 top: rank 1
+            [0.0, 0.0, 0.0, 0.0],  # empty template, mate col 2 ties all: rank 4 (fails)
+            [0.3, 0.2, 0.1, 0.5],
+        ]
+    )  # no mate: ignored in the closed set
     mate = np.array([0, 0, 1, 2, -1])
     rates = closed_set_rates(scores, mate, ranks=(1, 3, 4))
     assert rates == {1: 0.5, 3: 0.75, 4: 1.0}
@@ -28,9 +32,13 @@ def test_closed_set_rank_counts_entries_scoring_at_least_the_mate():
 def test_open_set_threshold_is_the_floor_kth_highest_non_mate_maximum():
     # 10 non-mated probes with maxima 1.0, 0.9, ..., 0.1; 3 mated probes
     nonmated = np.stack([np.array([m, 0.0]) for m in np.arange(10, 0, -1) / 10])
-    mated = np.array([[0.95, 0.2],    # top-1 and above every non-mate maximum but 1.0
-                      [0.85, 0.9],    # mate (col 0) not top-1: never counts
-                      [0.75, 0.1]])   # top-1, score 0.75
+    mated = np.array(
+        [
+            [0.95, 0.2],  # top-1 and above every non-mate maximum but 1.0
+            [0.85, 0.9],  # mate (col 0) not top-1: never counts
+            [0.75, 0.1],
+        ]
+    )  # top-1, score 0.75
     scores = np.vstack([nonmated, mated])
     mate = np.array([-1] * 10 + [0, 0, 0])
     # FPIR 0.1: k = 1 -> threshold 1.0: nobody; 0.3: k = 3 -> 0.8: first; 0.5: k = 5 -> 0.6: first and third
@@ -50,8 +58,16 @@ def test_template_feature_is_the_normalised_mean_and_zero_when_empty():
 @pytest.fixture(scope="module")
 def ijbs_root(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("ijbs") / "synthetic"
-    generate(root, identities=2, images_per_identity=1, eval_identities=6, hq_pairs=2, tinyface_distractors=2,
-             ijb_templates=3, workers=1)
+    generate(
+        root,
+        identities=2,
+        images_per_identity=1,
+        eval_identities=6,
+        hq_pairs=2,
+        tinyface_distractors=2,
+        ijb_templates=3,
+        workers=1,
+    )
     return root
 
 
@@ -84,11 +100,13 @@ def test_perfect_features_give_100_everywhere(ijbs_root):
 
 def test_confused_probe_frames_lower_the_rates_by_construction(ijbs_root):
     bench = make_benchmark("ijbs", ijbs_root)
+
     # every probe-video frame of subject 1 looks like subject 4: its 2 of 12 probe templates miss at rank 1
     # (subject 4 ranks first), and rank 5 still finds the mate (score 0 ties the 4 other wrong subjects)
     def direction(i, subject):
         name = bench.image_names[i]
         return 4 if subject == 1 and "videos_20" in name else subject
+
     metrics = bench.evaluate(*_one_hot(bench, direction)).metrics
     for protocol in ("sur2single", "sur2book", "sur2sur"):
         assert metrics[f"ijbs_{protocol}_rank1"] == pytest.approx(100 * 10 / 12)
@@ -140,8 +158,11 @@ def test_synthetic_surveillance_frames_carry_less_detail_than_the_photos(ijbs_ro
     bench = make_benchmark("ijbs", ijbs_root)
 
     def detail(kind: str) -> float:
-        crops = [cv2.imdecode(np.frombuffer(bench.load_bytes(i), np.uint8), cv2.IMREAD_GRAYSCALE)
-                 for i, name in enumerate(bench.image_names) if f"/{kind}_" in name]
+        crops = [
+            cv2.imdecode(np.frombuffer(bench.load_bytes(i), np.uint8), cv2.IMREAD_GRAYSCALE)
+            for i, name in enumerate(bench.image_names)
+            if f"/{kind}_" in name
+        ]
         assert all(c.shape == (112, 112) for c in crops)
         return float(np.mean([cv2.Laplacian(c.astype(np.float64), cv2.CV_64F).var() for c in crops]))
 

@@ -115,8 +115,7 @@ def gallery(crops, tmp_path_factory) -> Path:
 @pytest.mark.slow
 def test_embed_cli_writes_arrays_and_an_index_of_every_image(checkpoint, recognizer, gallery, tmp_path, capsys):
     out = tmp_path / "emb"
-    assert embed_cli.main(["--checkpoint", str(checkpoint), "--detect", "--no-progress",
-                           str(gallery), str(out)]) == 0
+    assert embed_cli.main(["--checkpoint", str(checkpoint), "--detect", "--no-progress", str(gallery), str(out)]) == 0
     assert "embedded 4 images (1 without a face)" in capsys.readouterr().out
     with open(out / "index.csv", newline="") as f:
         rows = {r["path"]: r for r in csv.DictReader(f)}
@@ -135,8 +134,10 @@ def test_verify_prints_the_cosine_norms_and_the_decision(checkpoint, recognizer,
     emb, norm = recognizer.embed([cv2.imread(str(crops["obama2.jpg"])), cv2.imread(str(crops["biden.jpg"]))])
     cosine = float(emb[0].astype(np.float64) @ emb[1])
     # raw photos (detected and aligned) and their aligned crops give the same answer
-    for (a, b), threshold, decision in (((PHOTOS / "obama2.jpg", PHOTOS / "biden.jpg"), cosine - 0.01, "same"),
-                                        ((crops["obama2.jpg"], crops["biden.jpg"]), cosine + 0.01, "different")):
+    for (a, b), threshold, decision in (
+        ((PHOTOS / "obama2.jpg", PHOTOS / "biden.jpg"), cosine - 0.01, "same"),
+        ((crops["obama2.jpg"], crops["biden.jpg"]), cosine + 0.01, "different"),
+    ):
         assert verify_cli.main(["--checkpoint", str(checkpoint), str(a), str(b), "--threshold", str(threshold)]) == 0
         lines = capsys.readouterr().out.splitlines()
         assert lines[0] == f"similarity {cosine:.4f}"
@@ -159,8 +160,12 @@ def test_verify_learns_the_threshold_on_a_verification_bin(checkpoint, crops, tm
         issame.append(k % 2 == 0)
     save_bin(tmp_path / "pairs.bin", images, issame)
     a = crops["obama.jpg"]
-    assert verify_cli.main(["--checkpoint", str(checkpoint), str(a), str(a),
-                            "--threshold-from", str(tmp_path / "pairs.bin")]) == 0
+    assert (
+        verify_cli.main(
+            ["--checkpoint", str(checkpoint), str(a), str(a), "--threshold-from", str(tmp_path / "pairs.bin")]
+        )
+        == 0
+    )
     lines = capsys.readouterr().out.splitlines()
     assert lines[0] == "similarity 1.0000"
     assert lines[-2].startswith("threshold ") and "10-fold threshold of pairs.bin" in lines[-2]
@@ -188,5 +193,7 @@ def test_verify_names_the_image_without_a_face(checkpoint, crops, tmp_path, caps
     blank = tmp_path / "blank.png"
     cv2.imwrite(str(blank), np.full((150, 150, 3), 30, np.uint8))
     assert verify_cli.main(["--checkpoint", str(checkpoint), str(crops["biden.jpg"]), str(blank)]) == 1
-    assert capsys.readouterr().err.strip() == f"qgface.verify: error: {blank}: no face found (try python -m " \
-                                               "qgface.align with --upsample for tiny faces)"
+    assert (
+        capsys.readouterr().err.strip() == f"qgface.verify: error: {blank}: no face found (try python -m "
+        "qgface.align with --upsample for tiny faces)"
+    )

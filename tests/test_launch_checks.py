@@ -19,8 +19,14 @@ from qgface.data.synthetic import generate
 
 REPO = Path(__file__).resolve().parents[1]
 LAUNCH = REPO / "launch.py"
-TINY = ["model.backbone=ir_tiny", "data.batch_size=8", "contrast.queue_size=64", "data.num_workers=0",
-        "eval.num_workers=0", "train.log_every=1"]
+TINY = [
+    "model.backbone=ir_tiny",
+    "data.batch_size=8",
+    "contrast.queue_size=64",
+    "data.num_workers=0",
+    "eval.num_workers=0",
+    "train.log_every=1",
+]
 
 
 def _launch_module():
@@ -38,9 +44,22 @@ def launch():
 @pytest.fixture(scope="module")
 def train_root(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("launch-set") / "set"
-    generate(root, identities=8, images_per_identity=4, eval_identities=2, hq_pairs=2, tinyface_probes=1,
-             tinyface_gallery=1, tinyface_distractors=1, scface_subjects=2, ijb_templates=1, ijb_media=1,
-             ijb_frames=1, ijb_max_pairs=10, workers=1)
+    generate(
+        root,
+        identities=8,
+        images_per_identity=4,
+        eval_identities=2,
+        hq_pairs=2,
+        tinyface_probes=1,
+        tinyface_gallery=1,
+        tinyface_distractors=1,
+        scface_subjects=2,
+        ijb_templates=1,
+        ijb_media=1,
+        ijb_frames=1,
+        ijb_max_pairs=10,
+        workers=1,
+    )
     return root
 
 
@@ -84,14 +103,16 @@ def test_training_data_root_is_checked(launch, capsys, tmp_path):
 
 
 def test_eval_data_root_is_checked_for_the_chosen_benchmarks(launch, capsys, tmp_path, train_root):
-    err = _refused(launch, capsys, tmp_path, "--benchmarks", "tinyface", f"data.root={train_root}",
-                   f"eval.data_root={tmp_path}")
+    err = _refused(
+        launch, capsys, tmp_path, "--benchmarks", "tinyface", f"data.root={train_root}", f"eval.data_root={tmp_path}"
+    )
     assert f"eval.data_root={tmp_path}: benchmark tinyface needs tinyface/Testing_Set/probe_img_ID_pairs.mat" in err
 
 
 def test_overrides_are_accepted_anywhere_among_the_flags(launch):
     ns = launch.build_parser().parse_intermixed_args(
-        ["configs/tiny.yaml", "--no-eval", "optim.lr=0.05", "--benchmarks", "hq", "scface", "seed=3"])
+        ["configs/tiny.yaml", "--no-eval", "optim.lr=0.05", "--benchmarks", "hq", "scface", "seed=3"]
+    )
     config, overrides = launch.config_from_args(ns)
     assert config == Path("configs/tiny.yaml") and ns.no_eval
     assert overrides == ["optim.lr=0.05", "seed=3", "eval.benchmarks=[hq,scface]"]
@@ -105,7 +126,9 @@ def test_cluster_slurm_without_slurm_is_one_line(launch, capsys, tmp_path, monke
     assert err == "error: --cluster slurm: sbatch is not on PATH; run on a Slurm login node, or use --cluster local"
     (tmp_path / "bin").mkdir()
     for tool, code in (("sbatch", 0), ("sinfo", 1)):
-        (tmp_path / "bin" / tool).write_text(f"#!/bin/sh\necho 'slurm_load_partitions: Unable to contact slurm controller' >&2\nexit {code}\n")
+        (tmp_path / "bin" / tool).write_text(
+            f"#!/bin/sh\necho 'slurm_load_partitions: Unable to contact slurm controller' >&2\nexit {code}\n"
+        )
         (tmp_path / "bin" / tool).chmod(0o755)
     assert launch.main(["--cluster", "slurm", f"output_root={logs}"]) == 2
     err = capsys.readouterr().err.strip()
@@ -115,28 +138,58 @@ def test_cluster_slurm_without_slurm_is_one_line(launch, capsys, tmp_path, monke
 
 def _run_launch(*args: str, cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    return subprocess.run([sys.executable, str(LAUNCH), *args], cwd=cwd, env=env, capture_output=True, text=True,
-                          timeout=timeout)
+    return subprocess.run(
+        [sys.executable, str(LAUNCH), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
+    )
 
 
 @pytest.mark.slow
 def test_a_non_finite_loss_is_not_retried_and_its_cause_reaches_the_terminal(tmp_path, train_root):
-    done = _run_launch("--cluster", "local", "--no-eval", f"data.root={train_root}", *TINY, "optim.lr=1e30",
-                       "train.max_restarts=3", f"output_root={tmp_path / 'logs'}", cwd=tmp_path)
+    done = _run_launch(
+        "--cluster",
+        "local",
+        "--no-eval",
+        f"data.root={train_root}",
+        *TINY,
+        "optim.lr=1e30",
+        "train.max_restarts=3",
+        f"output_root={tmp_path / 'logs'}",
+        cwd=tmp_path,
+    )
     assert done.returncode == 1, done.stdout + done.stderr
-    assert "train failed: training failed (not retried: it would fail again): NonFiniteLossError: non-finite loss at step" \
+    assert (
+        "train failed: training failed (not retried: it would fail again): NonFiniteLossError: non-finite loss at step"
         in done.stdout
+    )
     (err_log,) = (tmp_path / "logs").glob("*/slurm/*_0_log.err")
-    assert err_log.read_text().count("ERROR qgface.train: non-finite loss") == 1, "torchrun restarted a deterministic error"
+    assert err_log.read_text().count("ERROR qgface.train: non-finite loss") == 1, (
+        "torchrun restarted a deterministic error"
+    )
 
 
 @pytest.mark.slow
 def test_ctrl_c_saves_last_pt_and_prints_the_command_that_continues(tmp_path, train_root):
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    args = ["--cluster", "local", "--no-eval", f"data.root={train_root}", *TINY, "optim.epochs=50",
-            "optim.milestones=[40]", "train.checkpoint_every=1000", f"output_root={tmp_path / 'logs'}"]
-    proc = subprocess.Popen([sys.executable, str(LAUNCH), *args], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    args = [
+        "--cluster",
+        "local",
+        "--no-eval",
+        f"data.root={train_root}",
+        *TINY,
+        "optim.epochs=50",
+        "optim.milestones=[40]",
+        "train.checkpoint_every=1000",
+        f"output_root={tmp_path / 'logs'}",
+    ]
+    proc = subprocess.Popen(
+        [sys.executable, str(LAUNCH), *args],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
     lines = []
     deadline = time.monotonic() + 240
     while not any(" step 3/" in line for line in lines):  # progress reaches the terminal in local mode

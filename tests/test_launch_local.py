@@ -28,9 +28,15 @@ LAUNCH = REPO / "launch.py"
 SYNTHETIC_DIR = Path(os.environ.get("QGFACE_TEST_SYNTHETIC_DIR", REPO / "logs" / "synthetic"))
 # the tiny profile cut to a few optimiser steps: the tests check the plumbing, not the accuracy
 FEW_STEPS = [
-    "train.steps_per_epoch=3", "optim.epochs=2", "optim.milestones=[1]", "train.checkpoint_every=1",
-    "train.log_every=1", "data.num_workers=0", "eval.num_workers=0", f"data.synthetic_dir={SYNTHETIC_DIR}",
-]  # fmt: skip
+    "train.steps_per_epoch=3",
+    "optim.epochs=2",
+    "optim.milestones=[1]",
+    "train.checkpoint_every=1",
+    "train.log_every=1",
+    "data.num_workers=0",
+    "eval.num_workers=0",
+    f"data.synthetic_dir={SYNTHETIC_DIR}",
+]
 
 
 def _launch_module():
@@ -42,8 +48,9 @@ def _launch_module():
 
 def run_launch(*args: str, cwd: Path, timeout: float = 600) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    return subprocess.run([sys.executable, str(LAUNCH), *args], cwd=cwd, env=env, capture_output=True, text=True,
-                          timeout=timeout)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, str(LAUNCH), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
+    )
 
 
 def run_dir_of(output: str) -> Path:
@@ -53,11 +60,36 @@ def run_dir_of(output: str) -> Path:
 
 def test_flags_become_config_overrides():
     launch = _launch_module()
-    ns = launch.build_parser().parse_args([
-        "--nodes", "2", "--gpus-per-node", "4", "--partition", "gpu", "--time", "30", "--account", "proj",
-        "--qos", "high", "--constraint", "a100", "--cpus-per-task", "8", "--mem", "64G", "--name", "exp1",
-        "--benchmarks", "hq", "tinyface", "--", str(REPO / "configs" / "qgface.yaml"), "optim.lr=0.05",
-    ])  # fmt: skip
+    ns = launch.build_parser().parse_args(
+        [
+            "--nodes",
+            "2",
+            "--gpus-per-node",
+            "4",
+            "--partition",
+            "gpu",
+            "--time",
+            "30",
+            "--account",
+            "proj",
+            "--qos",
+            "high",
+            "--constraint",
+            "a100",
+            "--cpus-per-task",
+            "8",
+            "--mem",
+            "64G",
+            "--name",
+            "exp1",
+            "--benchmarks",
+            "hq",
+            "tinyface",
+            "--",
+            str(REPO / "configs" / "qgface.yaml"),
+            "optim.lr=0.05",
+        ]
+    )
     config, overrides = launch.config_from_args(ns)
     cfg = load_config(config, overrides)
     c = cfg.cluster
@@ -113,8 +145,11 @@ def test_torchrun_command_lines():
     assert node.rdzv_endpoint == "node1:23456" and slurm_env.rendezvous_port("7_3") == 20007
     cmd = jobs.torchrun_command("/runs/a/config.yaml", nproc=0, max_restarts=3, node=node)
     flags = dict(zip(cmd[3:-3:2], cmd[4:-3:2]))
-    assert cmd[:3] == [sys.executable, "-m", "torch.distributed.run"] and cmd[-3:] == ["-m", "qgface.train",
-                                                                                        "/runs/a/config.yaml"]
+    assert cmd[:3] == [sys.executable, "-m", "torch.distributed.run"] and cmd[-3:] == [
+        "-m",
+        "qgface.train",
+        "/runs/a/config.yaml",
+    ]
     assert flags["--nnodes"] == "2" and flags["--node_rank"] == "1" and flags["--nproc_per_node"] == "1"
     assert flags["--rdzv_backend"] == "c10d" and flags["--rdzv_endpoint"] == "node1:23456"
     assert flags["--max_restarts"] == "3"
@@ -124,8 +159,17 @@ def test_torchrun_command_lines():
 
 def test_an_empty_data_root_is_refused_before_a_run_directory_exists(tmp_path):
     (tmp_path / "empty").mkdir()
-    done = run_launch("--cluster", "local", "--no-eval", *FEW_STEPS, f"output_root={tmp_path / 'logs'}",
-                      f"data.root={tmp_path / 'empty'}", "train.max_restarts=0", cwd=tmp_path, timeout=300)
+    done = run_launch(
+        "--cluster",
+        "local",
+        "--no-eval",
+        *FEW_STEPS,
+        f"output_root={tmp_path / 'logs'}",
+        f"data.root={tmp_path / 'empty'}",
+        "train.max_restarts=0",
+        cwd=tmp_path,
+        timeout=300,
+    )
     assert done.returncode == 2, done.stdout + done.stderr
     assert f"error: data.root={tmp_path / 'empty'}: " in done.stderr and "run directory" not in done.stdout
     assert not (tmp_path / "logs").exists() or not any((tmp_path / "logs").iterdir())
@@ -133,8 +177,16 @@ def test_an_empty_data_root_is_refused_before_a_run_directory_exists(tmp_path):
 
 @pytest.mark.slow
 def test_local_chain_trains_evaluates_and_aggregates(tmp_path):
-    done = run_launch("--cluster", "local", "--benchmarks", "tinyface", "--", *FEW_STEPS,
-                      f"output_root={tmp_path / 'logs'}", cwd=tmp_path)  # fmt: skip
+    done = run_launch(
+        "--cluster",
+        "local",
+        "--benchmarks",
+        "tinyface",
+        "--",
+        *FEW_STEPS,
+        f"output_root={tmp_path / 'logs'}",
+        cwd=tmp_path,
+    )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     run_dir = run_dir_of(done.stdout)
     assert run_dir.parent == tmp_path / "logs" and run_dir.name.startswith("tiny-")

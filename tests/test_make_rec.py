@@ -62,8 +62,12 @@ def test_records_are_laid_out_as_insightface_writes_them(source, tmp_path, capsy
                 diff = decode_bgr(payload).astype(int) - cv2.imread(str(source / rel)).astype(int)
                 assert payload[:2] == b"\xff\xd8" and np.abs(diff).mean() < 2
     with open(out / "identities.csv", newline="") as f:
-        assert list(csv.reader(f)) == [["label", "identity", "images"], ["0", "alice", "1"], ["1", "bob", "2"],
-                                       ["2", "carol", "3"]]
+        assert list(csv.reader(f)) == [
+            ["label", "identity", "images"],
+            ["0", "alice", "1"],
+            ["1", "bob", "2"],
+            ["2", "carol", "3"],
+        ]
     dataset = RecordTrainDataset(out)
     assert len(dataset) == 6
     assert [dataset[k][1] for k in range(6)] == [0, 1, 1, 2, 2, 2]
@@ -110,8 +114,21 @@ def test_resume_reuses_chunks_of_an_unchanged_listing(source, tmp_path, caplog, 
 def test_parallel_workers_write_the_same_pair(source, tmp_path):
     serial, parallel = tmp_path / "serial", tmp_path / "parallel"
     assert make_rec_tool.main([str(source), str(serial), "--chunk-size", "2", "--no-progress"]) == 0
-    result = subprocess.run([sys.executable, str(REPO / "tools" / "make_rec.py"), str(source), str(parallel),
-                             "--chunk-size", "2", "--workers", "2", "--no-progress"], capture_output=True, text=True)
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "tools" / "make_rec.py"),
+            str(source),
+            str(parallel),
+            "--chunk-size",
+            "2",
+            "--workers",
+            "2",
+            "--no-progress",
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 0, result.stderr
     assert (parallel / "train.rec").read_bytes() == (serial / "train.rec").read_bytes()
     assert (parallel / "train.idx").read_bytes() == (serial / "train.idx").read_bytes()

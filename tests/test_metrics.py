@@ -8,12 +8,16 @@ from sklearn.metrics import roc_curve
 from sklearn.model_selection import KFold
 
 from qgface.eval.metrics import (
-    VERIFICATION_THRESHOLDS, cmc, pair_distances, tar_at_far, verification_accuracy,
+    VERIFICATION_THRESHOLDS,
+    cmc,
+    pair_distances,
+    tar_at_far,
+    verification_accuracy,
     verification_accuracy_from_distances,
 )
 
-
 # ---------------------------------------------------------------- slow references (loops, no tricks)
+
 
 def slow_verification(dist, issame, folds=10):
     """InsightFace calculate_roc/calculate_accuracy written as plain loops."""
@@ -62,6 +66,7 @@ def qgface_reference_tar(scores, labels, far):
 
 
 # ---------------------------------------------------------------- verification accuracy
+
 
 @pytest.mark.parametrize("pairs", [60, 23, 200])
 def test_verification_matches_slow_reference(pairs):
@@ -121,12 +126,12 @@ def test_verification_rejects_odd_embeddings():
 
 # ---------------------------------------------------------------- CMC
 
+
 def test_cmc_matches_slow_reference_with_distractors_and_unmated_probes():
     rng = np.random.default_rng(1)
     ids = 30
     centres = rng.normal(size=(ids, 16))
-    gallery = np.concatenate([centres, centres[:10] + 0.3 * rng.normal(size=(10, 16)),
-                              rng.normal(size=(40, 16))])
+    gallery = np.concatenate([centres, centres[:10] + 0.3 * rng.normal(size=(10, 16)), rng.normal(size=(40, 16))])
     gallery_labels = np.concatenate([np.arange(ids), np.arange(10), -np.ones(40, int)])
     probe_labels = np.concatenate([np.arange(ids + 5), [-1]])  # ids 30..34 and -1 have no mate
     probe = rng.normal(size=(len(probe_labels), 16))
@@ -165,6 +170,7 @@ def test_cmc_without_any_mate_is_an_error():
 
 
 # ---------------------------------------------------------------- TAR at FAR
+
 
 @pytest.mark.parametrize("rule,reference", [("higher", insightface_tar), ("lower", qgface_reference_tar)])
 def test_tar_at_far_matches_both_references(rule, reference):

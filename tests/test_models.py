@@ -50,8 +50,10 @@ def test_names_and_unknown_name():
         build_backbone("resnet50")
 
 
-@pytest.mark.parametrize("name,units", [("ir18", 8), ("ir34", 16), ("ir50", 24), ("ir101", 49),
-                                        ("ir_se_50", 24), ("ir_se_101", 49), ("ir_tiny", 4)])
+@pytest.mark.parametrize(
+    "name,units",
+    [("ir18", 8), ("ir34", 16), ("ir50", 24), ("ir101", 49), ("ir_se_50", 24), ("ir_se_101", 49), ("ir_tiny", 4)],
+)
 def test_adaface_layout_keys_and_shapes(name, units):
     sd = _meta(name).state_dict()
     assert {int(k.split(".")[1]) for k in sd if k.startswith("body.")} == set(range(units))
@@ -94,8 +96,9 @@ def test_init_follows_adaface():
 
 def test_project_checkpoint_loads_and_reproduces(tiny, tmp_path):
     path = tmp_path / "last.pt"
-    torch.save({"model": tiny.state_dict(), "backbone": "ir_tiny", "head": {"kernel": torch.zeros(3, 3)},
-                "epoch": 4}, path)
+    torch.save(
+        {"model": tiny.state_dict(), "backbone": "ir_tiny", "head": {"kernel": torch.zeros(3, 3)}, "epoch": 4}, path
+    )
     loaded = load_backbone(path)
     assert not loaded.training and loaded.name == "ir_tiny"
     x = torch.randn(2, 3, 112, 112)
@@ -166,8 +169,9 @@ def test_read_checkpoint_tells_each_layout_and_its_metadata_from_one_read(tiny, 
 
     sd = tiny.state_dict()
     torch.save({"model": sd, "backbone": "ir_tiny", "step": 12, "epoch": 3, "config": {"seed": 5}}, tmp_path / "a.pt")
-    torch.save({"global_step": 1000, "epoch": 25, "state_dict": {f"model.{k}": v for k, v in sd.items()}},
-               tmp_path / "b.ckpt")
+    torch.save(
+        {"global_step": 1000, "epoch": 25, "state_dict": {f"model.{k}": v for k, v in sd.items()}}, tmp_path / "b.ckpt"
+    )
     torch.save(sd, tmp_path / "c.pt")
     torch.save({"weights": sd}, tmp_path / "d.pt")
     a, b, c = (read_checkpoint(tmp_path / n) for n in ("a.pt", "b.ckpt", "c.pt"))

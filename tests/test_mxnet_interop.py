@@ -71,7 +71,7 @@ def mxnet_python() -> Path:
         pytest.skip(reason)
 
 
-MX_SCRIPT = r'''
+MX_SCRIPT = r"""
 import pickle, sys
 import numpy as np
 import mxnet as mx
@@ -112,7 +112,7 @@ for protocol in (2, pickle.HIGHEST_PROTOCOL):
     for name, flags in (("scalars", [np.True_, np.False_]), ("array", np.array([True, False]))):
         with open("%s/np_%s_%d.bin" % (job["dir"], name, protocol), "wb") as f:
             pickle.dump((job["jpegs"][:4], flags), f, protocol=protocol)
-'''
+"""
 
 
 def _records() -> list[tuple[int, object, int, int, bytes]]:
@@ -148,14 +148,24 @@ def mx_run(mxnet_python, tmp_path_factory):
     Image.new("RGB", (32, 32), (255, 0, 0)).save(buf, format="JPEG", quality=95)
     jpegs.append(buf.getvalue())  # red, encoded by another library
     write_insightface_rec(d / "if.rec", d / "if.idx", zip(jpegs[:4], [0, 0, 1, 2]))
-    job = {"records": records, "jpegs": jpegs, "dir": str(d), "out": str(d / "out.pkl"),
-           **{f"{p}_{e}": str(d / f"{p}.{e}") for p in ("mx", "our", "if") for e in ("rec", "idx")}}
+    job = {
+        "records": records,
+        "jpegs": jpegs,
+        "dir": str(d),
+        "out": str(d / "out.pkl"),
+        **{f"{p}_{e}": str(d / f"{p}.{e}") for p in ("mx", "our", "if") for e in ("rec", "idx")},
+    }
     (d / "job.pkl").write_bytes(pickle.dumps(job, protocol=4))
     (d / "mx_job.py").write_text(MX_SCRIPT)
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
     env.update(OMP_NUM_THREADS="1", MXNET_CPU_WORKER_NTHREADS="1")
-    proc = subprocess.run([str(mxnet_python), "-I", str(d / "mx_job.py"), str(d / "job.pkl")],
-                          capture_output=True, text=True, timeout=300, env=env)
+    proc = subprocess.run(
+        [str(mxnet_python), "-I", str(d / "mx_job.py"), str(d / "job.pkl")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return d, job, pickle.loads((d / "out.pkl").read_bytes())
 

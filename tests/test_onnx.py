@@ -46,8 +46,11 @@ def exported(tmp_path_factory) -> tuple[Path, Path]:
     checkpoint.parent.mkdir()
     torch.save({"model": model.state_dict(), "backbone": "ir_tiny", "step": 5}, checkpoint)
     onnx_path = root / "model.onnx"
-    result = subprocess.run([sys.executable, str(REPO / "tools" / "export_onnx.py"), str(checkpoint), str(onnx_path)],
-                            capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, str(REPO / "tools" / "export_onnx.py"), str(checkpoint), str(onnx_path)],
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 0, result.stderr
     assert f"wrote {onnx_path}: max |embedding difference|" in result.stdout
     return checkpoint, onnx_path
@@ -89,20 +92,38 @@ def test_eval_scores_the_onnx_model_like_its_checkpoint(exported, tmp_path):
     checkpoint, onnx_path = exported
     data = tmp_path / "eval"
     data.mkdir()
-    for s, name in enumerate(HQ_SETS):  # 10 pairs per set (one per fold): genuine = two renders of one synthetic identity
+    for s, name in enumerate(
+        HQ_SETS
+    ):  # 10 pairs per set (one per fold): genuine = two renders of one synthetic identity
         images, issame = [], []
         for k in range(10):
             first = make_identity(10 + s, k)
             second = first if k % 2 == 0 else make_identity(10 + s, k + 100)
-            images += [encode_jpeg(render_aligned(first, Variation())),
-                       encode_jpeg(render_aligned(second, Variation(yaw=0.15, smile=0.5)))]
+            images += [
+                encode_jpeg(render_aligned(first, Variation())),
+                encode_jpeg(render_aligned(second, Variation(yaw=0.15, smile=0.5))),
+            ]
             issame.append(k % 2 == 0)
         save_bin(data / f"{name}.bin", images, issame)
     results = {}
     for flag, path in (("--checkpoint", checkpoint), ("--onnx", onnx_path)):
         out = tmp_path / flag.strip("-")
-        assert eval_main([flag, str(path), "--benchmark", "hq", "--output-dir", str(out), "--no-compress",
-                          f"eval.data_root={data}", "eval.num_workers=0"]) == 0
+        assert (
+            eval_main(
+                [
+                    flag,
+                    str(path),
+                    "--benchmark",
+                    "hq",
+                    "--output-dir",
+                    str(out),
+                    "--no-compress",
+                    f"eval.data_root={data}",
+                    "eval.num_workers=0",
+                ]
+            )
+            == 0
+        )
         results[flag] = json.loads((out / Path(path).stem / "hq.json").read_text())
     assert results["--onnx"]["status"] == "ok" and results["--onnx"]["checkpoint"] == str(onnx_path.resolve())
     assert results["--onnx"]["metrics"].keys() == results["--checkpoint"]["metrics"].keys()

@@ -10,7 +10,9 @@ from qgface.tf32 import tf32_policy
 from qgface.train.precision import build_autocast, build_scaler, precision_for_capability, resolve_precision
 
 
-@pytest.mark.parametrize("capability, expected", [((7, 0), "fp16"), ((7, 5), "fp16"), ((8, 0), "bf16"), ((9, 0), "bf16")])
+@pytest.mark.parametrize(
+    "capability, expected", [((7, 0), "fp16"), ((7, 5), "fp16"), ((8, 0), "bf16"), ((9, 0), "bf16")]
+)
 def test_auto_is_bf16_from_compute_capability_8_else_fp16(capability, expected):
     assert precision_for_capability("auto", capability) == expected
 

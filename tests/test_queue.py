@@ -117,9 +117,17 @@ def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
         queue = ContrastQueue(8, dim=3, mode="proxy")
         w = torch.arange(3 * 20, dtype=torch.float32).reshape(3, 20)
         slots = queue.enqueue(local, torch.tensor([10 * rank, 10 * rank + 1]), w)
-        torch.save({"gathered": gathered, "slots": slots, "keys": queue.keys.clone(),
-                    "labels": queue.labels.clone(), "proxies": queue.proxies.clone(), "ptr": queue.ptr.clone()},
-                   f"{out_dir}/rank{rank}.pt")
+        torch.save(
+            {
+                "gathered": gathered,
+                "slots": slots,
+                "keys": queue.keys.clone(),
+                "labels": queue.labels.clone(),
+                "proxies": queue.proxies.clone(),
+                "ptr": queue.ptr.clone(),
+            },
+            f"{out_dir}/rank{rank}.pt",
+        )
     finally:
         dist.destroy_process_group()
 

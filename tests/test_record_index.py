@@ -50,13 +50,16 @@ def test_parse_accepts_spaces_crlf_and_blank_lines():
     assert index.keys().tolist() == [3, 1] and index.offset(1) == 8 and index.offset(3) == 40
 
 
-@pytest.mark.parametrize("text,message", [
-    (b"0\t0\n1 2 3\n", "line 2: expected 'key<TAB>byte offset'"),
-    (b"0\t0\n\n5\n", "line 3: expected"),
-    (b"0\t0\n2\t-8\n", "line 2: expected"),
-    (b"0\t0\nx\t4\n", "line 2: expected"),
-    (b"0\t0\n1\t4\n\n0\t8\n", r"line 4: duplicate key 0 \(also at byte offset 0\)"),
-])
+@pytest.mark.parametrize(
+    "text,message",
+    [
+        (b"0\t0\n1 2 3\n", "line 2: expected 'key<TAB>byte offset'"),
+        (b"0\t0\n\n5\n", "line 3: expected"),
+        (b"0\t0\n2\t-8\n", "line 2: expected"),
+        (b"0\t0\nx\t4\n", "line 2: expected"),
+        (b"0\t0\n1\t4\n\n0\t8\n", r"line 4: duplicate key 0 \(also at byte offset 0\)"),
+    ],
+)
 def test_malformed_lines_are_named(text, message):
     with pytest.raises(ValueError, match=rf"x\.idx: {message}"):
         parse_idx(text, "x.idx")

@@ -32,6 +32,7 @@ def write_pair(tmp_path, records, name="d"):
 
 # ---- pack / unpack ---------------------------------------------------------------------------
 
+
 def test_pack_scalar_label_is_flag_zero_float32():
     out = pack(IRHeader(7, 3.5, 11, 12), b"jpeg")
     assert out == struct.pack("<IfQQ", 0, 3.5, 11, 12) + b"jpeg"
@@ -59,6 +60,7 @@ def test_unpack_short_record_raises():
 
 # ---- exact on-disk bytes ---------------------------------------------------------------------
 
+
 def test_file_bytes_match_the_dmlc_layout(tmp_path):
     records = [
         (0, b"abcde"),  # plain record, 3 padding bytes
@@ -67,8 +69,12 @@ def test_file_bytes_match_the_dmlc_layout(tmp_path):
         (3, b""),
     ]
     rec, idx = write_pair(tmp_path, records)
-    expected = [chunk(0, b"abcde"), chunk(1, b"abcd") + chunk(3, b"e"),
-                chunk(1, b"") + chunk(3, b"xy" + MAGIC), chunk(0, b"")]
+    expected = [
+        chunk(0, b"abcde"),
+        chunk(1, b"abcd") + chunk(3, b"e"),
+        chunk(1, b"") + chunk(3, b"xy" + MAGIC),
+        chunk(0, b""),
+    ]
     assert rec.read_bytes() == b"".join(expected)
     offsets = np.cumsum([0] + [len(e) for e in expected[:-1]])
     assert idx.read_bytes() == b"".join(b"%d\t%d\n" % (k, o) for k, o in zip(range(4), offsets))
@@ -84,11 +90,24 @@ def test_three_chunk_split(tmp_path):
 
 # ---- round trips -----------------------------------------------------------------------------
 
+
 def test_round_trip_many_payloads(tmp_path):
     rng = np.random.default_rng(0)
     payloads = [
-        b"", b"a", b"ab", b"abc", MAGIC, MAGIC * 3, b"x" + MAGIC, b"xy" + MAGIC + b"z", b"xyz" + MAGIC,
-        MAGIC + b"q", b"1234" + MAGIC, b"12345678" + MAGIC + MAGIC + b"9", MAGIC[:3], MAGIC[1:] + MAGIC,
+        b"",
+        b"a",
+        b"ab",
+        b"abc",
+        MAGIC,
+        MAGIC * 3,
+        b"x" + MAGIC,
+        b"xy" + MAGIC + b"z",
+        b"xyz" + MAGIC,
+        MAGIC + b"q",
+        b"1234" + MAGIC,
+        b"12345678" + MAGIC + MAGIC + b"9",
+        MAGIC[:3],
+        MAGIC[1:] + MAGIC,
         rng.bytes(3_000_001),  # large, odd length
         rng.bytes(4000) + MAGIC + rng.bytes(1) + MAGIC + rng.bytes(998) + MAGIC,
         pack(IRHeader(0, [1.0, 2.0], 3, 4), MAGIC + b"jpeg"),
@@ -123,6 +142,7 @@ def test_empty_pair(tmp_path):
 
 
 # ---- bad input -------------------------------------------------------------------------------
+
 
 def test_missing_idx(tmp_path):
     rec, idx = write_pair(tmp_path, [(0, b"x")])
@@ -159,8 +179,11 @@ def test_wrong_magic_names_file_key_offset(tmp_path):
     rec.write_bytes(bytes(data))
     r = RecordIOReader(rec, idx)
     assert r.read(0) == b"first"
-    with pytest.raises(RecordIOError, match=r"d\.rec: key 1: no record starts at byte offset 16 "
-                                            r"\(found 0x4b4e554a, expected the RecordIO magic 0xced7230a\)"):
+    with pytest.raises(
+        RecordIOError,
+        match=r"d\.rec: key 1: no record starts at byte offset 16 "
+        r"\(found 0x4b4e554a, expected the RecordIO magic 0xced7230a\)",
+    ):
         r.read(1)
 
 
@@ -181,8 +204,11 @@ def test_truncated_record_and_offset_past_end(tmp_path):
     idx.write_text(idx.read_text() + "8\t96\n")
     r = RecordIOReader(rec, idx)
     assert r.read(0) == b"x" * 40
-    with pytest.raises(RecordIOError, match=r"d\.rec: key 7: record at byte offset 48 needs 48 bytes but "
-                                            r"the file ends at 70: the \.rec is truncated"):
+    with pytest.raises(
+        RecordIOError,
+        match=r"d\.rec: key 7: record at byte offset 48 needs 48 bytes but "
+        r"the file ends at 70: the \.rec is truncated",
+    ):
         r.read(7)
     with pytest.raises(RecordIOError, match=r"key 8: byte offset 96 is past the end of the 70-byte file"):
         r.read(8)
@@ -208,6 +234,7 @@ def test_missing_rec(tmp_path):
 
 # ---- atomicity -------------------------------------------------------------------------------
 
+
 def test_exception_inside_with_keeps_previous_pair(tmp_path):
     rec, idx = write_pair(tmp_path, [(0, b"old"), (1, b"pair")])
     before = rec.read_bytes(), idx.read_bytes()
@@ -223,6 +250,7 @@ def test_exception_inside_with_keeps_previous_pair(tmp_path):
 
 
 # ---- DataLoader workers ----------------------------------------------------------------------
+
 
 class _RecDataset(Dataset):
     def __init__(self, reader: RecordIOReader) -> None:
@@ -248,6 +276,7 @@ def test_reader_in_forked_dataloader_workers(tmp_path):
 
 # ---- InsightFace layout ----------------------------------------------------------------------
 
+
 def test_insightface_layout(tmp_path):
     items = [(b"img%d" % i, label) for i, label in enumerate([0, 0, 0, 1, 2, 2])]
     rec, idx = tmp_path / "train.rec", tmp_path / "train.idx"
@@ -259,8 +288,7 @@ def test_insightface_layout(tmp_path):
     assert read_insightface_header(r) == (1, 7)
     for key in range(1, 7):
         header, payload = unpack(r.read(key))
-        assert (header.flag, identity_of(header), header.id, payload) == (0, items[key - 1][1], key,
-                                                                           items[key - 1][0])
+        assert (header.flag, identity_of(header), header.id, payload) == (0, items[key - 1][1], key, items[key - 1][0])
     ranges = [tuple(unpack(r.read(k))[0].label) for k in range(7, 10)]
     assert ranges == [(1, 4), (4, 5), (5, 7)]
 

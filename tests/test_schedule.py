@@ -42,8 +42,9 @@ def test_contrast_weight_later_joint_disabled_and_single_view():
 
 
 def test_queue_size_progressive_from_world_batch_to_k():
-    cfg = load_config(None, ["contrast.queue_size=1000", "contrast.progressive=true",
-                             "contrast.joint_point=2", "optim.epochs=7"])
+    cfg = load_config(
+        None, ["contrast.queue_size=1000", "contrast.progressive=true", "contrast.joint_point=2", "optim.epochs=7"]
+    )
     # world batch 100: 100 up to the joint point, then +225 per epoch to reach K in the last epoch (6)
     assert [queue_size_at(e, cfg, 100) for e in range(8)] == [100, 100, 100, 325, 550, 775, 1000, 1000]
     assert queue_size_at(0, cfg, 5000) == 1000  # a world batch larger than K starts (and stays) at K

@@ -31,9 +31,15 @@ pytestmark = pytest.mark.slurm
 REPO = Path(__file__).resolve().parents[1]
 SYNTHETIC_DIR = Path(os.environ.get("QGFACE_TEST_SYNTHETIC_DIR", REPO / "logs" / "synthetic"))
 FEW_STEPS = [
-    "train.steps_per_epoch=3", "optim.epochs=2", "optim.milestones=[1]", "train.checkpoint_every=1",
-    "train.log_every=1", "data.num_workers=0", "eval.num_workers=0", f"data.synthetic_dir={SYNTHETIC_DIR}",
-]  # fmt: skip
+    "train.steps_per_epoch=3",
+    "optim.epochs=2",
+    "optim.milestones=[1]",
+    "train.checkpoint_every=1",
+    "train.log_every=1",
+    "data.num_workers=0",
+    "eval.num_workers=0",
+    f"data.synthetic_dir={SYNTHETIC_DIR}",
+]
 BENCHMARKS = ["tinyface", "ijbb"]  # the two smallest synthetic benchmarks
 ENDED = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "BOOT_FAIL", "DEADLINE"}
 ENV = {**os.environ, "PYTHONPATH": str(REPO), "PYTHON": sys.executable}
@@ -76,8 +82,11 @@ def wait_ended(job_id: str, timeout_s: float) -> list[dict[str, str]]:
 
 
 def hostnames(nodelist: str) -> set[str]:
-    return set(subprocess.run(["scontrol", "show", "hostnames", nodelist], capture_output=True, text=True,
-                              check=True).stdout.split())  # fmt: skip
+    return set(
+        subprocess.run(
+            ["scontrol", "show", "hostnames", nodelist], capture_output=True, text=True, check=True
+        ).stdout.split()
+    )
 
 
 def task_results(run_dir: Path, job_id: str) -> list:
@@ -134,9 +143,19 @@ def chain_run(slurm_cluster, tmp_path_factory):
     """``launch.py --nodes 2``: training on both nodes -> 2 evaluation tasks -> aggregation."""
     out = tmp_path_factory.mktemp("chain")
     t0 = time.monotonic()
-    run_dir, ids, stdout = launch_and_wait("--nodes", "2", "--partition", slurm_cluster.partition, "--benchmarks",
-                                           *BENCHMARKS, "--", *FEW_STEPS, f"output_root={out}", cwd=REPO,
-                                           expect_exit=0)  # fmt: skip
+    run_dir, ids, stdout = launch_and_wait(
+        "--nodes",
+        "2",
+        "--partition",
+        slurm_cluster.partition,
+        "--benchmarks",
+        *BENCHMARKS,
+        "--",
+        *FEW_STEPS,
+        f"output_root={out}",
+        cwd=REPO,
+        expect_exit=0,
+    )
     print(f"\nchain (launch -> aggregation ended): {time.monotonic() - t0:.0f} s")
     (agg,) = records(ids["aggregate"])
     assert agg["JobState"] == "COMPLETED", "launch.py --wait returned before the aggregation job had ended"
@@ -201,8 +220,17 @@ def test_failed_array_task_is_reported_by_aggregation(chain_run, tmp_path, slurm
         (partial / name).symlink_to(data / name)
     for name in ("meta", "loose_crop"):  # IJB-B's folders pass the login-node check but hold no protocol
         (partial / "IJBB" / name).mkdir(parents=True)
-    _, ids = launch("--partition", slurm_cluster.partition, "--benchmarks", *BENCHMARKS, "--", *FEW_STEPS,
-                    f"run_dir={run_dir}", f"eval.data_root={partial}", cwd=REPO)  # fmt: skip
+    _, ids = launch(
+        "--partition",
+        slurm_cluster.partition,
+        "--benchmarks",
+        *BENCHMARKS,
+        "--",
+        *FEW_STEPS,
+        f"run_dir={run_dir}",
+        f"eval.data_root={partial}",
+        cwd=REPO,
+    )
     (agg,) = wait_ended(ids["aggregate"], 300)
     states = {t["ArrayTaskId"]: t["JobState"] for t in records(ids["eval_array"])}
     assert states == {"0": "COMPLETED", "1": "FAILED"}
@@ -216,9 +244,19 @@ def test_failed_array_task_is_reported_by_aggregation(chain_run, tmp_path, slurm
 def test_failed_training_cancels_evaluation_and_aggregation_reports_it(slurm_cluster, tmp_path):
     """A non-finite loss fails the training job at once (not retried): the array never runs, aggregation
     names every gap."""
-    run_dir, ids, stdout = launch_and_wait("--partition", slurm_cluster.partition, "--benchmarks", *BENCHMARKS,
-                                           "--", *FEW_STEPS, f"output_root={tmp_path}", "optim.lr=1e30",
-                                           "train.max_restarts=2", cwd=REPO, expect_exit=1)  # fmt: skip
+    run_dir, ids, stdout = launch_and_wait(
+        "--partition",
+        slurm_cluster.partition,
+        "--benchmarks",
+        *BENCHMARKS,
+        "--",
+        *FEW_STEPS,
+        f"output_root={tmp_path}",
+        "optim.lr=1e30",
+        "train.max_restarts=2",
+        cwd=REPO,
+        expect_exit=1,
+    )
     assert f"aggregation job {ids['aggregate']} failed" in stdout and f"FAILED: {run_dir}/results.csv" in stdout
     (agg,) = wait_ended(ids["aggregate"], 60)
     assert records(ids["train"])[0]["JobState"] == "FAILED"
@@ -237,8 +275,15 @@ def test_failed_training_cancels_evaluation_and_aggregation_reports_it(slurm_clu
 def resume_runs(slurm_cluster, tmp_path_factory):
     """Three identical 1-node trainings at once: one undisturbed, one preempted, one with a worker killed."""
     out = tmp_path_factory.mktemp("resume")
-    args = ["--partition", slurm_cluster.partition, "--no-eval", "--", *FEW_STEPS, "train.steps_per_epoch=4",
-            f"output_root={out}"]  # fmt: skip
+    args = [
+        "--partition",
+        slurm_cluster.partition,
+        "--no-eval",
+        "--",
+        *FEW_STEPS,
+        "train.steps_per_epoch=4",
+        f"output_root={out}",
+    ]
     runs = {name: launch("--name", name, *args, cwd=REPO) for name in ("reference", "preempted", "killed")}
     t0 = time.monotonic()
     pre_dir, pre_ids = runs["preempted"]
@@ -278,8 +323,17 @@ def test_killed_worker_is_restarted_by_torchrun(resume_runs):
 def test_two_node_training_preempted_requeues_on_two_nodes_and_resumes_exactly(chain_run, slurm_cluster, tmp_path):
     """The chain's 2-node training again, preempted after step 2: requeued, and the chain's final weights."""
     trained, _ = chain_run
-    run_dir, ids = launch("--nodes", "2", "--partition", slurm_cluster.partition, "--no-eval", "--", *FEW_STEPS,
-                          f"output_root={tmp_path}", cwd=REPO)  # fmt: skip
+    run_dir, ids = launch(
+        "--nodes",
+        "2",
+        "--partition",
+        slurm_cluster.partition,
+        "--no-eval",
+        "--",
+        *FEW_STEPS,
+        f"output_root={tmp_path}",
+        cwd=REPO,
+    )
     wait_step(run_dir, 2)
     submitit.SlurmJob(folder=run_dir / "slurm", job_id=ids["train"])._interrupt()  # USR2 to the tasks of both nodes
     (ended,) = wait_ended(ids["train"], 420)
@@ -299,10 +353,24 @@ def test_train_sbatch_by_hand_on_two_nodes_preempted_resumes_exactly(chain_run, 
     step 2 -> the trap stops the workers, requeues, the job resumes and ends with the chain's weights."""
     trained, _ = chain_run
     job_id = subprocess.run(
-        ["sbatch", "--parsable", "--nodes=2", f"--partition={slurm_cluster.partition}",
-         f"--output={tmp_path}/train-%j.out", "slurm/train.sbatch", "configs/tiny.yaml", *FEW_STEPS,
-         f"output_root={tmp_path}", "name=byhand"],
-        cwd=REPO, env=ENV, capture_output=True, text=True, check=True).stdout.strip()  # fmt: skip
+        [
+            "sbatch",
+            "--parsable",
+            "--nodes=2",
+            f"--partition={slurm_cluster.partition}",
+            f"--output={tmp_path}/train-%j.out",
+            "slurm/train.sbatch",
+            "configs/tiny.yaml",
+            *FEW_STEPS,
+            f"output_root={tmp_path}",
+            "name=byhand",
+        ],
+        cwd=REPO,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
     run_dir = tmp_path / "byhand"
     wait_step(run_dir, 2)
     subprocess.run(["scancel", "--batch", "--signal=USR2", job_id], check=True)
@@ -346,8 +414,9 @@ def test_eval_sbatch_by_hand_after_a_compression_killed_by_sigkill(chain_run, tm
     assert (rec_dir / "tinyface.manifest.json").is_file() and not list(rec_dir.glob(".*.tmp"))
     for name in ("tinyface", "ijbb"):
         assert json.loads((run_dir / "eval" / "last" / f"{name}.json").read_text())["status"] == "ok"
-    done = subprocess.run([sys.executable, "-m", "qgface.aggregate", str(run_dir)], env=ENV, capture_output=True,
-                          text=True)  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-m", "qgface.aggregate", str(run_dir)], env=ENV, capture_output=True, text=True
+    )
     assert done.returncode == 0, done.stderr
     with open(run_dir / "results.csv") as f:
         (row,) = list(csv.DictReader(f))
@@ -361,11 +430,37 @@ def test_ablation_tool_on_slurm_submits_every_run_and_writes_the_table(slurm_clu
     """``tools/ablation.py --cluster slurm``: one ``launch.py --wait`` per run, all at once, then the table."""
     out = tmp_path / "ablation.md"
     command = [
-        sys.executable, str(REPO / "tools" / "ablation.py"), "--cluster", "slurm", "--settings", "baseline", "qgface",
-        "--seeds", "0", "--study-dir", str(tmp_path / "study"), "--out", str(out), "--epochs", "1", "--steps", "2",
-        "--batch-size", "8", "--identities", "20", "--images-per-identity", "4", "--eval-identities", "12",
-        "--queue-size", "64", "data.num_workers=0", "eval.num_workers=0", f"cluster.partition={slurm_cluster.partition}",
-    ]  # fmt: skip
+        sys.executable,
+        str(REPO / "tools" / "ablation.py"),
+        "--cluster",
+        "slurm",
+        "--settings",
+        "baseline",
+        "qgface",
+        "--seeds",
+        "0",
+        "--study-dir",
+        str(tmp_path / "study"),
+        "--out",
+        str(out),
+        "--epochs",
+        "1",
+        "--steps",
+        "2",
+        "--batch-size",
+        "8",
+        "--identities",
+        "20",
+        "--images-per-identity",
+        "4",
+        "--eval-identities",
+        "12",
+        "--queue-size",
+        "64",
+        "data.num_workers=0",
+        "eval.num_workers=0",
+        f"cluster.partition={slurm_cluster.partition}",
+    ]
     done = subprocess.run(command, cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert done.stdout.count(": submitted (log ") == 2
@@ -374,7 +469,9 @@ def test_ablation_tool_on_slurm_submits_every_run_and_writes_the_table(slurm_clu
         assert "train job: " in log_text and "finished: " in log_text
         (jobs_file,) = (tmp_path / "study").glob(f"{name}-*/slurm/jobs.json")
         assert json.loads(jobs_file.read_text())["mode"] == "slurm"
-    rows = [line for line in out.read_text().splitlines() if line.startswith(("| Baseline | flip", "| D (QGFace) | LH"))]
+    rows = [
+        line for line in out.read_text().splitlines() if line.startswith(("| Baseline | flip", "| D (QGFace) | LH"))
+    ]
     assert len(rows) == 2
     for row in rows:
         cells = [cell.strip() for cell in row.strip("|").split("|")][4:]

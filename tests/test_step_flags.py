@@ -19,12 +19,14 @@ def test_hardest_negative_mean_skips_fully_masked_rows_without_indexing():
     queue = torch.tensor([[0.6, 0.8], [1.0, 0.0]], dtype=torch.float64)
     lo = torch.full((2, 1), -1.0, dtype=torch.float64)
     # pair 0 (label 5) sees both queue entries as negatives; pair 1 (label 7) has none (same class)
-    out = qg_contrastive_loss(q, k, queue, lo, lo, q_labels=torch.tensor([5, 7]), queue_labels=torch.tensor([7, 7]),
-                              return_stats=True)
+    out = qg_contrastive_loss(
+        q, k, queue, lo, lo, q_labels=torch.tensor([5, 7]), queue_labels=torch.tensor([7, 7]), return_stats=True
+    )
     # rows q0, k0: max(0.6, 1.0) = 1.0 each; rows q1, k1 are fully masked and left out
     assert out.hardest_neg_cos.item() == pytest.approx(1.0)
-    none = qg_contrastive_loss(q, k, queue, lo, lo, q_labels=torch.tensor([7, 7]), queue_labels=torch.tensor([7, 7]),
-                               return_stats=True)
+    none = qg_contrastive_loss(
+        q, k, queue, lo, lo, q_labels=torch.tensor([7, 7]), queue_labels=torch.tensor([7, 7]), return_stats=True
+    )
     assert none.hardest_neg_cos.item() == 0.0
 
 
@@ -38,8 +40,11 @@ def test_queue_reports_whether_its_view_holds_the_step_slots():
 
 
 def test_flags_without_a_process_group():
-    assert qdist.any_rank([torch.tensor(False), torch.tensor(True), ~torch.isfinite(torch.tensor(float("nan")))]) == \
-        [False, True, True]
+    assert qdist.any_rank([torch.tensor(False), torch.tensor(True), ~torch.isfinite(torch.tensor(float("nan")))]) == [
+        False,
+        True,
+        True,
+    ]
 
 
 def _port() -> int:

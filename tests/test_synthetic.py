@@ -21,8 +21,19 @@ from qgface.data.synthetic import HQ_SETS, camera, ensure_synthetic, generate, s
 from qgface.data.synthetic.faces import TEMPLATE, make_identity
 from qgface.eval.align import ARCFACE_TEMPLATE
 
-SMALL = dict(identities=4, images_per_identity=3, eval_identities=5, hq_pairs=6, tinyface_probes=2,
-             tinyface_gallery=1, tinyface_distractors=4, scface_subjects=3, ijb_templates=2, ijb_media=2, ijb_frames=2)
+SMALL = dict(
+    identities=4,
+    images_per_identity=3,
+    eval_identities=5,
+    hq_pairs=6,
+    tinyface_probes=2,
+    tinyface_gallery=1,
+    tinyface_distractors=4,
+    scface_subjects=3,
+    ijb_templates=2,
+    ijb_media=2,
+    ijb_frames=2,
+)
 
 
 def _files(root: Path) -> dict[str, bytes]:
@@ -89,8 +100,9 @@ def test_hq_verification_bins(small_set):
 def test_tinyface_layout_and_protocol_files(small_set):
     root, aligned = small_set / "tinyface" / "Testing_Set", small_set / "aligned_pad_0.1_pad_high"
     for mat, names_key, ids_key, folder, count in (
-            ("probe_img_ID_pairs.mat", "probe_set", "probe_ids", "Probe", 5 * 2),
-            ("gallery_match_img_ID_pairs.mat", "gallery_set", "gallery_ids", "Gallery_Match", 5 * 1)):
+        ("probe_img_ID_pairs.mat", "probe_set", "probe_ids", "Probe", 5 * 2),
+        ("gallery_match_img_ID_pairs.mat", "gallery_set", "gallery_ids", "Gallery_Match", 5 * 1),
+    ):
         m = scipy.io.loadmat(root / mat)
         names = [str(m[names_key][i, 0][0]) for i in range(m[names_key].shape[0])]
         ids = m[ids_key]
@@ -131,8 +143,10 @@ def _detail(img: np.ndarray) -> float:
 
 def test_scface_far_probes_carry_less_detail(small_set):
     folder = small_set / "scface" / "aligned"
-    detail = {d: np.mean([_detail(_read(folder / f"{n:03d}_cam{c}_{d}.jpg")) for n in (1, 2, 3) for c in range(1, 6)])
-              for d in (1, 2, 3)}
+    detail = {
+        d: np.mean([_detail(_read(folder / f"{n:03d}_cam{c}_{d}.jpg")) for n in (1, 2, 3) for c in range(1, 6)])
+        for d in (1, 2, 3)
+    }
     mugshots = np.mean([_detail(_read(folder / f"{n:03d}_frontal.jpg")) for n in (1, 2, 3)])
     assert detail[1] < detail[2] < detail[3] < mugshots
 
@@ -146,7 +160,10 @@ def test_ijb_meta_files(small_set):
         assert sorted(p.name for p in (small_set / which / "loose_crop").iterdir()) == sorted(names)
         templates = {int(f[1]) for f in faces}
         assert len(templates) == 5 * 2
-        pairs = [tuple(map(int, line.split())) for line in (meta / f"{prefix}_template_pair_label.txt").read_text().splitlines()]
+        pairs = [
+            tuple(map(int, line.split()))
+            for line in (meta / f"{prefix}_template_pair_label.txt").read_text().splitlines()
+        ]
         assert len(pairs) == 10 * 9 // 2 and {p[2] for p in pairs} == {0, 1}
         assert sum(p[2] for p in pairs) == 5  # one genuine pair per identity (2 templates each)
         assert {p[0] for p in pairs} | {p[1] for p in pairs} == templates
@@ -199,15 +216,21 @@ def test_synthetic_ijb_resolves_far_1e4():
 def test_landmarks_align_a_placed_face_back_to_the_clean_render():
     """Aligning a face placed at a random similarity with its reported 5 points gives the aligned render."""
     idn, other = make_identity(0, 7), make_identity(0, 8)
-    var = dataclasses.replace(camera.sample_variation(np.random.default_rng(3)), align_noise=0.0,
-                              yaw=math.radians(12), roll=math.radians(20), noise=0.5)
+    var = dataclasses.replace(
+        camera.sample_variation(np.random.default_rng(3)),
+        align_noise=0.0,
+        yaw=math.radians(12),
+        roll=math.radians(20),
+        noise=0.5,
+    )
     angle, scale = var.roll, 1.6
     rot = scale * np.array([[math.cos(angle), -math.sin(angle)], [math.sin(angle), math.cos(angle)]])
     frame = np.concatenate([rot, (np.array([110.0, 120.0]) - rot @ [55.5, 55.5])[:, None]], 1)
     crop, marks = camera.render(idn, var, frame, (220, 240))
     # a least-squares similarity on all five points (a huge RANSAC threshold keeps every point an inlier)
-    matrix, _ = cv2.estimateAffinePartial2D(marks.astype(np.float32), TEMPLATE.astype(np.float32),
-                                            ransacReprojThreshold=1000)
+    matrix, _ = cv2.estimateAffinePartial2D(
+        marks.astype(np.float32), TEMPLATE.astype(np.float32), ransacReprojThreshold=1000
+    )
     aligned = cv2.warpAffine(crop, matrix, (112, 112), flags=cv2.INTER_LINEAR).astype(np.float32)
     clean = camera.render_aligned(idn, var).astype(np.float32)
     wrong = camera.render_aligned(other, var).astype(np.float32)
@@ -218,15 +241,26 @@ def test_landmarks_align_a_placed_face_back_to_the_clean_render():
 
 def test_degrade_reduces_detail_more_at_lower_resolution():
     img = camera.render_aligned(make_identity(0, 1), camera.sample_variation(np.random.default_rng(0)))
-    details = [np.mean([_detail(camera.degrade(img, px, np.random.default_rng(k))) for k in range(4)]) for px in (12, 24, 48)]
+    details = [
+        np.mean([_detail(camera.degrade(img, px, np.random.default_rng(k))) for k in range(4)]) for px in (12, 24, 48)
+    ]
     assert details[0] < details[1] < details[2] < _detail(img)
     small = camera.degrade(img, 16, np.random.default_rng(0), upscale=False)
     assert small.shape == (16, 16, 3)
 
 
 def test_ensure_synthetic_generates_once_then_reuses(tmp_path):
-    cfg = from_dict({"data": {"synthetic_dir": str(tmp_path), "synthetic_identities": 3,
-                              "synthetic_images_per_identity": 2, "synthetic_eval_identities": 3, "synthetic_seed": 5}})
+    cfg = from_dict(
+        {
+            "data": {
+                "synthetic_dir": str(tmp_path),
+                "synthetic_identities": 3,
+                "synthetic_images_per_identity": 2,
+                "synthetic_eval_identities": 3,
+                "synthetic_seed": 5,
+            }
+        }
+    )
     name = synthetic_name(3, 2, 3, 5)
     (tmp_path / f".{name}.tmp-killed").mkdir()  # what a killed generation leaves behind
     (tmp_path / f".{name}.tmp-killed" / "train.rec").write_bytes(b"partial")

@@ -31,13 +31,38 @@ STARTUP_S = 90.0
 def finished_run(tmp_path_factory) -> Path:
     base = tmp_path_factory.mktemp("tb")
     root = base / "set"
-    generate(root, identities=8, images_per_identity=4, eval_identities=2, hq_pairs=2, tinyface_probes=1,
-             tinyface_gallery=1, tinyface_distractors=1, scface_subjects=2, ijb_templates=1, ijb_media=1,
-             ijb_frames=1, ijb_max_pairs=10, workers=1)
+    generate(
+        root,
+        identities=8,
+        images_per_identity=4,
+        eval_identities=2,
+        hq_pairs=2,
+        tinyface_probes=1,
+        tinyface_gallery=1,
+        tinyface_distractors=1,
+        scface_subjects=2,
+        ijb_templates=1,
+        ijb_media=1,
+        ijb_frames=1,
+        ijb_max_pairs=10,
+        workers=1,
+    )
     run = base / "logs" / "run"
-    cfg = load_config(None, [f"data.root={root}", f"run_dir={run}", "model.backbone=ir_tiny", "data.batch_size=8",
-                             "contrast.queue_size=64", "data.num_workers=0", "train.log_every=1",
-                             "optim.epochs=2", "train.steps_per_epoch=3", "optim.milestones=[1]"])
+    cfg = load_config(
+        None,
+        [
+            f"data.root={root}",
+            f"run_dir={run}",
+            "model.backbone=ir_tiny",
+            "data.batch_size=8",
+            "contrast.queue_size=64",
+            "data.num_workers=0",
+            "train.log_every=1",
+            "optim.epochs=2",
+            "train.steps_per_epoch=3",
+            "optim.milestones=[1]",
+        ],
+    )
     trainer = Trainer(cfg)
     try:
         assert trainer.train() == 0
@@ -59,9 +84,24 @@ def _get(url: str):
 @pytest.mark.slow
 def test_tensorboard_serves_scalars_and_final_images_of_a_finished_run(finished_run):
     logdir = finished_run.parent
-    server = subprocess.Popen([_tensorboard(), "--logdir", str(logdir), "--host", "127.0.0.1", "--port", "0",
-                               "--load_fast", "false", "--reload_interval", "1"],
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    server = subprocess.Popen(
+        [
+            _tensorboard(),
+            "--logdir",
+            str(logdir),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--load_fast",
+            "false",
+            "--reload_interval",
+            "1",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         deadline = time.monotonic() + STARTUP_S
         url, seen = None, []

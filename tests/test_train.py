@@ -27,17 +27,36 @@ from qgface.train import REQUEUE_EXIT_CODE
 from qgface.train.engine import FaceModel, NonFiniteLossError, Trainer, param_groups
 
 REPO = Path(qgface.__file__).resolve().parents[1]
-TINY = ["model.backbone=ir_tiny", "data.batch_size=8", "contrast.queue_size=64", "data.num_workers=0",
-        "head.t_alpha=0.5", "train.log_every=1"]
+TINY = [
+    "model.backbone=ir_tiny",
+    "data.batch_size=8",
+    "contrast.queue_size=64",
+    "data.num_workers=0",
+    "head.t_alpha=0.5",
+    "train.log_every=1",
+]
 
 
 @pytest.fixture(scope="session")
 def train_root(tmp_path_factory) -> Path:
     """A tiny synthetic set (12 identities x 6 images in InsightFace train.rec/.idx), generated once."""
     root = tmp_path_factory.mktemp("synthetic") / "set"
-    generate(root, identities=12, images_per_identity=6, eval_identities=2, hq_pairs=2, tinyface_probes=1,
-             tinyface_gallery=1, tinyface_distractors=1, scface_subjects=2, ijb_templates=1, ijb_media=1,
-             ijb_frames=1, ijb_max_pairs=10, workers=1)
+    generate(
+        root,
+        identities=12,
+        images_per_identity=6,
+        eval_identities=2,
+        hq_pairs=2,
+        tinyface_probes=1,
+        tinyface_gallery=1,
+        tinyface_distractors=1,
+        scface_subjects=2,
+        ijb_templates=1,
+        ijb_media=1,
+        ijb_frames=1,
+        ijb_max_pairs=10,
+        workers=1,
+    )
     return root
 
 
@@ -70,9 +89,19 @@ def _last(run_dir: Path) -> dict:
 def test_cli_trains_both_losses_and_writes_tensorboard(train_root, tmp_path):
     run = tmp_path / "run"
     proc = subprocess.run(
-        [sys.executable, "-m", "qgface.train", str(REPO / "configs" / "tiny.yaml"),
-         *_args(train_root, run, "optim.epochs=3", "optim.milestones=[10]")],
-        cwd=REPO, env=_env(), capture_output=True, text=True, timeout=600)
+        [
+            sys.executable,
+            "-m",
+            "qgface.train",
+            str(REPO / "configs" / "tiny.yaml"),
+            *_args(train_root, run, "optim.epochs=3", "optim.milestones=[10]"),
+        ],
+        cwd=REPO,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     losses = [v for _, v in _scalars(run, "train/loss")]
     assert len(losses) == 27  # 72 images / batch 8 = 9 steps per epoch
@@ -84,8 +113,15 @@ def test_cli_trains_both_losses_and_writes_tensorboard(train_root, tmp_path):
     acc = EventAccumulator(str(run / "tb"), size_guidance={"histograms": 0, "images": 0})
     acc.Reload()
     tags = acc.Tags()
-    for tag in ("train/loss_cls", "train/norm_mean", "train/norm_std", "train/dynamic_margin",
-                "train/images_per_s", "train/contrast_weight", "train/quality_scale"):
+    for tag in (
+        "train/loss_cls",
+        "train/norm_mean",
+        "train/norm_std",
+        "train/dynamic_margin",
+        "train/images_per_s",
+        "train/contrast_weight",
+        "train/quality_scale",
+    ):
         assert tag in tags["scalars"]
     assert {"train/feature_norm_H", "train/feature_norm_L", "train/positive_cosine"} <= set(tags["histograms"])
     assert [e.step for e in acc.Images("train/pairs_L_H")] == [1, 10, 19, 27]  # each epoch, and the end
@@ -93,7 +129,12 @@ def test_cli_trains_both_losses_and_writes_tensorboard(train_root, tmp_path):
 
     last = _last(run)
     assert (last["step"], last["epoch"], last["batch_in_epoch"], last["finished"]) == (27, 3, 0, True)
-    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["epoch_1.pt", "epoch_2.pt", "epoch_3.pt", "last.pt"]
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == [
+        "epoch_1.pt",
+        "epoch_2.pt",
+        "epoch_3.pt",
+        "last.pt",
+    ]
     # each epoch end wrote last.pt once; epoch_3.pt is that file (a hard link), the earlier epochs other files
     ckdir = run / "checkpoints"
     assert os.path.samefile(ckdir / "epoch_3.pt", ckdir / "last.pt")
@@ -106,8 +147,13 @@ def test_cli_trains_both_losses_and_writes_tensorboard(train_root, tmp_path):
 @pytest.mark.parametrize("workers", [0, 2])
 def test_exact_resume(train_root, tmp_path, workers):
     # 3 steps per epoch, lr drop after epoch 0: the resumed part crosses an epoch end and a milestone
-    sched = ["optim.epochs=2", "train.steps_per_epoch=3", "optim.milestones=[1]", f"data.num_workers={workers}",
-             "data.batch_size=4"]
+    sched = [
+        "optim.epochs=2",
+        "train.steps_per_epoch=3",
+        "optim.milestones=[1]",
+        f"data.num_workers={workers}",
+        "data.batch_size=4",
+    ]
     assert _train(train_root, tmp_path / "a", *sched) == 0
     assert _train(train_root, tmp_path / "b", *sched, "train.max_steps=2") == 0
     assert _last(tmp_path / "b")["step"] == 2
@@ -134,12 +180,26 @@ def test_torchrun_two_ranks_share_the_gathered_queue(train_root, tmp_path):
         "try:\n    assert trainer.train() == 0\nfinally:\n    trainer.close()\n"
         "torch.save(trainer.queue.state_dict(), f'{sys.argv[1]}/queue{trainer.dist.rank}.pt')\n"
         "params = {k: p.detach() for k, p in trainer.model.named_parameters()}\n"
-        "torch.save(params, f'{sys.argv[1]}/params{trainer.dist.rank}.pt')\n")
+        "torch.save(params, f'{sys.argv[1]}/params{trainer.dist.rank}.pt')\n"
+    )
     run = tmp_path / "run"
     proc = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script),
-         str(tmp_path), *_args(train_root, run, "data.batch_size=4", "train.max_steps=3")],
-        cwd=REPO, env=_env(), capture_output=True, text=True, timeout=600)
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node=2",
+            str(script),
+            str(tmp_path),
+            *_args(train_root, run, "data.batch_size=4", "train.max_steps=3"),
+        ],
+        cwd=REPO,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     q0, q1 = (torch.load(tmp_path / f"queue{r}.pt") for r in (0, 1))
     # 3 steps x 2 ranks x 2 views x batch 4 keys; every rank holds all of them (own rank's first)
@@ -170,8 +230,12 @@ def test_non_finite_loss_stops_before_the_step_and_keeps_last_pt(train_root, tmp
 
 
 def test_sigusr2_saves_exits_75_and_the_rerun_resumes(train_root, tmp_path):
-    cmd = [sys.executable, "-m", "qgface.train",
-           *_args(train_root, tmp_path, "data.batch_size=4", "train.checkpoint_every=1", "train.max_steps=500")]
+    cmd = [
+        sys.executable,
+        "-m",
+        "qgface.train",
+        *_args(train_root, tmp_path, "data.batch_size=4", "train.checkpoint_every=1", "train.max_steps=500"),
+    ]
     log_file = tmp_path / "stderr.txt"  # a file, not a pipe nobody reads while we wait
     with open(log_file, "w") as stderr:
         proc = subprocess.Popen(cmd, cwd=REPO, env=_env(), stdout=subprocess.DEVNULL, stderr=stderr)
@@ -189,14 +253,16 @@ def test_sigusr2_saves_exits_75_and_the_rerun_resumes(train_root, tmp_path):
     assert _scalars(tmp_path, "train/loss")[-1][0] == stopped["step"]
 
     target = stopped["step"] + 2
-    rerun = subprocess.run([*cmd[:-1], f"train.max_steps={target}"], cwd=REPO, env=_env(),
-                           capture_output=True, text=True, timeout=300)
+    rerun = subprocess.run(
+        [*cmd[:-1], f"train.max_steps={target}"], cwd=REPO, env=_env(), capture_output=True, text=True, timeout=300
+    )
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert f"resumed from {last}" in rerun.stderr
     done = _last(tmp_path)
     assert (done["step"], done["finished"]) == (target, True)
-    again = subprocess.run([*cmd[:-1], f"train.max_steps={target}"], cwd=REPO, env=_env(),
-                           capture_output=True, text=True, timeout=300)
+    again = subprocess.run(
+        [*cmd[:-1], f"train.max_steps={target}"], cwd=REPO, env=_env(), capture_output=True, text=True, timeout=300
+    )
     assert again.returncode == 0 and "nothing to do" in again.stderr
 
 

@@ -18,16 +18,35 @@ from qgface.models import build_backbone
 from qgface.train import dist as qdist
 from qgface.train.engine import Trainer
 
-TINY = ["model.backbone=ir_tiny", "data.batch_size=8", "data.num_workers=0", "contrast.enabled=false",
-        "optim.lr=0.0", "optim.weight_decay=0.0"]
+TINY = [
+    "model.backbone=ir_tiny",
+    "data.batch_size=8",
+    "data.num_workers=0",
+    "contrast.enabled=false",
+    "optim.lr=0.0",
+    "optim.weight_decay=0.0",
+]
 
 
 @pytest.fixture(scope="module")
 def train_root(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("knobs") / "set"
-    generate(root, identities=8, images_per_identity=4, eval_identities=2, hq_pairs=2, tinyface_probes=1,
-             tinyface_gallery=1, tinyface_distractors=1, scface_subjects=2, ijb_templates=1, ijb_media=1,
-             ijb_frames=1, ijb_max_pairs=10, workers=1)
+    generate(
+        root,
+        identities=8,
+        images_per_identity=4,
+        eval_identities=2,
+        hq_pairs=2,
+        tinyface_probes=1,
+        tinyface_gallery=1,
+        tinyface_distractors=1,
+        scface_subjects=2,
+        ijb_templates=1,
+        ijb_media=1,
+        ijb_frames=1,
+        ijb_max_pairs=10,
+        workers=1,
+    )
     return root
 
 
@@ -69,8 +88,10 @@ def test_accumulated_micro_batches_give_the_big_batch_gradient(train_root, tmp_p
 
 def test_fused_sgd_is_used_on_cpu_and_steps_like_the_plain_one(train_root, tmp_path):
     lr = ["optim.lr=0.1", "optim.weight_decay=5e-4"]
-    fused, plain = _trainer(train_root, tmp_path / "a", *lr), _trainer(train_root, tmp_path / "b", *lr,
-                                                                       "train.fused_optimizer=false")
+    fused, plain = (
+        _trainer(train_root, tmp_path / "a", *lr),
+        _trainer(train_root, tmp_path / "b", *lr, "train.fused_optimizer=false"),
+    )
     try:
         assert fused.optimizer.defaults["fused"] is True and not plain.optimizer.defaults["fused"]
         views, labels = _one_batch(fused)
@@ -95,7 +116,7 @@ def test_activation_checkpointing_keeps_loss_gradients_and_bn_statistics():
     for model in models:
         torch.manual_seed(1)  # the same dropout draws
         emb, norms = model(x)
-        loss = (emb[:, :7].sum() + norms.mean())
+        loss = emb[:, :7].sum() + norms.mean()
         loss.backward()
         results.append((loss.detach(), {k: p.grad for k, p in model.named_parameters()}, model.state_dict()))
     (l0, g0, s0), (l1, g1, s1) = results

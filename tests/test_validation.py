@@ -34,17 +34,38 @@ from qgface.train.engine import Trainer
 from qgface.train.validation import BestMetric, best_metric_benchmark
 
 REPO = Path(qgface.__file__).resolve().parents[1]
-TINY = ["model.backbone=ir_tiny", "data.batch_size=4", "contrast.queue_size=64", "data.num_workers=0",
-        "head.t_alpha=0.5", "train.log_every=1", "eval.num_workers=0", "eval.batch_size=64"]
+TINY = [
+    "model.backbone=ir_tiny",
+    "data.batch_size=4",
+    "contrast.queue_size=64",
+    "data.num_workers=0",
+    "head.t_alpha=0.5",
+    "train.log_every=1",
+    "eval.num_workers=0",
+    "eval.batch_size=64",
+]
 
 
 @pytest.fixture(scope="module")
 def root(tmp_path_factory) -> Path:
     """Training set (12 identities x 6 images) and every benchmark, HQ sets of 10 pairs; generated once."""
     path = tmp_path_factory.mktemp("valset") / "set"
-    generate(path, identities=12, images_per_identity=6, eval_identities=4, hq_pairs=10, tinyface_probes=1,
-             tinyface_gallery=1, tinyface_distractors=1, scface_subjects=2, ijb_templates=1, ijb_media=1,
-             ijb_frames=1, ijb_max_pairs=10, workers=1)
+    generate(
+        path,
+        identities=12,
+        images_per_identity=6,
+        eval_identities=4,
+        hq_pairs=10,
+        tinyface_probes=1,
+        tinyface_gallery=1,
+        tinyface_distractors=1,
+        scface_subjects=2,
+        ijb_templates=1,
+        ijb_media=1,
+        ijb_frames=1,
+        ijb_max_pairs=10,
+        workers=1,
+    )
     return path
 
 
@@ -92,12 +113,15 @@ def test_best_metric_keeps_the_first_of_equal_values():
 
 
 # ---------------------------------------------------------------------------------------- refusals
-@pytest.mark.parametrize("override, words", [
-    ("eval.val_benchmarks=[hq,tinyface]", ["eval.val_benchmarks", "'tinyface'", "hq, crlfw"]),
-    ("eval.val_benchmarks=[hq,hq]", ["eval.val_benchmarks", "distinct"]),
-    ("eval.every_steps=-5", ["eval.every_steps", ">= 0"]),
-    ("eval.checkpoints=bestest", ["eval.checkpoints", "last, all, best"]),
-])
+@pytest.mark.parametrize(
+    "override, words",
+    [
+        ("eval.val_benchmarks=[hq,tinyface]", ["eval.val_benchmarks", "'tinyface'", "hq, crlfw"]),
+        ("eval.val_benchmarks=[hq,hq]", ["eval.val_benchmarks", "distinct"]),
+        ("eval.every_steps=-5", ["eval.every_steps", ">= 0"]),
+        ("eval.checkpoints=bestest", ["eval.checkpoints", "last, all, best"]),
+    ],
+)
 def test_bad_validation_config_is_refused_naming_the_key(override, words):
     with pytest.raises(ConfigError) as err:
         load_config(None, [override])
@@ -110,8 +134,11 @@ def test_eval_checkpoints_best_names_best_pt_and_says_where_it_comes_from(tmp_pa
         checkpoints_to_evaluate(tmp_path, "best")
     (tmp_path / "checkpoints").mkdir()
     (tmp_path / "checkpoints" / "best.pt").write_bytes(b"")
-    assert checkpoints_to_evaluate(tmp_path, "best") == checkpoints_to_evaluate(tmp_path, "best.pt") == [
-        tmp_path / "checkpoints" / "best.pt"]
+    assert (
+        checkpoints_to_evaluate(tmp_path, "best")
+        == checkpoints_to_evaluate(tmp_path, "best.pt")
+        == [tmp_path / "checkpoints" / "best.pt"]
+    )
 
 
 def test_unknown_best_metric_is_refused_before_training_naming_the_choices(root, tmp_path):
@@ -145,9 +172,11 @@ def _validator_worker(rank: int, world: int, init: str, root: str, out: str) -> 
         seen["prepare"] = str(exc)
     validator = Validator(load_config(None, [*keys, f"eval.data_root={root}"]), info)
     if rank == 1:
+
         class Corrupt:
             def load_bytes(self, index: int) -> bytes:
                 return b"not an image"
+
         validator.sets[0] = (validator.sets[0][0], Corrupt())
     from qgface.models import build_backbone
     from qgface.train.monitor import Monitor
@@ -164,8 +193,13 @@ def _validator_worker(rank: int, world: int, init: str, root: str, out: str) -> 
 def test_a_failure_on_one_rank_is_raised_on_every_rank_without_a_hang(root, tmp_path):
     world = 2
     # spawned ranks join the group through a file; a hang would time the join out, not pass
-    context = mp.start_processes(_validator_worker, args=(world, f"file://{tmp_path / 'store'}", str(root),
-                                                            str(tmp_path)), nprocs=world, join=False, start_method="spawn")
+    context = mp.start_processes(
+        _validator_worker,
+        args=(world, f"file://{tmp_path / 'store'}", str(root), str(tmp_path)),
+        nprocs=world,
+        join=False,
+        start_method="spawn",
+    )
     deadline = time.monotonic() + 240
     while not context.join(timeout=2):
         assert time.monotonic() < deadline, "a rank is still waiting: the failure was not shared"
@@ -190,16 +224,30 @@ def test_validation_on_three_gloo_ranks_gives_the_offline_numbers(root, tmp_path
         "try:\n    assert trainer.train() == 0\nfinally:\n    trainer.close()\n"
         "benchmark, source = trainer.validator.sets[1]\n"
         "info = trainer.dist\n"
-        "rows = embed_shard(trainer.model.backbone, benchmark, source, info.rank, info.world_size, device=info.device,\n"
-        "                   batch_size=16, num_workers=0, tf32=False)\n"
+        "rows = embed_shard(trainer.model.backbone, benchmark, source, info.rank, info.world_size,\n"
+        "                   device=info.device, batch_size=16, num_workers=0, tf32=False)\n"
         "emb, norms = gather_shards(rows, len(benchmark.embed_items()))\n"
-        "np.save(f'{sys.argv[1]}/crlfw_rank{info.rank}.npy', np.concatenate([emb, norms[:, None]], 1))\n")
+        "np.save(f'{sys.argv[1]}/crlfw_rank{info.rank}.npy', np.concatenate([emb, norms[:, None]], 1))\n"
+    )
     run = tmp_path / "run"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
     proc = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=3", str(script), str(tmp_path),
-         *_args(root, run, "train.max_steps=1", "eval.every_steps=1")],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node=3",
+            str(script),
+            str(tmp_path),
+            *_args(root, run, "train.max_steps=1", "eval.every_steps=1"),
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     cfg = load_config(None, _args(root, run))
     scalars = _scalars(run)
@@ -215,8 +263,9 @@ def test_validation_on_three_gloo_ranks_gives_the_offline_numbers(root, tmp_path
     # the gathered matrix is, on every rank, the single-process embedding in benchmark order
     benchmark = make_benchmark("crlfw", root)
     source, _ = open_source(benchmark, root)
-    emb, norms = embed_benchmark(load_backbone(run / "checkpoints" / "last.pt"), benchmark, source, device="cpu",
-                                 num_workers=0)
+    emb, norms = embed_benchmark(
+        load_backbone(run / "checkpoints" / "last.pt"), benchmark, source, device="cpu", num_workers=0
+    )
     for rank in range(3):
         gathered = np.load(tmp_path / f"crlfw_rank{rank}.npy")
         np.testing.assert_allclose(gathered[:, :-1], emb, rtol=0, atol=2e-5)
@@ -239,11 +288,14 @@ def test_best_pt_is_the_best_step_and_a_resumed_run_remembers_it(root, tmp_path)
         first.close()
     best = json.loads((folder / "best.json").read_text())
     assert torch.load(folder / "last.pt", weights_only=True)["validation"] == {
-        k: best[k] for k in ("metric", "value", "step")}
+        k: best[k] for k in ("metric", "value", "step")
+    }
 
     resumed = train("train.max_steps=3")  # continues from last.pt at step 1
     try:
-        assert resumed.step == 1 and resumed.validator.best.state_dict() == {k: best[k] for k in ("metric", "value", "step")}
+        assert resumed.step == 1 and resumed.validator.best.state_dict() == {
+            k: best[k] for k in ("metric", "value", "step")
+        }
         assert resumed.train() == 0
     finally:
         resumed.close()
@@ -252,7 +304,9 @@ def test_best_pt_is_the_best_step_and_a_resumed_run_remembers_it(root, tmp_path)
     assert [s for s, _ in values] == [1, 2, 3]
     best_step, best_value = max(values, key=lambda sv: (sv[1], -sv[0]))  # the first of the highest
     best = json.loads((folder / "best.json").read_text())
-    assert (best["metric"], best["step"]) == ("hq_avg", best_step) and best["value"] == pytest.approx(best_value, abs=1e-4)
+    assert (best["metric"], best["step"]) == ("hq_avg", best_step) and best["value"] == pytest.approx(
+        best_value, abs=1e-4
+    )
     assert torch.load(folder / "best.pt", weights_only=True)["step"] == best_step
     assert os.path.samefile(folder / "best.pt", folder / "last.pt") == (best_step == 3)
     assert set(_scalars(run)) >= {f"val/hq/{m}" for m in ("lfw", "cfp_fp", "agedb_30", "calfw", "cplfw", "lfw_std")}

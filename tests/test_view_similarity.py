@@ -25,12 +25,14 @@ def load_tool():
 
 def test_pair_statistics_on_known_embeddings():
     # pairs (a, b) of 2-d unit vectors; identities 0, 0, 1, 2
-    emb = torch.tensor([
-        [[1.0, 0.0], [0.8, -0.6]],  # cos 0.8; only its own identity (pair 1, [1, 0]) is closer: masked
-        [[1.0, 0.0], [1.0, 0.0]],  # cos 1
-        [[0.0, 1.0], [0.0, 1.0]],  # cos 1
-        [[0.6, 0.8], [0.0, -1.0]],  # cos -0.8: every other identity's view is closer
-    ])  # fmt: skip
+    emb = torch.tensor(
+        [
+            [[1.0, 0.0], [0.8, -0.6]],  # cos 0.8; only its own identity (pair 1, [1, 0]) is closer: masked
+            [[1.0, 0.0], [1.0, 0.0]],  # cos 1
+            [[0.0, 1.0], [0.0, 1.0]],  # cos 1
+            [[0.6, 0.8], [0.0, -1.0]],  # cos -0.8: every other identity's view is closer
+        ]
+    )
     stats = load_tool().pair_statistics(emb, torch.tensor([0, 0, 1, 2]))
     assert stats["mean"] == pytest.approx(0.5)
     assert stats["p10"] == pytest.approx(-0.8 + 0.3 * 1.6)  # linear interpolation at rank 0.1 * (4 - 1)
@@ -38,18 +40,32 @@ def test_pair_statistics_on_known_embeddings():
 
 
 def test_cli_prints_both_recipes(tmp_path):
-    cfg = load_config(REPO / "configs" / "tiny.yaml", [
-        f"data.synthetic_dir={tmp_path / 'synthetic'}", "data.synthetic_identities=6",
-        "data.synthetic_images_per_identity=3", "data.synthetic_eval_identities=4",
-    ])  # fmt: skip
+    cfg = load_config(
+        REPO / "configs" / "tiny.yaml",
+        [
+            f"data.synthetic_dir={tmp_path / 'synthetic'}",
+            "data.synthetic_identities=6",
+            "data.synthetic_images_per_identity=3",
+            "data.synthetic_eval_identities=4",
+        ],
+    )
     run_dir = tmp_path / "run"
     (run_dir / "checkpoints").mkdir(parents=True)
     save_config(cfg, run_dir / "config.yaml")
     torch.manual_seed(0)
     torch.save(IResNet("ir_tiny").state_dict(), run_dir / "checkpoints" / "last.pt")
-    done = subprocess.run([sys.executable, str(REPO / "tools" / "view_similarity.py"),
-                           str(run_dir / "checkpoints" / "last.pt"), "--images", "12"],
-                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "tools" / "view_similarity.py"),
+            str(run_dir / "checkpoints" / "last.pt"),
+            "--images",
+            "12",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     lines = [line.split() for line in done.stdout.splitlines() if line.startswith(("lh ", "adaface "))]
     assert [line[0] for line in lines] == ["lh", "adaface"]

@@ -47,10 +47,18 @@ def test_every_view_kind_gives_uint8_faces_and_leaves_input_alone(kind, count):
 
 def test_each_transform_returns_uint8_face():
     img, rng = face_like(), np.random.default_rng(0)
-    outs = [V.hflip(img, rng), V.random_rescale(img, rng, (0.1, 0.5), 75), V.random_rescale(img, rng, (0.2, 1.0)),
-            V.random_resized_crop(img, rng), V.zero_pad_crop(img, rng), V.color_jitter(img, rng, 0.5),
-            V.random_rotation(img, rng), V.h_view(img, rng), V.l_view(img, rng, lh_cfg()),
-            V.adaface_view(img, rng, 1.0)]
+    outs = [
+        V.hflip(img, rng),
+        V.random_rescale(img, rng, (0.1, 0.5), 75),
+        V.random_rescale(img, rng, (0.2, 1.0)),
+        V.random_resized_crop(img, rng),
+        V.zero_pad_crop(img, rng),
+        V.color_jitter(img, rng, 0.5),
+        V.random_rotation(img, rng),
+        V.h_view(img, rng),
+        V.l_view(img, rng, lh_cfg()),
+        V.adaface_view(img, rng, 1.0),
+    ]
     assert all(is_uint8_face(o) for o in outs)
 
 
@@ -117,8 +125,10 @@ def test_l_view_knobs_at_one_switch_each_step_on():
         # rotation: a white image keeps its centre and gets black corners (unless |angle| is tiny)
         rotated = V.l_view(white, np.random.default_rng(seed), lh_cfg(**{**base_cfg, "rotation_p": 1.0}))
         assert rotated[56, 56].min() >= 250
-    corners = [V.l_view(white, np.random.default_rng(s), lh_cfg(**{**base_cfg, "rotation_p": 1.0}))[0, 0].max()
-               for s in range(20)]
+    corners = [
+        V.l_view(white, np.random.default_rng(s), lh_cfg(**{**base_cfg, "rotation_p": 1.0}))[0, 0].max()
+        for s in range(20)
+    ]
     assert sum(c == 0 for c in corners) >= 15
 
 
@@ -158,7 +168,7 @@ def test_zero_pad_crop_keeps_the_box_in_place_and_blacks_out_the_rest():
     out = V.zero_pad_crop(img, rng)
     top, left, h, w = V.resized_crop_box(replay, 112, 112, V.ADAFACE_CROP_SCALE)
     expected = np.zeros_like(img)
-    expected[top:top + h, left:left + w] = 77
+    expected[top : top + h, left : left + w] = 77
     np.testing.assert_array_equal(out, expected)
 
 

@@ -18,6 +18,7 @@ filesystem is bounded by its bandwidth instead.
 from __future__ import annotations
 
 import argparse
+import functools
 import shutil
 import tempfile
 import time
@@ -39,12 +40,24 @@ def make_state(classes: int) -> dict:
     backbone = torch.randn(BACKBONE_VALUES, generator=generator)
     kernel = torch.randn(EMBEDDING_DIM, classes, generator=generator)
     return {
-        "format_version": FORMAT_VERSION, "backbone": "ir50", "model": {"weights": backbone},
-        "head": {"kernel": kernel}, "queue": None,
-        "optimizer": {"state": {0: {"momentum_buffer": backbone.clone()}, 1: {"momentum_buffer": kernel.clone()}},
-                      "param_groups": [{"lr": 0.1, "params": [0, 1]}]},
-        "scheduler": {}, "scaler": {}, "epoch": 1, "step": 1000, "batch_in_epoch": 0, "rng": [],
-        "config": Config().to_dict(), "finished": False, "validation": None,
+        "format_version": FORMAT_VERSION,
+        "backbone": "ir50",
+        "model": {"weights": backbone},
+        "head": {"kernel": kernel},
+        "queue": None,
+        "optimizer": {
+            "state": {0: {"momentum_buffer": backbone.clone()}, 1: {"momentum_buffer": kernel.clone()}},
+            "param_groups": [{"lr": 0.1, "params": [0, 1]}],
+        },
+        "scheduler": {},
+        "scaler": {},
+        "epoch": 1,
+        "step": 1000,
+        "batch_in_epoch": 0,
+        "rng": [],
+        "config": Config().to_dict(),
+        "finished": False,
+        "validation": None,
     }
 
 
@@ -78,12 +91,12 @@ def main() -> None:
             raise SystemExit(f"{folder}: {free / 1e9:.1f} GB free, the bench writes three {size / 1e9:.1f} GB files")
         print(f"checkpoint of {size / 1e9:.2f} GB (C = {args.classes:,}) in {folder} ({free / 1e9:.0f} GB free)")
         last = folder / "last.pt"
-        seconds, _ = _timed(lambda: save_checkpoint(last, state))
+        seconds, _ = _timed(functools.partial(save_checkpoint, last, state))
         print(f"  save last.pt (torch.save + fsync + rename)  {seconds:7.2f} s  {size / 1e9 / seconds:6.2f} GB/s")
         seconds, linked = _timed(lambda: link_or_copy(last, folder / "epoch_1.pt"))
         how = "hard link" if linked else "copy (no links here)"
         print(f"  epoch copy as {how:29s}{seconds:7.3f} s")
-        seconds, _ = _timed(lambda: save_checkpoint(folder / "epoch_1_written.pt", state))
+        seconds, _ = _timed(functools.partial(save_checkpoint, folder / "epoch_1_written.pt", state))
         print(f"  epoch copy as a second save (before)        {seconds:7.2f} s")
         del state
         seconds, loaded = _timed(lambda: load_checkpoint(last))

@@ -52,7 +52,7 @@ from qgface.data.recordio import RecordIOReader
 
 MXNET_VENV = Path(__file__).resolve().parents[1] / ".mxnet-venv"
 
-MXNET_BENCH = r'''
+MXNET_BENCH = r"""
 import json, sys, time
 import numpy as np
 import mxnet as mx
@@ -71,7 +71,7 @@ for k in keys[:n_decode]:
     mx.image.imdecode(jpeg).asnumpy()
 decodes = n_decode / (time.perf_counter() - t)
 print(json.dumps({"reads": reads, "decodes": decodes}))
-'''
+"""
 
 
 def face_like(rng: np.random.Generator, identity: int) -> np.ndarray:
@@ -133,9 +133,21 @@ def bench_mxnet(python: Path, rec: Path, idx: Path, keys: np.ndarray, n_decode: 
         (Path(tmp) / "bench.py").write_text(MXNET_BENCH)
         env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
         env.update(OMP_NUM_THREADS="1", MXNET_CPU_WORKER_NTHREADS="1", MXNET_ENGINE_TYPE="NaiveEngine")
-        out = subprocess.run([str(python), "-I", str(Path(tmp) / "bench.py"), str(rec), str(idx),
-                              str(Path(tmp) / "keys.npy"), str(n_decode)],
-                             capture_output=True, text=True, env=env, check=True)
+        out = subprocess.run(
+            [
+                str(python),
+                "-I",
+                str(Path(tmp) / "bench.py"),
+                str(rec),
+                str(idx),
+                str(Path(tmp) / "keys.npy"),
+                str(n_decode),
+            ],
+            capture_output=True,
+            text=True,
+            env=env,
+            check=True,
+        )
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -149,8 +161,10 @@ def section_io(args: argparse.Namespace, rec: Path, idx: Path) -> None:
     print(f"qgface read+decode_bgr  images         {ours_decode:12,.0f} /s")
     python = args.mxnet_python or MXNET_VENV / "bin" / "python"
     if args.no_mxnet or not Path(python).exists():
-        print(f"MXNet: skipped ({'--no-mxnet' if args.no_mxnet else f'no venv at {python}'}; "
-              "run tests/test_mxnet_interop.py once to build it)")
+        print(
+            f"MXNet: skipped ({'--no-mxnet' if args.no_mxnet else f'no venv at {python}'}; "
+            "run tests/test_mxnet_interop.py once to build it)"
+        )
         return
     mx = bench_mxnet(Path(python), rec, idx, keys, args.decodes)
     print(f"MXNet MXIndexedRecordIO random reads   {mx['reads']:12,.0f} /s")
@@ -180,13 +194,16 @@ def section_views(args: argparse.Namespace, rec: Path, idx: Path) -> None:
     cfg = DataConfig()
     decoded = [base[i][0] for i in order[:2000]]
     rng = np.random.default_rng(args.seed)
-    print(f"views on one thread over {len(order)} random records, best of {args.repeat} rounds "
-          "(rate per wall second / per CPU second of the thread):")
+    print(
+        f"views on one thread over {len(order)} random records, best of {args.repeat} rounds "
+        "(rate per wall second / per CPU second of the thread):"
+    )
     for label, fn, items in (
-            ("read+decode only", base.__getitem__, order),
-            ("H view only (decoded input)", lambda img: V.h_view(img, rng), decoded),
-            ("L view only (decoded input)", lambda img: V.l_view(img, rng, cfg), decoded),
-            ("AdaFace view only (decoded input)", lambda img: V.adaface_view(img, rng, cfg.adaface_p), decoded)):
+        ("read+decode only", base.__getitem__, order),
+        ("H view only (decoded input)", lambda img: V.h_view(img, rng), decoded),
+        ("L view only (decoded input)", lambda img: V.l_view(img, rng, cfg), decoded),
+        ("AdaFace view only (decoded input)", lambda img: V.adaface_view(img, rng, cfg.adaface_p), decoded),
+    ):
         wall, cpu = _rate(fn, items, args.repeat)
         print(f"  {label:40s} {wall:10,.0f} /s {cpu:10,.0f} /s")
     for views in ("lh", "adaface", "flip"):
@@ -214,9 +231,11 @@ def section_loader(args: argparse.Namespace, rec: Path) -> None:
     else:
         root = rec.parent
     batch = args.loader_batch
-    print(f"loader: lh views, batch {batch} source images, {args.loader_batches} batches timed after one warm-up "
-          f"(uint8 batch {batch * 2 * 3 * 112 * 112 / 2**20:.1f} MiB; as float32 it was "
-          f"{batch * 2 * 3 * 112 * 112 * 4 / 2**20:.1f} MiB); {len(os.sched_getaffinity(0))} CPU(s) available")
+    print(
+        f"loader: lh views, batch {batch} source images, {args.loader_batches} batches timed after one warm-up "
+        f"(uint8 batch {batch * 2 * 3 * 112 * 112 / 2**20:.1f} MiB; as float32 it was "
+        f"{batch * 2 * 3 * 112 * 112 * 4 / 2**20:.1f} MiB); {len(os.sched_getaffinity(0))} CPU(s) available"
+    )
     for workers in args.workers:
         cfg = from_dict({"data": {"batch_size": batch, "num_workers": workers}, "output_root": str(rec.parent)})
         loader, sampler, _ = build_train_loader(cfg, root, rank=0, world_size=1)
@@ -271,8 +290,12 @@ def measure_index(kind: str, rec: Path, idx: Path) -> dict[str, float]:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
     except OSError:
         pass
-    return {"rss": _rss_bytes() - before, "seconds": seconds, "pickled": pickled,
-            "peak": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - before}
+    return {
+        "rss": _rss_bytes() - before,
+        "seconds": seconds,
+        "pickled": pickled,
+        "peak": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - before,
+    }
 
 
 def section_index(args: argparse.Namespace, directory: Path) -> None:
@@ -280,15 +303,26 @@ def section_index(args: argparse.Namespace, directory: Path) -> None:
     records = args.index_records
     start = time.perf_counter()
     rec, idx = write_synthetic_idx(directory, records, max(1, records // 20))
-    print(f"index: synthetic {idx.name} with {records:,} records ({idx.stat().st_size / 2**20:.0f} MiB) "
-          f"written in {time.perf_counter() - start:.0f}s; each measured in a fresh process")
-    for kind, label in (("dict", "before: dict of lines + key list"), ("arrays", "after: shared RecordIOReader arrays")):
-        out = subprocess.run([sys.executable, __file__, "--measure-index", kind, str(rec), str(idx)],
-                             capture_output=True, text=True, check=True)
+    print(
+        f"index: synthetic {idx.name} with {records:,} records ({idx.stat().st_size / 2**20:.0f} MiB) "
+        f"written in {time.perf_counter() - start:.0f}s; each measured in a fresh process"
+    )
+    for kind, label in (
+        ("dict", "before: dict of lines + key list"),
+        ("arrays", "after: shared RecordIOReader arrays"),
+    ):
+        out = subprocess.run(
+            [sys.executable, __file__, "--measure-index", kind, str(rec), str(idx)],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
         m = json.loads(out.stdout.strip().splitlines()[-1])
-        print(f"  {label:36s} RSS +{m['rss'] / 2**20:8.1f} MiB = {m['rss'] / records:6.1f} B/record, "
-              f"peak while parsing +{m['peak'] / 2**20:7.0f} MiB, {m['seconds']:5.1f} s to open, "
-              f"{m['pickled'] / 2**20:9.3f} MiB sent to each spawned worker")
+        print(
+            f"  {label:36s} RSS +{m['rss'] / 2**20:8.1f} MiB = {m['rss'] / records:6.1f} B/record, "
+            f"peak while parsing +{m['peak'] / 2**20:7.0f} MiB, {m['seconds']:5.1f} s to open, "
+            f"{m['pickled'] / 2**20:9.3f} MiB sent to each spawned worker"
+        )
 
 
 def main() -> None:
@@ -299,23 +333,37 @@ def main() -> None:
     parser.add_argument("--reads", type=int, default=200_000, help="random reads timed for the read rate")
     parser.add_argument("--decodes", type=int, default=5_000, help="random reads+decodes timed for the decode rate")
     parser.add_argument("--seed", type=int, default=0, help="seed of the images and of the key sequence")
-    parser.add_argument("--only-io", action="store_true",
-                        help="run only the RecordIO read / read+decode section (same as --section io)")
-    parser.add_argument("--section", choices=("all", "io", "views", "loader", "index"), default="all",
-                        help="io: RecordIO reads/decodes vs MXNet; views: read+decode+training views; loader: "
-                             "DataLoader images/s per worker count; index: .idx memory; all: every one")
-    parser.add_argument("--view-images", type=int, default=5_000,
-                        help="records timed per view recipe in the views section")
+    parser.add_argument(
+        "--only-io", action="store_true", help="run only the RecordIO read / read+decode section (same as --section io)"
+    )
+    parser.add_argument(
+        "--section",
+        choices=("all", "io", "views", "loader", "index"),
+        default="all",
+        help="io: RecordIO reads/decodes vs MXNet; views: read+decode+training views; loader: "
+        "DataLoader images/s per worker count; index: .idx memory; all: every one",
+    )
+    parser.add_argument(
+        "--view-images", type=int, default=5_000, help="records timed per view recipe in the views section"
+    )
     parser.add_argument("--repeat", type=int, default=3, help="views section: rounds timed, the best is printed")
     parser.add_argument("--profile", action="store_true", help="views section: cProfile the lh pipeline")
     parser.add_argument("--mxnet-python", type=Path, help="python of a venv with mxnet (default: <repo>/.mxnet-venv)")
     parser.add_argument("--no-mxnet", action="store_true", help="do not run the MXNet comparison")
-    parser.add_argument("--workers", type=lambda text: [int(w) for w in text.split(",")], default=[0, 1, 2],
-                        help="loader section: comma-separated worker counts to time")
+    parser.add_argument(
+        "--workers",
+        type=lambda text: [int(w) for w in text.split(",")],
+        default=[0, 1, 2],
+        help="loader section: comma-separated worker counts to time",
+    )
     parser.add_argument("--loader-batch", type=int, default=64, help="loader section: source images per batch")
     parser.add_argument("--loader-batches", type=int, default=20, help="loader section: batches timed")
-    parser.add_argument("--index-records", type=int, default=12_700_000,
-                        help="index section: records of the synthetic .idx (WebFace12M: 12.7 M)")
+    parser.add_argument(
+        "--index-records",
+        type=int,
+        default=12_700_000,
+        help="index section: records of the synthetic .idx (WebFace12M: 12.7 M)",
+    )
     parser.add_argument("--measure-index", nargs=3, metavar=("KIND", "REC", "IDX"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.measure_index:  # the index section's fresh measuring process

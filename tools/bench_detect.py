@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Detector speed on CPU: MTCNN images/s on the test photos (or a folder), single process.
 
-    python tools/bench_detect.py                  # tests/data/photos, 3 rounds
-    python tools/bench_detect.py /data/raw --rounds 1 --threads 4
+python tools/bench_detect.py                  # tests/data/photos, 3 rounds
+python tools/bench_detect.py /data/raw --rounds 1 --threads 4
 """
 
 from __future__ import annotations
@@ -39,9 +39,11 @@ def main() -> None:
     elapsed = time.perf_counter() - started
     n = args.rounds * len(images)
     pixels = sum(i.shape[0] * i.shape[1] for i in images) / len(images)
-    print(f"{n} images (mean {pixels / 1e6:.2f} MPixel), {faces} faces, {elapsed:.2f} s: {n / elapsed:.2f} images/s "
-          f"on {torch.get_num_threads()} torch thread(s), {os.cpu_count()} CPUs, load average "
-          f"{os.getloadavg()[0]:.1f}")
+    print(
+        f"{n} images (mean {pixels / 1e6:.2f} MPixel), {faces} faces, {elapsed:.2f} s: {n / elapsed:.2f} images/s "
+        f"on {torch.get_num_threads()} torch thread(s), {os.cpu_count()} CPUs, load average "
+        f"{os.getloadavg()[0]:.1f}"
+    )
 
 
 if __name__ == "__main__":

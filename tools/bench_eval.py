@@ -61,20 +61,28 @@ def _case_cmc(reps: int) -> dict:
     result = cmc(probe, gallery, probe_labels, gallery_labels)
     first = time.perf_counter() - start
     peak = _peak_bytes() - base
-    total = min(first, _best(lambda: cmc(probe, gallery, probe_labels, gallery_labels), reps - 1) if reps > 1 else first)
+    total = min(
+        first, _best(lambda: cmc(probe, gallery, probe_labels, gallery_labels), reps - 1) if reps > 1 else first
+    )
     p_n, g_n = l2_normalize(probe, np.float32), l2_normalize(gallery, np.float32)
     chunk = max(1, _CMC_CHUNK_BYTES // (4 * len(gallery)))
 
     def chunked():
         for s in range(0, probes, chunk):
-            p_n[s:s + chunk] @ g_n.T
+            p_n[s : s + chunk] @ g_n.T
 
     matmul_chunked = _best(chunked, reps)
     matmul_full = _best(lambda: p_n @ g_n.T, reps)
-    return {"rank1_5_20": [round(float(x), 4) for x in result], "cmc_s": total,
-            "matmul_chunked_s": matmul_chunked, "matmul_full_s": matmul_full,
-            "ratio_to_chunked_matmul": total / matmul_chunked, "ratio_to_full_matmul": total / matmul_full,
-            "peak_extra_mib": peak / MIB, "chunk_rows": chunk}
+    return {
+        "rank1_5_20": [round(float(x), 4) for x in result],
+        "cmc_s": total,
+        "matmul_chunked_s": matmul_chunked,
+        "matmul_full_s": matmul_full,
+        "ratio_to_chunked_matmul": total / matmul_chunked,
+        "ratio_to_full_matmul": total / matmul_full,
+        "peak_extra_mib": peak / MIB,
+        "chunk_rows": chunk,
+    }
 
 
 def _case_hq(reps: int) -> dict:
@@ -120,8 +128,14 @@ def _case_ijb(reps: int) -> dict:
     tar_s = time.perf_counter() - start
     peak = _peak_bytes() - base
     scoring = min(scoring, _best(lambda: pair_scores(tfeats, first, second), reps - 1) if reps > 1 else scoring)
-    return {"template_pooling_s": pooling, "pair_scoring_s": scoring, "tar_at_far_s": tar_s,
-            "peak_extra_mib": peak / MIB, "tar_at_1e-4": tar[1e-4], "templates": int(len(ids))}
+    return {
+        "template_pooling_s": pooling,
+        "pair_scoring_s": scoring,
+        "tar_at_far_s": tar_s,
+        "peak_extra_mib": peak / MIB,
+        "tar_at_1e-4": tar[1e-4],
+        "templates": int(len(ids)),
+    }
 
 
 CASES = {"cmc": _case_cmc, "hq": _case_hq, "ijb": _case_ijb}
@@ -140,10 +154,28 @@ def main() -> None:
         return
     env_note = f"threads={args.threads}"
     for case in CASES if args.case == "all" else [args.case]:
-        out = subprocess.run([sys.executable, __file__, "--child", "--case", case, "--reps", str(args.reps),
-                              "--threads", str(args.threads)], capture_output=True, text=True, check=True,
-                             env={**__import__("os").environ, "OMP_NUM_THREADS": str(args.threads),
-                                  "OPENBLAS_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads)})
+        out = subprocess.run(
+            [
+                sys.executable,
+                __file__,
+                "--child",
+                "--case",
+                case,
+                "--reps",
+                str(args.reps),
+                "--threads",
+                str(args.threads),
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+            env={
+                **__import__("os").environ,
+                "OMP_NUM_THREADS": str(args.threads),
+                "OPENBLAS_NUM_THREADS": str(args.threads),
+                "MKL_NUM_THREADS": str(args.threads),
+            },
+        )
         result = json.loads(out.stdout.strip().splitlines()[-1])
         print(f"[{case}] ({env_note})")
         for key, value in result.items():

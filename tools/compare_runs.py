@@ -59,7 +59,11 @@ def comparison_figure(rows: list[dict[str, str]]) -> bytes:
     x = np.arange(len(HEADLINE))
     for i, row in enumerate(rows):
         values = [float(row[k]) if row.get(k) else np.nan for k in HEADLINE]
-        name = row["run"] if sum(r["run"] == row["run"] for r in rows) == 1 else f"{row['run']} {Path(row['checkpoint']).name}"
+        name = (
+            row["run"]
+            if sum(r["run"] == row["run"] for r in rows) == 1
+            else f"{row['run']} {Path(row['checkpoint']).name}"
+        )
         ax.bar(x - 0.4 + width * (i + 0.5), values, width, label=name)
     ax.set_xticks(x, HEADLINE, rotation=30, ha="right")
     ax.set_ylabel("%")

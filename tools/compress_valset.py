@@ -24,8 +24,12 @@ from qgface.eval.run import eval_data_root
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", default=None, help="YAML config (eval.data_root, eval.rec_dir, ...)")
-    parser.add_argument("--benchmark", action="append", choices=BENCHMARK_NAMES,
-                        help="benchmark to compress (repeatable); default: eval.benchmarks")
+    parser.add_argument(
+        "--benchmark",
+        action="append",
+        choices=BENCHMARK_NAMES,
+        help="benchmark to compress (repeatable); default: eval.benchmarks",
+    )
     parser.add_argument("--force", action="store_true", help="rebuild even up-to-date or mismatching files")
     parser.add_argument("--verify", action="store_true", help="check every record against the manifest")
     parser.add_argument("overrides", nargs="*", help="config overrides, e.g. eval.data_root=/data/eval")
@@ -38,8 +42,13 @@ def main() -> int:
     for name in args.benchmark or cfg.eval.benchmarks:
         start = time.perf_counter()
         try:
-            bench = make_benchmark(name, data_root, tinyface_aligned_dir=cfg.eval.tinyface_aligned_dir,
-                                   scface_aligned_dir=cfg.eval.scface_aligned_dir, ijb_protocol=cfg.eval.ijb_protocol)
+            bench = make_benchmark(
+                name,
+                data_root,
+                tinyface_aligned_dir=cfg.eval.tinyface_aligned_dir,
+                scface_aligned_dir=cfg.eval.scface_aligned_dir,
+                ijb_protocol=cfg.eval.ijb_protocol,
+            )
             rec = compress_benchmark(bench, rec_dir, num_workers=cfg.eval.num_workers, force=args.force)
         except Exception as exc:  # report every benchmark, then fail
             print(f"{name}: error: {type(exc).__name__}: {exc}", file=sys.stderr)

@@ -26,8 +26,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("out", help="output .onnx file")
     parser.add_argument("--backbone", default=None, help="backbone name, needed only for a bare state dict")
     parser.add_argument("--opset", type=int, default=18, help="ONNX opset (default 18)")
-    parser.add_argument("--tolerance", type=float, default=1e-4,
-                        help="largest |difference| of the unit embeddings allowed in the check (default 1e-4)")
+    parser.add_argument(
+        "--tolerance",
+        type=float,
+        default=1e-4,
+        help="largest |difference| of the unit embeddings allowed in the check (default 1e-4)",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for chatty in ("onnx_ir", "onnxscript"):  # the exporter's graph passes log every rewrite at INFO
@@ -46,8 +50,10 @@ def main(argv: list[str] | None = None) -> int:
     norm_diff = float(((norm - onnx_norm).abs() / norm.abs()).max())
     print(f"wrote {args.out}: max |embedding difference| {emb_diff:.2e}, max relative norm difference {norm_diff:.2e}")
     if emb_diff > args.tolerance:
-        print(f"export_onnx: error: the ONNX model differs from the checkpoint by {emb_diff:.2e} > {args.tolerance}",
-              file=sys.stderr)
+        print(
+            f"export_onnx: error: the ONNX model differs from the checkpoint by {emb_diff:.2e} > {args.tolerance}",
+            file=sys.stderr,
+        )
         return 1
     return 0
 

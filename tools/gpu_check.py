@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import functools
 import json
 import logging
 import os
@@ -50,12 +51,34 @@ from qgface.train.engine import FaceModel, Trainer
 log = logging.getLogger("gpu_check")
 MIB = 1024 * 1024
 
-FULL = {"backbone": "ir50", "batch": 256, "warmup": 3, "steps": 8, "identities": 128, "per_identity": 6,
-        "classes": 617_970, "head_rows": 1024, "chunks": [1 << 24, 1 << 26, 1 << 28, 1 << 29],
-        "eval_batch": 256, "eval_cpu_images": 16, "loader_batches": 12}
-SMOKE = {"backbone": "ir_tiny", "batch": 8, "warmup": 1, "steps": 1, "identities": 8, "per_identity": 4,
-         "classes": 5_000, "head_rows": 32, "chunks": [1 << 16, 1 << 20], "eval_batch": 8,
-         "eval_cpu_images": 4, "loader_batches": 3}
+FULL = {
+    "backbone": "ir50",
+    "batch": 256,
+    "warmup": 3,
+    "steps": 8,
+    "identities": 128,
+    "per_identity": 6,
+    "classes": 617_970,
+    "head_rows": 1024,
+    "chunks": [1 << 24, 1 << 26, 1 << 28, 1 << 29],
+    "eval_batch": 256,
+    "eval_cpu_images": 16,
+    "loader_batches": 12,
+}
+SMOKE = {
+    "backbone": "ir_tiny",
+    "batch": 8,
+    "warmup": 1,
+    "steps": 1,
+    "identities": 8,
+    "per_identity": 4,
+    "classes": 5_000,
+    "head_rows": 32,
+    "chunks": [1 << 16, 1 << 20],
+    "eval_batch": 8,
+    "eval_cpu_images": 4,
+    "loader_batches": 3,
+}
 
 
 def main() -> int:
@@ -70,15 +93,33 @@ def main() -> int:
     size = SMOKE if args.smoke else FULL
     device = torch.device("cuda" if torch.cuda.is_available() and not args.smoke else "cpu")
     out = Path(args.out) if args.out else Path(os.environ.get("OUT", ".")) / "gpu_check.json"
-    report: dict = {"device": _device_name(device), "torch": torch.__version__, "smoke": args.smoke,
-                    "sizes": size, "checks": {}}
+    report: dict = {
+        "device": _device_name(device),
+        "torch": torch.__version__,
+        "smoke": args.smoke,
+        "sizes": size,
+        "checks": {},
+    }
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="gpu_check_") as tmp:
         root = Path(tmp) / "data"
         t0 = time.perf_counter()
-        generate(root, identities=size["identities"], images_per_identity=size["per_identity"], eval_identities=2,
-                 hq_pairs=2, tinyface_probes=1, tinyface_gallery=1, tinyface_distractors=1, scface_subjects=2,
-                 ijb_templates=1, ijb_media=1, ijb_frames=1, ijb_max_pairs=10, workers=max(1, args.workers))
+        generate(
+            root,
+            identities=size["identities"],
+            images_per_identity=size["per_identity"],
+            eval_identities=2,
+            hq_pairs=2,
+            tinyface_probes=1,
+            tinyface_gallery=1,
+            tinyface_distractors=1,
+            scface_subjects=2,
+            ijb_templates=1,
+            ijb_media=1,
+            ijb_frames=1,
+            ijb_max_pairs=10,
+            workers=max(1, args.workers),
+        )
         report["synthetic_s"] = round(time.perf_counter() - t0, 1)
         ctx = {"root": root, "tmp": Path(tmp), "size": size, "device": device, "workers": args.workers}
         for name, check in CHECKS:
@@ -109,7 +150,8 @@ def check_train(ctx: dict) -> dict:
                 "precision_used": trainer.precision,
                 "source_images_per_s": round(size["batch"] / seconds, 1),
                 "backbone_images_per_s": round(2 * size["batch"] / seconds, 1),
-                "step_ms": round(seconds * 1e3, 1), "peak_memory_mib": _peak_mib(ctx["device"]),
+                "step_ms": round(seconds * 1e3, 1),
+                "peak_memory_mib": _peak_mib(ctx["device"]),
                 "loss_finite": bool(torch.isfinite(torch.stack(losses)).all()),
                 "last_loss": round(float(losses[-1]), 4),
                 "loss_scale": float(trainer.scaler.get_scale()) if trainer.scaler.is_enabled() else None,
@@ -168,16 +210,30 @@ def check_collectives(ctx: dict) -> dict:
             model.zero_grad(set_to_none=True)
             ddp = qdist.wrap_ddp(model, device, static_graph=False, compression=compression)
             ddp(x, y)[2].backward()
-            diffs = [float((p.grad - r.grad).abs().max() / r.grad.abs().max().clamp_min(1e-12))
-                     for p, r in zip(model.parameters(), reference.parameters()) if r.grad is not None]
+            diffs = [
+                float((p.grad - r.grad).abs().max() / r.grad.abs().max().clamp_min(1e-12))
+                for p, r in zip(model.parameters(), reference.parameters())
+                if r.grad is not None
+            ]
             result[f"ddp_{compression}_max_rel_grad_diff"] = max(diffs)
             del ddp, model
-        result["ok"] = result["all_gather_equal"] and result["ddp_none_max_rel_grad_diff"] < 1e-5 and \
-            result[f"ddp_{compressions[1]}_max_rel_grad_diff"] < 2e-2
+        result["ok"] = (
+            result["all_gather_equal"]
+            and result["ddp_none_max_rel_grad_diff"] < 1e-5
+            and result[f"ddp_{compressions[1]}_max_rel_grad_diff"] < 2e-2
+        )
         return result
     finally:
         torch.distributed.destroy_process_group()
         _free(device)
+
+
+def _head_step(head: MarginHead, emb: torch.Tensor, norms: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """One forward and backward of the head; returns the loss."""
+    head.kernel.grad = emb.grad = None
+    loss, _ = head(emb, norms, labels)
+    loss.backward()
+    return loss.detach()
 
 
 def check_head(ctx: dict) -> dict:
@@ -191,12 +247,7 @@ def check_head(ctx: dict) -> dict:
         for chunk in size["chunks"]:
             torch.manual_seed(0)  # the same kernel in every run, so the losses must agree
             head = MarginHead("adaface", c, chunk_elems=chunk, tf32=tf32).to(device).train()
-
-            def step() -> torch.Tensor:
-                head.kernel.grad = emb.grad = None
-                loss, _ = head(emb, norms, labels)
-                loss.backward()
-                return loss.detach()
+            step = functools.partial(_head_step, head, emb, norms, labels)
 
             _reset_peak(device)
             loss = step()
@@ -205,10 +256,17 @@ def check_head(ctx: dict) -> dict:
             for _ in range(3):
                 step()
             _sync(device)
-            rows.append({"tf32": tf32, "chunk_elems": chunk, "rows_per_chunk": head.chunk_rows(),
-                         "fwd_bwd_ms": round((time.perf_counter() - t0) / 3 * 1e3, 2),
-                         "peak_memory_mib": _peak_mib(device), "loss": round(float(loss), 5)})
-            del head
+            rows.append(
+                {
+                    "tf32": tf32,
+                    "chunk_elems": chunk,
+                    "rows_per_chunk": head.chunk_rows(),
+                    "fwd_bwd_ms": round((time.perf_counter() - t0) / 3 * 1e3, 2),
+                    "peak_memory_mib": _peak_mib(device),
+                    "loss": round(float(loss), 5),
+                }
+            )
+            del head, step
             _free(device)
     exact = [r["loss"] for r in rows if not r["tf32"]]
     tf32_diff = max(abs(r["loss"] - exact[0]) for r in rows if r["tf32"])
@@ -252,8 +310,12 @@ def check_eval(ctx: dict) -> dict:
     cpu_emb, _ = fused_embedding(copy.deepcopy(model).cpu().float(), images[:k].cpu())
     diff = float((emb[:k].cpu() - cpu_emb).abs().max())
     diff_tf32 = float((emb_tf32[:k].cpu() - cpu_emb).abs().max())
-    return {"ok": diff < 1e-4, "images_per_s_with_flip": round(size["eval_batch"] / seconds, 1),
-            "max_abs_diff_cpu_gpu": diff, "max_abs_diff_cpu_gpu_tf32": diff_tf32}
+    return {
+        "ok": diff < 1e-4,
+        "images_per_s_with_flip": round(size["eval_batch"] / seconds, 1),
+        "max_abs_diff_cpu_gpu": diff,
+        "max_abs_diff_cpu_gpu_tf32": diff_tf32,
+    }
 
 
 def check_resume(ctx: dict) -> dict:
@@ -278,26 +340,44 @@ def check_resume(ctx: dict) -> dict:
         state = resumed.model.state_dict()
         equal = all(torch.equal(state[k].cpu(), v) for k, v in saved.items())
         size = (ctx["tmp"] / run / "checkpoints" / "last.pt").stat().st_size
-        return {"ok": equal and resumed.step == 1, "state_equal": equal, "step": resumed.step,
-                "checkpoint_mib": round(size / MIB, 1), "save_s": round(save_s, 2),
-                "trainer_init_with_resume_s": round(load_s, 2)}
+        return {
+            "ok": equal and resumed.step == 1,
+            "state_equal": equal,
+            "step": resumed.step,
+            "checkpoint_mib": round(size / MIB, 1),
+            "save_s": round(save_s, 2),
+            "trainer_init_with_resume_s": round(load_s, 2),
+        }
     finally:
         resumed.close()
         _free(ctx["device"])
 
 
 CHECKS: list[tuple[str, Callable[[dict], dict]]] = [
-    ("train", check_train), ("syncs", check_syncs), ("collectives", check_collectives), ("head", check_head),
-    ("loader", check_loader), ("eval", check_eval), ("resume", check_resume),
+    ("train", check_train),
+    ("syncs", check_syncs),
+    ("collectives", check_collectives),
+    ("head", check_head),
+    ("loader", check_loader),
+    ("eval", check_eval),
+    ("resume", check_resume),
 ]
 
 
 # ---------------------------------------------------------------- helpers
 def _trainer(ctx: dict, run: str, *extra: str, resume: str = "none") -> Trainer:
     size = ctx["size"]
-    overrides = [f"data.root={ctx['root']}", f"run_dir={ctx['tmp'] / run}", f"model.backbone={size['backbone']}",
-                 f"data.batch_size={size['batch']}", "data.num_workers=0", f"train.resume={resume}",
-                 f"contrast.queue_size={max(16384, 4 * size['batch'])}", "train.log_every=1000000", *extra]
+    overrides = [
+        f"data.root={ctx['root']}",
+        f"run_dir={ctx['tmp'] / run}",
+        f"model.backbone={size['backbone']}",
+        f"data.batch_size={size['batch']}",
+        "data.num_workers=0",
+        f"train.resume={resume}",
+        f"contrast.queue_size={max(16384, 4 * size['batch'])}",
+        "train.log_every=1000000",
+        *extra,
+    ]
     return Trainer(load_config(None, overrides))
 
 
@@ -358,17 +438,22 @@ def _write(path: Path, report: dict) -> None:
 
 
 def _summary(report: dict, path: Path) -> None:
-    lines = [f"gpu_check on {report['device']} (torch {report['torch']}{', smoke' if report['smoke'] else ''}): "
-             f"{report['total_s']} s -> {path}"]
+    lines = [
+        f"gpu_check on {report['device']} (torch {report['torch']}{', smoke' if report['smoke'] else ''}): "
+        f"{report['total_s']} s -> {path}"
+    ]
     for name, r in report["checks"].items():
         status = "ok" if r.get("ok") else "FAILED"
-        detail = r.get("error") or ", ".join(f"{k}={v}" for k, v in r.items()
-                                             if k not in ("ok", "runs", "messages", "traceback", "seconds"))
+        detail = r.get("error") or ", ".join(
+            f"{k}={v}" for k, v in r.items() if k not in ("ok", "runs", "messages", "traceback", "seconds")
+        )
         lines.append(f"  {name:12s} {status:6s} {detail}")
     if "runs" in report["checks"].get("head", {}):
         for run in report["checks"]["head"]["runs"]:
-            lines.append(f"    head tf32={run['tf32']!s:5s} chunk={run['chunk_elems']:>10d} "
-                         f"({run['rows_per_chunk']} rows): {run['fwd_bwd_ms']} ms, peak {run['peak_memory_mib']} MiB")
+            lines.append(
+                f"    head tf32={run['tf32']!s:5s} chunk={run['chunk_elems']:>10d} "
+                f"({run['rows_per_chunk']} rows): {run['fwd_bwd_ms']} ms, peak {run['peak_memory_mib']} MiB"
+            )
     print("\n".join(lines))
 
 

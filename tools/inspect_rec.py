@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Summarise an indexed RecordIO pair: record count, InsightFace header, label range, first records.
 
-    python tools/inspect_rec.py data/faces_emore/train.rec --show 5
+python tools/inspect_rec.py data/faces_emore/train.rec --show 5
 """
 
 from __future__ import annotations
@@ -34,8 +34,13 @@ def main() -> None:
     parser.add_argument("rec", type=Path, help="the .rec file")
     parser.add_argument("--idx", type=Path, help="its index (default: the .rec path with suffix .idx)")
     parser.add_argument("--show", type=int, default=5, metavar="N", help="list the first N records of the .idx")
-    parser.add_argument("--scan", type=int, default=0, metavar="M",
-                        help="read only the first M image records for the label range (default 0: all)")
+    parser.add_argument(
+        "--scan",
+        type=int,
+        default=0,
+        metavar="M",
+        help="read only the first M image records for the label range (default 0: all)",
+    )
     args = parser.parse_args()
     reader = RecordIOReader(args.rec, args.idx or args.rec.with_suffix(".idx"))
     print(f"{args.rec}: {args.rec.stat().st_size:,} bytes, {len(reader):,} records", end="")
@@ -46,8 +51,10 @@ def main() -> None:
         header, _ = unpack(reader.read(0))
         print(f"InsightFace header (key 0): {describe(header)}")
         num_ids = int(header.label[1]) - end
-        print(f"  images: keys {first}..{end - 1} ({end - first:,}); identity records: keys {end}..{end + num_ids - 1}"
-              f" ({num_ids:,})")
+        print(
+            f"  images: keys {first}..{end - 1} ({end - first:,}); identity records: keys {end}..{end + num_ids - 1}"
+            f" ({num_ids:,})"
+        )
         image_keys = range(first, end)
     except RecordIOError as exc:
         print(f"no InsightFace header ({exc}); treating every record as an image")
@@ -55,8 +62,7 @@ def main() -> None:
     scan = image_keys[: args.scan] if args.scan else image_keys
     labels = [identity_of(unpack(reader.read(k))[0]) for k in scan]
     if labels:
-        print(f"labels of {len(labels):,} image records: {min(labels)}..{max(labels)}, "
-              f"{len(set(labels)):,} distinct")
+        print(f"labels of {len(labels):,} image records: {min(labels)}..{max(labels)}, {len(set(labels)):,} distinct")
 
     for key in reader.keys[: args.show]:
         record = reader.read(key)

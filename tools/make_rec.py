@@ -26,8 +26,8 @@ import logging
 import multiprocessing
 import shutil
 import sys
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 from tqdm import tqdm
@@ -75,8 +75,10 @@ def _jpeg_of(path: Path) -> bytes:
     except ValueError as exc:
         raise ValueError(f"{path}: {exc}") from None
     if image.shape != ALIGNED_SHAPE:
-        raise ValueError(f"{path} is {image.shape[1]}x{image.shape[0]}, not an aligned 112x112 face: align the "
-                         "folder first (python -m qgface.align SRC DST)")
+        raise ValueError(
+            f"{path} is {image.shape[1]}x{image.shape[0]}, not an aligned 112x112 face: align the "
+            "folder first (python -m qgface.align SRC DST)"
+        )
     return data if data[:2] == b"\xff\xd8" else encode_jpeg(image)
 
 
@@ -97,8 +99,9 @@ def _merged(chunks: list[Path]) -> Iterator[tuple[bytes, int]]:
                 yield payload, int(header.label)
 
 
-def make_rec(src: str | Path, out: str | Path, *, workers: int = 1, chunk_size: int = 1000,
-             progress: bool = True) -> tuple[int, int]:
+def make_rec(
+    src: str | Path, out: str | Path, *, workers: int = 1, chunk_size: int = 1000, progress: bool = True
+) -> tuple[int, int]:
     """Build ``out/train.rec``/``train.idx`` and ``out/identities.csv``; returns ``(images, identities)``."""
     src, out = Path(src), Path(out)
     names, items = plan(src)
@@ -110,8 +113,10 @@ def make_rec(src: str | Path, out: str | Path, *, workers: int = 1, chunk_size: 
         shutil.rmtree(staging)
     staging.mkdir(parents=True, exist_ok=True)
     atomic_write_text(marker, fingerprint)
-    jobs = [(src, staging / f"chunk_{k:06d}.rec", items[start:start + chunk_size])
-            for k, start in enumerate(range(0, len(items), chunk_size))]
+    jobs = [
+        (src, staging / f"chunk_{k:06d}.rec", items[start : start + chunk_size])
+        for k, start in enumerate(range(0, len(items), chunk_size))
+    ]
     todo = [job for job in jobs if not (job[1].is_file() and job[1].with_suffix(".idx").is_file())]
     if len(todo) < len(jobs):
         log.info("resuming: %d of %d chunks already packed", len(jobs) - len(todo), len(jobs))
@@ -139,16 +144,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("src", help="folder of <identity>/<image> aligned 112x112 crops")
     parser.add_argument("out", help="output folder for train.rec, train.idx and identities.csv")
     parser.add_argument("--workers", type=int, default=1, help="parallel packing processes (default 1)")
-    parser.add_argument("--chunk-size", type=int, default=1000,
-                        help="images per resumable chunk (default 1000)")
+    parser.add_argument("--chunk-size", type=int, default=1000, help="images per resumable chunk (default 1000)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.chunk_size < 1:
         parser.error(f"--chunk-size must be >= 1, got {args.chunk_size}")
     try:
-        images, identities = make_rec(args.src, args.out, workers=args.workers, chunk_size=args.chunk_size,
-                                      progress=not args.no_progress)
+        images, identities = make_rec(
+            args.src, args.out, workers=args.workers, chunk_size=args.chunk_size, progress=not args.no_progress
+        )
     except (FileNotFoundError, ValueError) as exc:
         print(f"make_rec: error: {exc} (finished chunks are kept: run again to resume)", file=sys.stderr)
         return 1

@@ -69,25 +69,35 @@ def preview(path: Path, seed: int, identities: int, per_identity: int = 8) -> No
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     parser.add_argument("out", nargs="?", type=Path, help="new or empty folder to generate the dataset into")
     parser.add_argument("--identities", type=int, default=synthetic.IDENTITIES, help="training identities")
-    parser.add_argument("--images-per-identity", type=int, default=synthetic.IMAGES_PER_IDENTITY,
-                        help="training images per identity")
-    parser.add_argument("--eval-identities", type=int, default=synthetic.EVAL_IDENTITIES,
-                        help="identities of every evaluation set")
+    parser.add_argument(
+        "--images-per-identity", type=int, default=synthetic.IMAGES_PER_IDENTITY, help="training images per identity"
+    )
+    parser.add_argument(
+        "--eval-identities", type=int, default=synthetic.EVAL_IDENTITIES, help="identities of every evaluation set"
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of identities, variations and degradations")
-    parser.add_argument("--hq-pairs", type=int, help=f"pairs (even) in each of {', '.join(HQ_SETS)} "
-                        "(default: 3 per eval identity, at most 300)")
+    parser.add_argument(
+        "--hq-pairs",
+        type=int,
+        help=f"pairs (even) in each of {', '.join(HQ_SETS)} (default: 3 per eval identity, at most 300)",
+    )
     parser.add_argument("--tinyface-probes", type=int, default=2, help="TinyFace probes per identity")
     parser.add_argument("--tinyface-gallery", type=int, default=2, help="TinyFace gallery matches per identity")
-    parser.add_argument("--tinyface-distractors", type=int, help="TinyFace distractor images (default: 4 per eval identity)")
+    parser.add_argument(
+        "--tinyface-distractors", type=int, help="TinyFace distractor images (default: 4 per eval identity)"
+    )
     parser.add_argument("--scface-subjects", type=int, help="SCface subjects (default: eval identities, at most 50)")
     parser.add_argument("--ijb-templates", type=int, default=3, help="IJB-B/C templates per identity")
     parser.add_argument("--ijb-media", type=int, default=2, help="most media per IJB template")
     parser.add_argument("--ijb-frames", type=int, default=2, help="most frames per IJB media")
-    parser.add_argument("--ijb-max-pairs", type=int, default=100_000, help="cap on IJB template pairs (impostors sampled)")
+    parser.add_argument(
+        "--ijb-max-pairs", type=int, default=100_000, help="cap on IJB template pairs (impostors sampled)"
+    )
     parser.add_argument("--workers", type=int, default=2, help="rendering processes")
     parser.add_argument("--preview", type=Path, help="write a PNG grid of example images here")
     parser.add_argument("--preview-identities", type=int, default=6, help="identities (rows) in the preview")
@@ -100,12 +110,23 @@ def main(argv: list[str] | None = None) -> int:
         print(f"preview written to {args.preview}")
     if args.out is not None:
         start = time.perf_counter()
-        generate(args.out, identities=args.identities, images_per_identity=args.images_per_identity,
-                 eval_identities=args.eval_identities, seed=args.seed, hq_pairs=args.hq_pairs,
-                 tinyface_probes=args.tinyface_probes, tinyface_gallery=args.tinyface_gallery,
-                 tinyface_distractors=args.tinyface_distractors, scface_subjects=args.scface_subjects,
-                 ijb_templates=args.ijb_templates, ijb_media=args.ijb_media, ijb_frames=args.ijb_frames,
-                 ijb_max_pairs=args.ijb_max_pairs, workers=args.workers)
+        generate(
+            args.out,
+            identities=args.identities,
+            images_per_identity=args.images_per_identity,
+            eval_identities=args.eval_identities,
+            seed=args.seed,
+            hq_pairs=args.hq_pairs,
+            tinyface_probes=args.tinyface_probes,
+            tinyface_gallery=args.tinyface_gallery,
+            tinyface_distractors=args.tinyface_distractors,
+            scface_subjects=args.scface_subjects,
+            ijb_templates=args.ijb_templates,
+            ijb_media=args.ijb_media,
+            ijb_frames=args.ijb_frames,
+            ijb_max_pairs=args.ijb_max_pairs,
+            workers=args.workers,
+        )
         files = sum(1 for p in args.out.rglob("*") if p.is_file())
         print(f"generated {args.out}: {files} files in {time.perf_counter() - start:.1f} s")
     return 0

@@ -31,12 +31,17 @@ RECIPES = ("lh", "adaface")
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("checkpoint", type=Path, help="<run>/checkpoints/<name>.pt; the run's config.yaml "
-                        "(two folders up) names the training set")  # fmt: skip
+    parser.add_argument(
+        "checkpoint",
+        type=Path,
+        help="<run>/checkpoints/<name>.pt; the run's config.yaml (two folders up) names the training set",
+    )
     parser.add_argument("--images", type=int, default=512, help="training images to sample (evenly spaced)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the views (as the trainer's seed)")
     parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("overrides", nargs="*", help="key=value changes to the run's config, e.g. data.adaface_crop=false")
+    parser.add_argument(
+        "overrides", nargs="*", help="key=value changes to the run's config, e.g. data.adaface_crop=false"
+    )
     return parser.parse_intermixed_args()
 
 
@@ -45,7 +50,7 @@ def pair_embeddings(model: torch.nn.Module, pairs: TwoViewDataset, indices: list
     """Unit embeddings [N, 2, D] of the two views of each image, and the labels [N]."""
     embeddings, labels = [], []
     for start in range(0, len(indices), batch_size):
-        items = [pairs[i] for i in indices[start:start + batch_size]]
+        items = [pairs[i] for i in indices[start : start + batch_size]]
         views = to_network_input(torch.stack([views for views, _ in items]))  # [b, 2, 3, 112, 112]
         emb, _ = model(views.flatten(0, 1))
         embeddings.append(emb.reshape(len(items), 2, -1))
@@ -61,8 +66,11 @@ def pair_statistics(emb: torch.Tensor, labels: torch.Tensor) -> dict[str, float]
     other = (labels[:, None] != labels[None, :]).repeat(1, 2)  # [N, 2N]: columns = all views, a's then b's
     views = torch.cat([a, b])
     hardest = torch.stack([(view @ views.t()).masked_fill(~other, -2.0).amax(1) for view in (a, b)]).amax(0)
-    return {"mean": positive.mean().item(), "p10": positive.quantile(0.1).item(),
-            "closer_other": (hardest > positive).float().mean().item()}  # fmt: skip
+    return {
+        "mean": positive.mean().item(),
+        "p10": positive.quantile(0.1).item(),
+        "closer_other": (hardest > positive).float().mean().item(),
+    }
 
 
 def main() -> None:
@@ -77,8 +85,10 @@ def main() -> None:
         pairs = TwoViewDataset(base, recipe, cfg.data, args.seed)
         emb, labels = pair_embeddings(model, pairs, indices, args.batch_size)
         stats = pair_statistics(emb, labels)
-        print(f"{recipe:8s} pair cosine mean {stats['mean']:.3f}, 10th percentile {stats['p10']:.3f}; another "
-              f"identity closer than the partner for {stats['closer_other']:.1%} of pairs")
+        print(
+            f"{recipe:8s} pair cosine mean {stats['mean']:.3f}, 10th percentile {stats['p10']:.3f}; another "
+            f"identity closer than the partner for {stats['closer_other']:.1%} of pairs"
+        )
 
 
 if __name__ == "__main__":

@@ -65,18 +65,24 @@ def train_error_file(run_dir: Path, job_id: str) -> Path:
     return run_dir / "slurm" / f"{job_id}_train_error.json"
 
 
-def torchrun_command(
-    config_path: str, nproc: int, max_restarts: int, node: slurm_env.NodeTask | None
-) -> list[str]:
+def torchrun_command(config_path: str, nproc: int, max_restarts: int, node: slurm_env.NodeTask | None) -> list[str]:
     """The torchrun command line of one node; ``node=None`` = a single-node standalone rendezvous."""
     cmd = [sys.executable, "-m", "torch.distributed.run"]
     if node is None:
         cmd += ["--standalone", "--nnodes", "1"]
     else:
         cmd += [
-            "--nnodes", str(node.num_nodes), "--node_rank", str(node.node_rank),
-            "--rdzv_backend", "c10d", "--rdzv_endpoint", node.rdzv_endpoint, "--rdzv_id", f"qgface-{node.job_id}",
-        ]  # fmt: skip
+            "--nnodes",
+            str(node.num_nodes),
+            "--node_rank",
+            str(node.node_rank),
+            "--rdzv_backend",
+            "c10d",
+            "--rdzv_endpoint",
+            node.rdzv_endpoint,
+            "--rdzv_id",
+            f"qgface-{node.job_id}",
+        ]
     cmd += ["--nproc_per_node", str(max(nproc, 1)), "--max_restarts", str(max_restarts)]
     if _torchrun_handles_signal_list():
         cmd += ["--signals_to_handle", TORCHRUN_SIGNALS]
@@ -120,8 +126,9 @@ class TrainTask:
         error_file = train_error_file(cfg.resolved_run_dir(), str(env.job_id))
         if rank == 0:
             error_file.unlink(missing_ok=True)  # from an earlier start of this job (requeue)
-        child_env = dict(os.environ, TORCH_ELASTIC_SHUTDOWN_TIMEOUT=str(int(STOP_TIMEOUT_S)),
-                         **{TRAIN_ERROR_ENV: str(error_file)})
+        child_env = dict(
+            os.environ, TORCH_ELASTIC_SHUTDOWN_TIMEOUT=str(int(STOP_TIMEOUT_S)), **{TRAIN_ERROR_ENV: str(error_file)}
+        )
         self._torchrun = ProcessTree(cmd, env=child_env)
         self._install_signal_handlers(signal.Signals[f"SIG{submitit.JobEnvironment.USR_SIG}"])
         # torchrun's restarts are for crashes: a deterministic error (bad data or config, a corrupt

@@ -2,7 +2,8 @@
 
 Each mistake a user can make in the config that would otherwise surface minutes (or a queue wait)
 later, inside a job, is refused here with one line naming the key or file and what to do: the
-benchmark names, the backbone, the metric that chooses best.pt (``eval.best_metric``), the training data (``data.root``: a readable ``train.rec/.idx`` with
+benchmark names, the backbone, the metric that chooses best.pt (``eval.best_metric``), the training data
+(``data.root``: a readable ``train.rec/.idx`` with
 a valid InsightFace header, or image folders), the evaluation data of the chosen benchmarks
 (``eval.data_root``) and explicitly named checkpoints (``eval.checkpoints``).
 """
@@ -26,8 +27,9 @@ def check_launch(cfg: Config, evaluate: bool = True) -> None:
     from qgface.models import BACKBONES
 
     if cfg.model.backbone not in BACKBONES:
-        raise PreflightError(f"model.backbone={cfg.model.backbone!r} is not a backbone; choose one of "
-                             f"{', '.join(BACKBONES)}")
+        raise PreflightError(
+            f"model.backbone={cfg.model.backbone!r} is not a backbone; choose one of {', '.join(BACKBONES)}"
+        )
     if cfg.eval.every_steps:
         _check_best_metric(cfg)
     if evaluate:
@@ -46,8 +48,10 @@ def _check_benchmarks(cfg: Config) -> None:
     for name in cfg.eval.benchmarks:
         if name not in BENCHMARK_NAMES:
             hint = " (LFW, CFP-FP, AgeDB-30, CALFW and CPLFW are evaluated together as hq)" if name in HQ_SETS else ""
-            raise PreflightError(f"eval.benchmarks: {name!r} is not a benchmark; choose from "
-                                 f"{', '.join(BENCHMARK_NAMES)}{hint} (launch.py --benchmarks ...)")
+            raise PreflightError(
+                f"eval.benchmarks: {name!r} is not a benchmark; choose from "
+                f"{', '.join(BENCHMARK_NAMES)}{hint} (launch.py --benchmarks ...)"
+            )
 
 
 def _check_best_metric(cfg: Config) -> None:
@@ -66,18 +70,25 @@ def eval_data_problem(name: str, root: Path, cfg: Config) -> str:
     needs = {
         "hq": [f"{s}.bin" for s in HQ_SETS],
         "crlfw": ["lfw.bin"],
-        "tinyface": ["tinyface/Testing_Set/probe_img_ID_pairs.mat",
-                     "tinyface/Testing_Set/gallery_match_img_ID_pairs.mat", cfg.eval.tinyface_aligned_dir],
+        "tinyface": [
+            "tinyface/Testing_Set/probe_img_ID_pairs.mat",
+            "tinyface/Testing_Set/gallery_match_img_ID_pairs.mat",
+            cfg.eval.tinyface_aligned_dir,
+        ],
         "scface": ["scface/all.txt", cfg.eval.scface_aligned_dir],
         "ijbb": ["IJBB/meta", "IJBB/loose_crop"],
         "ijbc": ["IJBC/meta", "IJBC/loose_crop"],
     }[name]
     if not root.is_dir():
-        return f"eval.data_root={root} does not exist or is not a folder; point it at the evaluation data (README 'Data')"
+        return (
+            f"eval.data_root={root} does not exist or is not a folder; point it at the evaluation data (README 'Data')"
+        )
     for rel in needs:
         if not (root / rel).exists():
-            return (f"eval.data_root={root}: benchmark {name} needs {rel}, which is missing; add it (README 'Data' "
-                    f"shows the layout) or leave {name} out of eval.benchmarks")
+            return (
+                f"eval.data_root={root}: benchmark {name} needs {rel}, which is missing; add it (README 'Data' "
+                f"shows the layout) or leave {name} out of eval.benchmarks"
+            )
     return ""
 
 

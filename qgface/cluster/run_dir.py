@@ -33,9 +33,9 @@ class Run:
     config_path: Path
 
 
-
-def prepare_run(cfg: Config, now: datetime.datetime | None = None, *, source: str = "",
-                allow_changes: bool = False) -> Run:
+def prepare_run(
+    cfg: Config, now: datetime.datetime | None = None, *, source: str = "", allow_changes: bool = False
+) -> Run:
     """Create the run directory (``<output_root>/<name>-<YYYYmmdd-HHMMSS>`` unless ``run_dir`` is set)
     and write the resolved config, with absolute paths, to its ``config.yaml``.
 

@@ -81,16 +81,19 @@ def resolve_mode(cluster: str) -> str:
         return cluster
     if not shutil.which("sbatch"):
         if cluster == "slurm":
-            raise SlurmUnavailableError("--cluster slurm: sbatch is not on PATH; run on a Slurm login node, "
-                                        "or use --cluster local")
+            raise SlurmUnavailableError(
+                "--cluster slurm: sbatch is not on PATH; run on a Slurm login node, or use --cluster local"
+            )
         return "local"
     try:
         slurm_env.run_slurm("sinfo", "--noheader", "--format=%P", timeout_s=15)
     except slurm_env.SlurmCommandError as err:
         if cluster == "slurm":
             reason = (str(err).splitlines() or [""])[0]
-            raise SlurmUnavailableError(f"--cluster slurm: the Slurm controller does not answer ({reason}); "
-                                        "check `sinfo`, or use --cluster local") from None
+            raise SlurmUnavailableError(
+                f"--cluster slurm: the Slurm controller does not answer ({reason}); "
+                "check `sinfo`, or use --cluster local"
+            ) from None
         log.warning("sbatch is installed but Slurm does not answer (%s): running locally", err)
         return "local"
     return "slurm"
@@ -111,19 +114,19 @@ def eval_cpus_per_task(cfg: Config) -> int:
     return cfg.cluster.cpus_per_task if cfg.cluster.cpus_per_task > 0 else cpus_needed(cfg.eval.num_workers, 1)
 
 
-def _executor(run: Run, mode: str, name: str, *, nodes: int, gpus: int, time_min: int,
-              cpus: int) -> submitit.AutoExecutor:
+def _executor(
+    run: Run, mode: str, name: str, *, nodes: int, gpus: int, time_min: int, cpus: int
+) -> submitit.AutoExecutor:
     """An executor whose logs go to ``<run>/slurm/``; Slurm-only settings from ``cfg.cluster`` when set.
 
     ``cpus`` go to the job (``--cpus-per-task``) and to its ``srun`` too: since Slurm 22.05 a step
     does not inherit the job's ``--cpus-per-task``, and its task would run on one CPU.
     """
     c = run.cfg.cluster
-    ex = submitit.AutoExecutor(
-        folder=run.run_dir / "slurm", cluster=mode, slurm_max_num_timeout=c.max_requeues
+    ex = submitit.AutoExecutor(folder=run.run_dir / "slurm", cluster=mode, slurm_max_num_timeout=c.max_requeues)
+    ex.update_parameters(
+        name=f"{run.cfg.name}-{name}", timeout_min=time_min, tasks_per_node=1, nodes=nodes, cpus_per_task=cpus
     )
-    ex.update_parameters(name=f"{run.cfg.name}-{name}", timeout_min=time_min, tasks_per_node=1, nodes=nodes,
-                         cpus_per_task=cpus)
     if gpus > 0:
         ex.update_parameters(gpus_per_node=gpus)
     ex.update_parameters(**{f"slurm_{k}": v for k, v in slurm_parameters(c, time_min, cpus).items()})
@@ -133,8 +136,10 @@ def _executor(run: Run, mode: str, name: str, *, nodes: int, gpus: int, time_min
 def slurm_parameters(c: ClusterConfig, time_min: int, cpus: int) -> dict[str, Any]:
     """submitit's Slurm-only parameters (without the ``slurm_`` prefix) of a job of ``cpus`` CPUs per task."""
     # a short time limit gets a proportionally earlier warning, never one at the very start
-    slurm: dict[str, Any] = {"signal_delay_s": min(SIGNAL_DELAY_S, max(10, time_min * 60 // 5)),
-                             "srun_args": [f"--cpus-per-task={cpus}"]}
+    slurm: dict[str, Any] = {
+        "signal_delay_s": min(SIGNAL_DELAY_S, max(10, time_min * 60 // 5)),
+        "srun_args": [f"--cpus-per-task={cpus}"],
+    }
     for key in ("partition", "mem", "account", "qos", "constraint"):
         if getattr(c, key):
             slurm[key] = getattr(c, key)
@@ -144,15 +149,29 @@ def slurm_parameters(c: ClusterConfig, time_min: int, cpus: int) -> dict[str, An
 def submit_chain(run: Run, evaluate: bool = True, report: Report = log.info) -> Chain:
     """Submit training, the evaluation array and aggregation to Slurm; returns without waiting."""
     c, benchmarks = run.cfg.cluster, list(run.cfg.eval.benchmarks)
-    train_ex = _executor(run, "slurm", "train", nodes=c.nodes, gpus=c.gpus_per_node, time_min=c.time_min,
-                         cpus=train_cpus_per_task(run.cfg))
+    train_ex = _executor(
+        run,
+        "slurm",
+        "train",
+        nodes=c.nodes,
+        gpus=c.gpus_per_node,
+        time_min=c.time_min,
+        cpus=train_cpus_per_task(run.cfg),
+    )
     train_ex.update_parameters(slurm_additional_parameters={"hold": True})
     chain = Chain("slurm", train_ex.submit(jobs.TrainTask(str(run.config_path))))
     try:
         report(f"train job: {chain.train.job_id} ({c.nodes} node(s) x {max(c.gpus_per_node, 1)} worker(s))")
         if evaluate and benchmarks:
-            eval_ex = _executor(run, "slurm", "eval", nodes=1, gpus=min(c.gpus_per_node, 1), time_min=c.eval_time_min,
-                                cpus=eval_cpus_per_task(run.cfg))
+            eval_ex = _executor(
+                run,
+                "slurm",
+                "eval",
+                nodes=1,
+                gpus=min(c.gpus_per_node, 1),
+                time_min=c.eval_time_min,
+                cpus=eval_cpus_per_task(run.cfg),
+            )
             eval_ex.update_parameters(
                 slurm_dependency=f"afterok:{chain.train.job_id}",
                 slurm_additional_parameters={"kill_on_invalid_dep": "yes"},
@@ -206,8 +225,13 @@ def run_local_chain(run: Run, evaluate: bool = True, report: Report = log.info) 
         return 0 if train_ok else 1
     if train_ok:
         for benchmark in run.cfg.eval.benchmarks:
-            step = LocalStep("eval", f"eval {benchmark}", gpus=min(c.gpus_per_node, 1), time_min=c.eval_time_min,
-                             cpus=eval_cpus_per_task(run.cfg))
+            step = LocalStep(
+                "eval",
+                f"eval {benchmark}",
+                gpus=min(c.gpus_per_node, 1),
+                time_min=c.eval_time_min,
+                cpus=eval_cpus_per_task(run.cfg),
+            )
             _run_local(run, step, report, ids, jobs.EvalTask(str(run.run_dir)), benchmark)
     else:
         report("training failed: no evaluation; aggregation reports every benchmark as missing")
@@ -228,8 +252,9 @@ class LocalStep:
     cpus: int
 
 
-def _run_local(run: Run, step: LocalStep, report: Report, ids: dict[str, Any], fn: Callable[..., Any],
-               *args: Any) -> bool:
+def _run_local(
+    run: Run, step: LocalStep, report: Report, ids: dict[str, Any], fn: Callable[..., Any], *args: Any
+) -> bool:
     what = step.label
     executor = _executor(run, "local", step.kind, nodes=1, gpus=step.gpus, time_min=step.time_min, cpus=step.cpus)
     job = follow.start_ignoring_interrupts(lambda: executor.submit(fn, *args))

@@ -13,8 +13,13 @@ from pathlib import Path
 from typing import Any
 
 from qgface.vocab import choices, synthetic
-from qgface.vocab.benchmarks import (DEFAULT_BENCHMARKS, IJB_PROTOCOLS, SCFACE_ALIGNED_DIR, TINYFACE_ALIGNED_DIR,
-                                     VALIDATION_BENCHMARKS)
+from qgface.vocab.benchmarks import (
+    DEFAULT_BENCHMARKS,
+    IJB_PROTOCOLS,
+    SCFACE_ALIGNED_DIR,
+    TINYFACE_ALIGNED_DIR,
+    VALIDATION_BENCHMARKS,
+)
 
 
 class ConfigError(ValueError):
@@ -65,7 +70,9 @@ class DataConfig:
             _check_probability(f"data.{key}", getattr(self, key))
         _check_positive("data.batch_size", self.batch_size)
         if self.num_workers < -1:
-            raise ConfigError(f"data.num_workers must be >= 0, or -1 for a count from the CPUs; got {self.num_workers!r}")
+            raise ConfigError(
+                f"data.num_workers must be >= 0, or -1 for a count from the CPUs; got {self.num_workers!r}"
+            )
         if self.prefetch_factor < 0:
             raise ConfigError(f"data.prefetch_factor must be >= 0 (0 = automatic); got {self.prefetch_factor!r}")
 
@@ -155,7 +162,9 @@ class ContrastConfig:
         _check_choice("contrast.select", self.select, choices.SELECTS)
         _check_choice("contrast.margin_mode", self.margin_mode, choices.MARGIN_MODES)
         if self.queue_size < 0:
-            raise ConfigError(f"contrast.queue_size must be >= 0 (0 = from contrast.queue_steps); got {self.queue_size!r}")
+            raise ConfigError(
+                f"contrast.queue_size must be >= 0 (0 = from contrast.queue_steps); got {self.queue_size!r}"
+            )
         _check_positive("contrast.queue_steps", self.queue_steps)
         if not 0.0 < self.threshold < 1.0:
             raise ConfigError(f"contrast.threshold must lie in (0, 1), got {self.threshold!r}")
@@ -257,17 +266,23 @@ class EvalConfig:
         if self.checkpoints not in ("last", "all", "best"):
             names = [name.strip() for name in self.checkpoints.split(",")]
             if not all(name.endswith((".pt", ".pth", ".ckpt")) for name in names):
-                raise ConfigError(f"eval.checkpoints must be last, all, best or comma-separated checkpoint files "
-                                  f"(e.g. epoch_1.pt,last.pt); got {self.checkpoints!r}")
+                raise ConfigError(
+                    f"eval.checkpoints must be last, all, best or comma-separated checkpoint files "
+                    f"(e.g. epoch_1.pt,last.pt); got {self.checkpoints!r}"
+                )
         if self.every_steps < 0:
-            raise ConfigError(f"eval.every_steps must be >= 0 (0 = no validation during training); got {self.every_steps!r}")
+            raise ConfigError(
+                f"eval.every_steps must be >= 0 (0 = no validation during training); got {self.every_steps!r}"
+            )
         if not self.val_benchmarks or len(set(self.val_benchmarks)) != len(self.val_benchmarks):
             raise ConfigError(f"eval.val_benchmarks must list distinct benchmarks; got {self.val_benchmarks!r}")
         for name in self.val_benchmarks:
             if name not in VALIDATION_BENCHMARKS:
-                raise ConfigError(f"eval.val_benchmarks: {name!r} cannot be validated during training; only "
-                                  f"{', '.join(VALIDATION_BENCHMARKS)} are cheap enough (evaluate the others after "
-                                  "training with eval.benchmarks)")
+                raise ConfigError(
+                    f"eval.val_benchmarks: {name!r} cannot be validated during training; only "
+                    f"{', '.join(VALIDATION_BENCHMARKS)} are cheap enough (evaluate the others after "
+                    "training with eval.benchmarks)"
+                )
         if not self.best_metric:
             raise ConfigError("eval.best_metric must name a validation metric, e.g. hq_avg")
 

@@ -14,8 +14,9 @@ import importlib
 import logging
 import os
 import pickle
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -74,7 +75,8 @@ class _BinUnpickler(pickle.Unpickler):
         if factory is None:
             raise pickle.UnpicklingError(
                 f"refused to load global {module}.{name}: a .bin holds only JPEG bytes and booleans, "
-                "so this pickle is not one, and it may try to run code")
+                "so this pickle is not one, and it may try to run code"
+            )
         return factory()
 
 
@@ -95,8 +97,9 @@ def load_bin(path: str | os.PathLike) -> tuple[list[bytes], np.ndarray]:
         raise BinFileError(f"{path}: the first element must be a list of JPEG byte strings")
     issame = np.asarray(issame)
     if issame.dtype != np.bool_ or issame.ndim != 1:
-        raise BinFileError(f"{path}: issame must be a flat list of booleans, got dtype {issame.dtype} "
-                           f"shape {issame.shape}")
+        raise BinFileError(
+            f"{path}: issame must be a flat list of booleans, got dtype {issame.dtype} shape {issame.shape}"
+        )
     if len(images) != 2 * len(issame):
         raise BinFileError(f"{path}: {len(images)} images for {len(issame)} pairs (expected {2 * len(issame)})")
     log.debug("loaded %s: %d pairs", path, len(issame))

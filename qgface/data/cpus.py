@@ -12,8 +12,17 @@ import logging
 import math
 import os
 
-__all__ = ["BATCHES_IN_FLIGHT", "MAX_AUTO_WORKERS", "REQUEST_WORKERS", "available_cpus", "cpus_needed",
-           "ranks_on_this_node", "resolve_num_workers", "resolve_prefetch_factor", "warn_if_few_cpus"]
+__all__ = [
+    "BATCHES_IN_FLIGHT",
+    "MAX_AUTO_WORKERS",
+    "REQUEST_WORKERS",
+    "available_cpus",
+    "cpus_needed",
+    "ranks_on_this_node",
+    "resolve_num_workers",
+    "resolve_prefetch_factor",
+    "warn_if_few_cpus",
+]
 
 log = logging.getLogger(__name__)
 
@@ -61,8 +70,14 @@ def warn_if_few_cpus(num_workers: int, cpus: int, ranks: int) -> bool:
     needed = cpus_needed(num_workers, ranks)
     if 2 * cpus >= needed:
         return False
-    log.warning("only %d CPU(s) available to %d training process(es) with %d loader worker(s) each, which need "
-                "%d: the loader will starve the GPUs. Give the job more CPUs (cluster.cpus_per_task=0 derives "
-                "them; with sbatch pass --cpus-per-task=%d) or lower data.num_workers",
-                cpus, ranks, num_workers, needed, needed)
+    log.warning(
+        "only %d CPU(s) available to %d training process(es) with %d loader worker(s) each, which need "
+        "%d: the loader will starve the GPUs. Give the job more CPUs (cluster.cpus_per_task=0 derives "
+        "them; with sbatch pass --cpus-per-task=%d) or lower data.num_workers",
+        cpus,
+        ranks,
+        num_workers,
+        needed,
+        needed,
+    )
     return True

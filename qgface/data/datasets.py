@@ -26,8 +26,16 @@ from qgface.data.irheader import unpack
 from qgface.data.recordio import RecordIOError, RecordIOReader
 from qgface.data.views import make_views, num_views
 
-__all__ = ["IMAGE_SIZE", "IMAGE_EXTENSIONS", "DatasetLayoutError", "RecordTrainDataset", "FolderTrainDataset",
-           "has_folder_layout", "open_train_dataset", "TwoViewDataset"]
+__all__ = [
+    "IMAGE_SIZE",
+    "IMAGE_EXTENSIONS",
+    "DatasetLayoutError",
+    "RecordTrainDataset",
+    "FolderTrainDataset",
+    "has_folder_layout",
+    "open_train_dataset",
+    "TwoViewDataset",
+]
 
 log = logging.getLogger(__name__)
 
@@ -41,8 +49,10 @@ class DatasetLayoutError(ValueError):
 
 def _check_image(img: np.ndarray, where: str) -> np.ndarray:
     if img.shape != (IMAGE_SIZE, IMAGE_SIZE, 3):
-        raise DatasetLayoutError(f"{where}: image is {img.shape[1]}x{img.shape[0]}, expected an aligned "
-                                 f"{IMAGE_SIZE}x{IMAGE_SIZE} face; align/resize the training set first")
+        raise DatasetLayoutError(
+            f"{where}: image is {img.shape[1]}x{img.shape[0]}, expected an aligned "
+            f"{IMAGE_SIZE}x{IMAGE_SIZE} face; align/resize the training set first"
+        )
     return img
 
 
@@ -61,8 +71,10 @@ class RecordTrainDataset(Dataset):
         header, _ = unpack(self.reader.read(0))
         self.num_classes = int(header.label[1]) - int(header.label[0])
         if self.num_classes < 1:
-            raise DatasetLayoutError(f"{self.reader.rec_path}: key 0: header label {list(header.label)} "
-                                     "gives no identities (expected [N+1, N+1+num_ids])")
+            raise DatasetLayoutError(
+                f"{self.reader.rec_path}: key 0: header label {list(header.label)} "
+                "gives no identities (expected [N+1, N+1+num_ids])"
+            )
         self.reader.close()  # mapped again lazily, per process
         self.reader.index.share_memory()  # spawned loader workers map the index instead of copying it
         log.info("%s: %d images of %d identities", self.reader.rec_path, self.num_images, self.num_classes)
@@ -78,8 +90,10 @@ class RecordTrainDataset(Dataset):
         label = identity_of(header)
         where = f"{self.reader.rec_path}: key {key}"
         if not 0 <= label < self.num_classes:
-            raise RecordIOError(f"{where}: identity label {label} is outside [0, {self.num_classes}) given by "
-                                "the header (record 0); the .rec is inconsistent, rebuild it")
+            raise RecordIOError(
+                f"{where}: identity label {label} is outside [0, {self.num_classes}) given by "
+                "the header (record 0); the .rec is inconsistent, rebuild it"
+            )
         try:
             img = decode_bgr(payload, source_rgb=True)
         except ValueError as exc:
@@ -103,8 +117,10 @@ class FolderTrainDataset(Dataset):
         self._index: FolderIndex | None = self._load_index()
         self.num_classes = self._index.num_classes
         if self._index.num_images == 0:
-            raise DatasetLayoutError(f"{self.root}: no image files ({', '.join(IMAGE_EXTENSIONS)}) in any "
-                                     "<identity>/ subfolder; expected <root>/<identity>/<image>.jpg")
+            raise DatasetLayoutError(
+                f"{self.root}: no image files ({', '.join(IMAGE_EXTENSIONS)}) in any "
+                "<identity>/ subfolder; expected <root>/<identity>/<image>.jpg"
+            )
         log.info("%s: %d images of %d identities", self.root, self._index.num_images, self.num_classes)
 
     def _load_index(self) -> FolderIndex:
@@ -145,28 +161,38 @@ class FolderTrainDataset(Dataset):
 def has_folder_layout(root: str | os.PathLike) -> bool:
     """True when ``root`` would be read as an image folder: no ``train.rec``, some identity subfolder."""
     root = Path(root)
-    return (root.is_dir() and not (root / "train.rec").is_file()
-            and any(p.is_dir() and not p.name.startswith(".") for p in root.iterdir()))
+    return (
+        root.is_dir()
+        and not (root / "train.rec").is_file()
+        and any(p.is_dir() and not p.name.startswith(".") for p in root.iterdir())
+    )
 
 
-def open_train_dataset(root: str | os.PathLike,
-                       folder_index: str | os.PathLike | None = None) -> RecordTrainDataset | FolderTrainDataset:
+def open_train_dataset(
+    root: str | os.PathLike, folder_index: str | os.PathLike | None = None
+) -> RecordTrainDataset | FolderTrainDataset:
     """The training set at ``root``: ``train.rec`` + ``train.idx`` if present, else an image folder
     (listed from the cached index file ``folder_index`` when given)."""
     root = Path(root)
     if not root.is_dir():
-        raise DatasetLayoutError(f"{root}: training data root does not exist or is not a folder; expected "
-                                 "a folder holding train.rec + train.idx or <identity>/<image> subfolders "
-                                 "(set data.root)")
+        raise DatasetLayoutError(
+            f"{root}: training data root does not exist or is not a folder; expected "
+            "a folder holding train.rec + train.idx or <identity>/<image> subfolders "
+            "(set data.root)"
+        )
     if (root / "train.rec").is_file():
         if not (root / "train.idx").is_file():
-            raise DatasetLayoutError(f"{root / 'train.rec'}: has no index {root / 'train.idx'} beside it; "
-                                     "copy the .idx written with the .rec")
+            raise DatasetLayoutError(
+                f"{root / 'train.rec'}: has no index {root / 'train.idx'} beside it; "
+                "copy the .idx written with the .rec"
+            )
         return RecordTrainDataset(root)
     if has_folder_layout(root):
         return FolderTrainDataset(root, folder_index)
-    raise DatasetLayoutError(f"{root}: neither train.rec + train.idx (InsightFace RecordIO) nor "
-                             "<identity>/<image> subfolders found; point data.root at one of these layouts")
+    raise DatasetLayoutError(
+        f"{root}: neither train.rec + train.idx (InsightFace RecordIO) nor "
+        "<identity>/<image> subfolders found; point data.root at one of these layouts"
+    )
 
 
 class TwoViewDataset(Dataset):

@@ -27,8 +27,15 @@ import numpy as np
 
 from qgface.atomic import atomic_open
 
-__all__ = ["FolderIndex", "build_folder_index", "ensure_folder_index", "folder_index_is_current",
-           "folder_index_path", "open_folder_index", "save_folder_index"]
+__all__ = [
+    "FolderIndex",
+    "build_folder_index",
+    "ensure_folder_index",
+    "folder_index_is_current",
+    "folder_index_path",
+    "open_folder_index",
+    "save_folder_index",
+]
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +75,7 @@ class FolderIndex:
 
     def identity(self, label: int) -> str:
         start = int(self.id_ends[label - 1]) if label else 0
-        return bytes(self.id_bytes[start:int(self.id_ends[label])]).decode()
+        return bytes(self.id_bytes[start : int(self.id_ends[label])]).decode()
 
     def label(self, index: int) -> int:
         """The identity of image ``index`` (the last identity whose first image is at or before it)."""
@@ -76,7 +83,7 @@ class FolderIndex:
 
     def path(self, index: int) -> str:
         start = int(self.file_ends[index - 1]) if index else 0
-        name = bytes(self.file_bytes[start:int(self.file_ends[index])]).decode()
+        name = bytes(self.file_bytes[start : int(self.file_ends[index])]).decode()
         return os.path.join(self.root, self.identity(self.label(index)), name)
 
 
@@ -105,8 +112,9 @@ def build_folder_index(root: str | os.PathLike, extensions: tuple[str, ...]) -> 
     id_bytes, id_ends = _concat([name.encode() for name in identities])
     counts = np.fromiter((len(group) for group in files), np.int64, len(files))
     id_first = np.concatenate(([0], np.cumsum(counts))).astype(np.int64)
-    return FolderIndex(str(root), root_mtime, file_bytes, file_ends, id_bytes, id_ends, id_first,
-                       np.asarray(mtimes, np.int64))
+    return FolderIndex(
+        str(root), root_mtime, file_bytes, file_ends, id_bytes, id_ends, id_first, np.asarray(mtimes, np.int64)
+    )
 
 
 def save_folder_index(index: FolderIndex, path: str | os.PathLike) -> None:
@@ -130,17 +138,17 @@ def open_folder_index(path: str | os.PathLike) -> FolderIndex:
     """Map an index file read-only; its arrays are views of the mapping (shared by all processes)."""
     path = Path(path)
     data = np.memmap(path, np.uint8, mode="r")
-    if bytes(data[:len(MAGIC)]) != MAGIC:
+    if bytes(data[: len(MAGIC)]) != MAGIC:
         raise ValueError(f"{path}: not a qgface folder index (delete it; it is rebuilt from the folder)")
-    size = int.from_bytes(bytes(data[len(MAGIC):len(MAGIC) + 8]), "little")
-    header = json.loads(bytes(data[len(MAGIC) + 8:len(MAGIC) + 8 + size]))
+    size = int.from_bytes(bytes(data[len(MAGIC) : len(MAGIC) + 8]), "little")
+    header = json.loads(bytes(data[len(MAGIC) + 8 : len(MAGIC) + 8 + size]))
     start = -(-(len(MAGIC) + 8 + size) // _ALIGN) * _ALIGN
     arrays = {}
     for name in _ARRAYS:
         offset, dtype, count = header["arrays"][name]
         dtype = np.dtype(dtype)
         begin = start + offset
-        arrays[name] = data[begin:begin + count * dtype.itemsize].view(dtype)
+        arrays[name] = data[begin : begin + count * dtype.itemsize].view(dtype)
     return FolderIndex(header["root"], header["root_mtime_ns"], **arrays)
 
 
@@ -164,8 +172,7 @@ def folder_index_path(cache_dir: str | os.PathLike, root: str | os.PathLike) -> 
     return Path(cache_dir) / f"{digest}.folder-index"
 
 
-def ensure_folder_index(root: str | os.PathLike, cache_dir: str | os.PathLike,
-                        extensions: tuple[str, ...]) -> Path:
+def ensure_folder_index(root: str | os.PathLike, cache_dir: str | os.PathLike, extensions: tuple[str, ...]) -> Path:
     """The path of a current index of ``root`` under ``cache_dir``, listing the folder only if needed."""
     path = folder_index_path(cache_dir, root)
     if path.is_file():

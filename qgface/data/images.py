@@ -28,8 +28,10 @@ def decode_bgr(payload: bytes, *, source_rgb: bool = True) -> np.ndarray:
     img = cv2.imdecode(buf, cv2.IMREAD_COLOR) if buf.size else None
     if img is None:
         head = bytes(payload[:8])
-        raise ValueError(f"cannot decode {len(payload)} bytes as an image (starts with {head!r}); "
-                         "expected JPEG/PNG bytes, e.g. an unpacked record payload")
+        raise ValueError(
+            f"cannot decode {len(payload)} bytes as an image (starts with {head!r}); "
+            "expected JPEG/PNG bytes, e.g. an unpacked record payload"
+        )
     return img if source_rgb else np.ascontiguousarray(img[:, :, ::-1])
 
 

@@ -34,17 +34,22 @@ def read_insightface_header(reader: RecordIOReader) -> tuple[int, int]:
         raise RecordIOError(f"{reader.rec_path}: no record 0, so no InsightFace header")
     header, _ = unpack(reader.read(0))
     if header.flag < 2:
-        raise RecordIOError(f"{reader.rec_path}: key 0: record 0 has flag {header.flag}, not the "
-                            "InsightFace header (an array label [N+1, N+1+num_ids])")
+        raise RecordIOError(
+            f"{reader.rec_path}: key 0: record 0 has flag {header.flag}, not the "
+            "InsightFace header (an array label [N+1, N+1+num_ids])"
+        )
     end = int(header.label[0])
     if end < 1 or (end > 1 and (end - 1) not in reader):
-        raise RecordIOError(f"{reader.rec_path}: key 0: header says images are keys 1..{end - 1}, "
-                            f"but key {end - 1} is not in {reader.idx_path}")
+        raise RecordIOError(
+            f"{reader.rec_path}: key 0: header says images are keys 1..{end - 1}, "
+            f"but key {end - 1} is not in {reader.idx_path}"
+        )
     return 1, end
 
 
-def write_insightface_rec(rec_path: str | os.PathLike, idx_path: str | os.PathLike,
-                          items: Iterable[tuple[bytes, int]]) -> tuple[int, int]:
+def write_insightface_rec(
+    rec_path: str | os.PathLike, idx_path: str | os.PathLike, items: Iterable[tuple[bytes, int]]
+) -> tuple[int, int]:
     """Write a complete InsightFace-layout training set; returns ``(num_images, num_ids)``.
 
     ``items`` yields ``(jpeg bytes, identity)`` with identities ``0, 1, 2, ...`` in non-decreasing
@@ -59,9 +64,11 @@ def write_insightface_rec(rec_path: str | os.PathLike, idx_path: str | os.PathLi
             if label == len(ranges):
                 ranges.append((key, key))
             elif label != len(ranges) - 1:
-                raise ValueError(f"{rec_path}: item {key - 1} has identity {label} but identities must be "
-                                 f"0, 1, 2, ... in non-decreasing order (expected {len(ranges) - 1} or "
-                                 f"{len(ranges)})")
+                raise ValueError(
+                    f"{rec_path}: item {key - 1} has identity {label} but identities must be "
+                    f"0, 1, 2, ... in non-decreasing order (expected {len(ranges) - 1} or "
+                    f"{len(ranges)})"
+                )
             writer.write(key, pack(IRHeader(0, float(label), key, 0), payload))
             ranges[-1] = (ranges[-1][0], key + 1)
             key += 1

@@ -25,8 +25,13 @@ import torch
 import torch.distributed as torch_dist
 from torch.utils.data import DataLoader
 
-from qgface.data.cpus import (available_cpus, ranks_on_this_node, resolve_num_workers, resolve_prefetch_factor,
-                              warn_if_few_cpus)
+from qgface.data.cpus import (
+    available_cpus,
+    ranks_on_this_node,
+    resolve_num_workers,
+    resolve_prefetch_factor,
+    warn_if_few_cpus,
+)
 from qgface.data.datasets import IMAGE_EXTENSIONS, TwoViewDataset, has_folder_layout, open_train_dataset
 from qgface.data.folder_index import ensure_folder_index, folder_index_path
 from qgface.data.sampler import ResumableDistributedSampler
@@ -49,16 +54,18 @@ def loader_workers(data_cfg: Any) -> tuple[int, int | None]:
     return workers, resolve_prefetch_factor(data_cfg.prefetch_factor, workers) if workers else None
 
 
-def build_train_loader(cfg: Any, root: str | os.PathLike, rank: int,
-                       world_size: int) -> tuple[DataLoader, ResumableDistributedSampler, TwoViewDataset]:
+def build_train_loader(
+    cfg: Any, root: str | os.PathLike, rank: int, world_size: int
+) -> tuple[DataLoader, ResumableDistributedSampler, TwoViewDataset]:
     """``(loader, sampler, dataset)`` for this rank; call ``sampler.set_epoch`` before each epoch.
 
     ``root`` holds ``train.rec/.idx`` or ``<identity>/<image>`` folders; ``cfg.data`` gives the view
     recipe, batch size (per rank) and worker counts; ``cfg.seed`` seeds the shuffle and the views.
     """
     data = cfg.data
-    dataset = TwoViewDataset(_open_base(root, Path(cfg.output_root) / INDEX_CACHE_DIR, rank), data.views, data,
-                             cfg.seed)
+    dataset = TwoViewDataset(
+        _open_base(root, Path(cfg.output_root) / INDEX_CACHE_DIR, rank), data.views, data, cfg.seed
+    )
     sampler = ResumableDistributedSampler(len(dataset), world_size, rank, seed=cfg.seed, shuffle=True)
     workers, prefetch = loader_workers(data)
     log.info("data loader: %d worker(s) per rank, %s batches prefetched per worker", workers, prefetch or "no")

@@ -165,8 +165,9 @@ def _parse_lines(text: bytes, where: str) -> RecordIndex:
             if offset < 0:
                 raise ValueError
         except ValueError:
-            raise ValueError(f"{where}: line {line_no}: expected 'key<TAB>byte offset' with two "
-                             f"integers, got {line[:80]!r}") from None
+            raise ValueError(
+                f"{where}: line {line_no}: expected 'key<TAB>byte offset' with two integers, got {line[:80]!r}"
+            ) from None
         if key in seen:
             raise ValueError(f"{where}: line {line_no}: duplicate key {key} (also at byte offset {seen[key]})")
         seen[key] = offset

@@ -89,8 +89,10 @@ class RecordIOWriter:
         """Append ``record`` under integer ``key`` (keys must be unique)."""
         key = operator.index(key)
         if key in self._offsets:
-            raise RecordIOError(f"{self.rec_path}: duplicate key {key} (first written at byte offset "
-                                f"{self._offsets[key]}); every key of a .rec must be unique")
+            raise RecordIOError(
+                f"{self.rec_path}: duplicate key {key} (first written at byte offset "
+                f"{self._offsets[key]}); every key of a .rec must be unique"
+            )
         data = _encode(bytes(record))
         self._rec.write(data)
         self._idx.write(b"%d\t%d\n" % (key, self._pos))
@@ -158,42 +160,53 @@ class RecordIOReader:
             self._open()
         offset = self.index.offset(key) if isinstance(key, (int, np.integer)) else None
         if offset is None:
-            raise RecordIOError(f"{self.rec_path}: unknown key {key!r} (the .idx {self.idx_path} has "
-                                f"{len(self.index)} keys)")
+            raise RecordIOError(
+                f"{self.rec_path}: unknown key {key!r} (the .idx {self.idx_path} has {len(self.index)} keys)"
+            )
         cflag, length = self._chunk_at(key, offset)
         if cflag == 0:
-            return self._mm[offset + 8:offset + 8 + length]
+            return self._mm[offset + 8 : offset + 8 + length]
         if cflag != 1:
-            raise RecordIOError(f"{self.rec_path}: key {key}: byte offset {offset} holds the middle or "
-                                f"end (cflag {cflag}) of a split record, not a record start; the .idx "
-                                f"{self.idx_path} does not belong to this .rec")
+            raise RecordIOError(
+                f"{self.rec_path}: key {key}: byte offset {offset} holds the middle or "
+                f"end (cflag {cflag}) of a split record, not a record start; the .idx "
+                f"{self.idx_path} does not belong to this .rec"
+            )
         parts, pos = [], offset
         while True:
-            parts.append(self._mm[pos + 8:pos + 8 + length])
+            parts.append(self._mm[pos + 8 : pos + 8 + length])
             pos += 8 + ((length + 3) & ~3)
             if cflag == 3:
                 return b"".join(parts)
             parts.append(_MAGIC_BYTES)
             cflag, length = self._chunk_at(key, pos)
             if cflag not in (2, 3):
-                raise RecordIOError(f"{self.rec_path}: key {key}: split record starting at byte offset "
-                                    f"{offset} has chunk flag {cflag} at byte offset {pos} (expected 2 or 3): "
-                                    "the .rec is corrupt")
+                raise RecordIOError(
+                    f"{self.rec_path}: key {key}: split record starting at byte offset "
+                    f"{offset} has chunk flag {cflag} at byte offset {pos} (expected 2 or 3): "
+                    "the .rec is corrupt"
+                )
 
     def _chunk_at(self, key: int, offset: int) -> tuple[int, int]:
         """(cflag, length) of the chunk at ``offset``, checked against the magic and the file size."""
         if offset + 8 > self._size:
-            raise RecordIOError(f"{self.rec_path}: key {key}: byte offset {offset} is past the end of the "
-                                f"{self._size}-byte file: the .rec is truncated or the .idx is from another file")
+            raise RecordIOError(
+                f"{self.rec_path}: key {key}: byte offset {offset} is past the end of the "
+                f"{self._size}-byte file: the .rec is truncated or the .idx is from another file"
+            )
         magic, lrec = _CHUNK.unpack_from(self._mm, offset)
         if magic != MAGIC or offset % 4:
-            raise RecordIOError(f"{self.rec_path}: key {key}: no record starts at byte offset {offset} (found "
-                                f"0x{magic:08x}, expected the RecordIO magic 0x{MAGIC:08x}): the file is not "
-                                "RecordIO, is corrupt, or the .idx belongs to another .rec")
+            raise RecordIOError(
+                f"{self.rec_path}: key {key}: no record starts at byte offset {offset} (found "
+                f"0x{magic:08x}, expected the RecordIO magic 0x{MAGIC:08x}): the file is not "
+                "RecordIO, is corrupt, or the .idx belongs to another .rec"
+            )
         length = lrec & _LEN_MASK
         if offset + 8 + length > self._size:
-            raise RecordIOError(f"{self.rec_path}: key {key}: record at byte offset {offset} needs "
-                                f"{8 + length} bytes but the file ends at {self._size}: the .rec is truncated")
+            raise RecordIOError(
+                f"{self.rec_path}: key {key}: record at byte offset {offset} needs "
+                f"{8 + length} bytes but the file ends at {self._size}: the .rec is truncated"
+            )
         return lrec >> 29, length
 
     def __len__(self) -> int:
@@ -230,11 +243,11 @@ def _read_idx(idx_path: Path, rec_path: Path) -> RecordIndex:
     try:
         text = idx_path.read_bytes()
     except FileNotFoundError:
-        raise RecordIOError(f"{idx_path}: index of {rec_path} not found; pass the .idx written with the "
-                            ".rec (MXIndexedRecordIO/RecordIOWriter write both)") from None
+        raise RecordIOError(
+            f"{idx_path}: index of {rec_path} not found; pass the .idx written with the "
+            ".rec (MXIndexedRecordIO/RecordIOWriter write both)"
+        ) from None
     try:
         return parse_idx(text, str(idx_path))
     except ValueError as exc:
         raise RecordIOError(str(exc)) from None
-
-

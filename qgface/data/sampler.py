@@ -7,7 +7,7 @@ the dataset (``TwoViewDataset``), because persistent DataLoader workers never se
 
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 import torch
 from torch.utils.data import Sampler
@@ -24,13 +24,16 @@ class ResumableDistributedSampler(Sampler[tuple[int, int]]):
     run already trained on before it was interrupted.
     """
 
-    def __init__(self, num_samples: int, num_replicas: int = 1, rank: int = 0, seed: int = 0,
-                 shuffle: bool = True) -> None:
+    def __init__(
+        self, num_samples: int, num_replicas: int = 1, rank: int = 0, seed: int = 0, shuffle: bool = True
+    ) -> None:
         if num_replicas < 1 or not 0 <= rank < num_replicas:
             raise ValueError(f"rank {rank} is not in [0, num_replicas={num_replicas})")
         if num_samples < num_replicas:
-            raise ValueError(f"{num_samples} samples cannot give each of {num_replicas} ranks one sample "
-                             "(drop_last); use a larger dataset or fewer ranks")
+            raise ValueError(
+                f"{num_samples} samples cannot give each of {num_replicas} ranks one sample "
+                "(drop_last); use a larger dataset or fewer ranks"
+            )
         self.dataset_size = int(num_samples)
         self.num_replicas, self.rank = int(num_replicas), int(rank)
         self.seed, self.shuffle = int(seed), bool(shuffle)
@@ -53,11 +56,11 @@ class ResumableDistributedSampler(Sampler[tuple[int, int]]):
             indices = torch.randperm(self.dataset_size, generator=generator).tolist()
         else:
             indices = list(range(self.dataset_size))
-        return indices[:self.per_rank * self.num_replicas][self.rank::self.num_replicas]
+        return indices[: self.per_rank * self.num_replicas][self.rank :: self.num_replicas]
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
         epoch = self.epoch
-        return iter([(index, epoch) for index in self.rank_indices()[self.skip:]])
+        return iter([(index, epoch) for index in self.rank_indices()[self.skip :]])
 
     def __len__(self) -> int:
         return self.per_rank - self.skip

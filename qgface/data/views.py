@@ -22,9 +22,23 @@ import numpy as np
 from qgface.vocab.choices import VIEW_KINDS
 
 __all__ = [
-    "INTERPOLATIONS", "VIEW_KINDS", "hflip", "random_rescale", "resized_crop_box", "random_resized_crop",
-    "zero_pad_crop", "adjust_brightness", "adjust_contrast", "adjust_saturation", "color_jitter",
-    "random_rotation", "h_view", "l_view", "adaface_view", "make_views", "num_views",
+    "INTERPOLATIONS",
+    "VIEW_KINDS",
+    "hflip",
+    "random_rescale",
+    "resized_crop_box",
+    "random_resized_crop",
+    "zero_pad_crop",
+    "adjust_brightness",
+    "adjust_contrast",
+    "adjust_saturation",
+    "color_jitter",
+    "random_rotation",
+    "h_view",
+    "l_view",
+    "adaface_view",
+    "make_views",
+    "num_views",
 ]
 
 INTERPOLATIONS = (cv2.INTER_NEAREST, cv2.INTER_LINEAR, cv2.INTER_AREA, cv2.INTER_CUBIC, cv2.INTER_LANCZOS4)
@@ -51,8 +65,9 @@ def hflip(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return cv2.flip(img, 1) if rng.random() < 0.5 else img.copy()
 
 
-def random_rescale(img: np.ndarray, rng: np.random.Generator, ratio_range: Sequence[float],
-                   jpeg_quality: int | None = None) -> np.ndarray:
+def random_rescale(
+    img: np.ndarray, rng: np.random.Generator, ratio_range: Sequence[float], jpeg_quality: int | None = None
+) -> np.ndarray:
     """Down to side ``int(size*r)``, ``r ~ U(ratio_range)``, then back up (docs/method.md §2, L step 1).
 
     Each resize draws its own interpolation from :data:`INTERPOLATIONS`; with ``jpeg_quality`` the
@@ -70,8 +85,9 @@ def random_rescale(img: np.ndarray, rng: np.random.Generator, ratio_range: Seque
     return cv2.resize(small, (width, height), interpolation=INTERPOLATIONS[rng.integers(len(INTERPOLATIONS))])
 
 
-def resized_crop_box(rng: np.random.Generator, height: int, width: int, scale: Sequence[float],
-                     ratio: Sequence[float] = CROP_RATIO) -> tuple[int, int, int, int]:
+def resized_crop_box(
+    rng: np.random.Generator, height: int, width: int, scale: Sequence[float], ratio: Sequence[float] = CROP_RATIO
+) -> tuple[int, int, int, int]:
     """``(top, left, h, w)`` of a random crop as torchvision's ``RandomResizedCrop`` samples it.
 
     Area fraction ``U(scale)``, aspect ratio log-uniform in ``ratio``, up to 10 tries; otherwise
@@ -98,16 +114,14 @@ def resized_crop_box(rng: np.random.Generator, height: int, width: int, scale: S
     return (height - h) // 2, (width - w) // 2, h, w
 
 
-def random_resized_crop(img: np.ndarray, rng: np.random.Generator,
-                        scale: Sequence[float] = L_CROP_SCALE) -> np.ndarray:
+def random_resized_crop(img: np.ndarray, rng: np.random.Generator, scale: Sequence[float] = L_CROP_SCALE) -> np.ndarray:
     """Random resized crop (torchvision semantics), resized back to the input size (bilinear)."""
     height, width = img.shape[:2]
     top, left, h, w = resized_crop_box(rng, height, width, scale)
-    return cv2.resize(img[top:top + h, left:left + w], (width, height), interpolation=cv2.INTER_LINEAR)
+    return cv2.resize(img[top : top + h, left : left + w], (width, height), interpolation=cv2.INTER_LINEAR)
 
 
-def zero_pad_crop(img: np.ndarray, rng: np.random.Generator,
-                  scale: Sequence[float] = ADAFACE_CROP_SCALE) -> np.ndarray:
+def zero_pad_crop(img: np.ndarray, rng: np.random.Generator, scale: Sequence[float] = ADAFACE_CROP_SCALE) -> np.ndarray:
     """AdaFace's crop: keep a random-resized-crop box in place, black out everything else.
 
     The box is sampled as :func:`resized_crop_box`; the crop is not resized, so the face keeps its
@@ -115,7 +129,7 @@ def zero_pad_crop(img: np.ndarray, rng: np.random.Generator,
     """
     top, left, h, w = resized_crop_box(rng, img.shape[0], img.shape[1], scale)
     out = np.zeros_like(img)
-    out[top:top + h, left:left + w] = img[top:top + h, left:left + w]
+    out[top : top + h, left : left + w] = img[top : top + h, left : left + w]
     return out
 
 
@@ -159,8 +173,7 @@ def color_jitter(img: np.ndarray, rng: np.random.Generator, strength: float) -> 
     return out
 
 
-def random_rotation(img: np.ndarray, rng: np.random.Generator,
-                    max_degrees: float = MAX_ROTATION_DEG) -> np.ndarray:
+def random_rotation(img: np.ndarray, rng: np.random.Generator, max_degrees: float = MAX_ROTATION_DEG) -> np.ndarray:
     """Rotation by ``U(-max, max)`` degrees (counter-clockwise positive) about the image centre.
 
     Nearest-neighbour, black corners, same size (torchvision ``RandomRotation`` defaults).
@@ -168,8 +181,9 @@ def random_rotation(img: np.ndarray, rng: np.random.Generator,
     height, width = img.shape[:2]
     angle = rng.uniform(-max_degrees, max_degrees)
     matrix = cv2.getRotationMatrix2D(((width - 1) / 2.0, (height - 1) / 2.0), angle, 1.0)
-    return cv2.warpAffine(img, matrix, (width, height), flags=cv2.INTER_NEAREST,
-                          borderMode=cv2.BORDER_CONSTANT, borderValue=(0, 0, 0))
+    return cv2.warpAffine(
+        img, matrix, (width, height), flags=cv2.INTER_NEAREST, borderMode=cv2.BORDER_CONSTANT, borderValue=(0, 0, 0)
+    )
 
 
 def h_view(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:

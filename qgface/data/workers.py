@@ -52,4 +52,3 @@ def worker_options(num_workers: int, prefetch_factor: int | None = None) -> dict
     if prefetch_factor is not None:
         options["prefetch_factor"] = prefetch_factor
     return options
-

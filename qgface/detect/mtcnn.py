@@ -56,8 +56,9 @@ def nms(boxes: np.ndarray, scores: np.ndarray, threshold: float, mode: str = "un
     while order.size:
         i, rest = order[0], order[1:]
         keep.append(i)
-        inter = (np.maximum(0.0, np.minimum(x2[i], x2[rest]) - np.maximum(x1[i], x1[rest]) + 1)
-                 * np.maximum(0.0, np.minimum(y2[i], y2[rest]) - np.maximum(y1[i], y1[rest]) + 1))
+        inter = np.maximum(0.0, np.minimum(x2[i], x2[rest]) - np.maximum(x1[i], x1[rest]) + 1) * np.maximum(
+            0.0, np.minimum(y2[i], y2[rest]) - np.maximum(y1[i], y1[rest]) + 1
+        )
         denom = np.minimum(area[i], area[rest]) if mode == "min" else area[i] + area[rest] - inter
         order = rest[inter / denom <= threshold]
     return np.asarray(keep, dtype=np.int64)
@@ -96,12 +97,20 @@ class MTCNN:
     installed facenet-pytorch wheel's data folder.
     """
 
-    def __init__(self, weights_dir: str | os.PathLike | None = None, *, min_face_size: float = 20.0,
-                 thresholds: tuple[float, float, float] = (0.6, 0.7, 0.7), factor: float = 0.709,
-                 device: torch.device | str = "cpu") -> None:
+    def __init__(
+        self,
+        weights_dir: str | os.PathLike | None = None,
+        *,
+        min_face_size: float = 20.0,
+        thresholds: tuple[float, float, float] = (0.6, 0.7, 0.7),
+        factor: float = 0.709,
+        device: torch.device | str = "cpu",
+    ) -> None:
         if min_face_size < 12:
-            raise ValueError(f"min_face_size must be at least 12 pixels (P-Net's window), got {min_face_size}; "
-                             "use upsample to find smaller faces")
+            raise ValueError(
+                f"min_face_size must be at least 12 pixels (P-Net's window), got {min_face_size}; "
+                "use upsample to find smaller faces"
+            )
         if not 0 < factor < 1:
             raise ValueError(f"factor must lie in (0, 1), got {factor}")
         folder: Path = find_mtcnn_weights(weights_dir)
@@ -148,18 +157,22 @@ class MTCNN:
         height, width = rgb.shape[:2]
         found = []
         for scale in self._scales(height, width):
-            resized = cv2.resize(rgb, (int(width * scale + 1), int(height * scale + 1)),
-                                 interpolation=cv2.INTER_AREA)
+            resized = cv2.resize(rgb, (int(width * scale + 1), int(height * scale + 1)), interpolation=cv2.INTER_AREA)
             offsets, prob = self.pnet(torch.from_numpy(_normalise(resized))[None].to(self.device))
             offsets, prob = offsets[0].cpu().numpy(), prob[0].cpu().numpy()
             ys, xs = np.nonzero(prob >= self.thresholds[0])
             if not len(ys):
                 continue
             cells = np.stack([xs, ys], axis=1).astype(np.float64)
-            boxes = np.concatenate([
-                np.floor((_PNET_STRIDE * cells + 1) / scale),
-                np.floor((_PNET_STRIDE * cells + _PNET_CELL) / scale),
-                prob[ys, xs, None], offsets[:, ys, xs].T], axis=1)
+            boxes = np.concatenate(
+                [
+                    np.floor((_PNET_STRIDE * cells + 1) / scale),
+                    np.floor((_PNET_STRIDE * cells + _PNET_CELL) / scale),
+                    prob[ys, xs, None],
+                    offsets[:, ys, xs].T,
+                ],
+                axis=1,
+            )
             found.append(boxes[nms(boxes[:, :4], boxes[:, 4], 0.5)])
         if not found:
             return np.empty((0, 5))
@@ -190,8 +203,7 @@ class MTCNN:
         boxes, offsets, points, prob = boxes[keep], offsets[keep], points[keep], prob[keep]
         w = (boxes[:, 2] - boxes[:, 0] + 1)[:, None]
         h = (boxes[:, 3] - boxes[:, 1] + 1)[:, None]
-        landmarks = np.stack([boxes[:, 0:1] - 1 + w * points[:, :5],
-                              boxes[:, 1:2] - 1 + h * points[:, 5:]], axis=2)
+        landmarks = np.stack([boxes[:, 0:1] - 1 + w * points[:, :5], boxes[:, 1:2] - 1 + h * points[:, 5:]], axis=2)
         boxes = _calibrate(boxes, offsets)
         keep = nms(boxes, prob, 0.7, mode="min")
         return [Face(boxes[i].astype(np.float64), float(prob[i]), landmarks[i].astype(np.float64)) for i in keep]
@@ -209,7 +221,7 @@ class MTCNN:
             sx0, sy0, sx1, sy1 = max(left, 0), max(top, 0), min(right, width), min(bottom, height)
             if sx1 <= sx0 or sy1 <= sy0:
                 continue
-            window[sy0 - top:sy1 - top, sx0 - left:sx1 - left] = rgb[sy0:sy1, sx0:sx1]
+            window[sy0 - top : sy1 - top, sx0 - left : sx1 - left] = rgb[sy0:sy1, sx0:sx1]
             crops.append(cv2.resize(window, (size, size), interpolation=cv2.INTER_AREA))
             kept.append(k)
         if not kept:

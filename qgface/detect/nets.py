@@ -20,8 +20,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-__all__ = ["MTCNN_WEIGHT_FILES", "ONet", "PNet", "RNet", "DetectorWeightsError", "find_mtcnn_weights",
-           "load_mtcnn_net"]
+__all__ = ["MTCNN_WEIGHT_FILES", "ONet", "PNet", "RNet", "DetectorWeightsError", "find_mtcnn_weights", "load_mtcnn_net"]
 
 MTCNN_WEIGHT_FILES = ("pnet.pt", "rnet.pt", "onet.pt")
 """File names of the three networks' state dicts, in cascade order."""
@@ -119,12 +118,15 @@ def find_mtcnn_weights(weights_dir: str | os.PathLike | None = None) -> Path:
             raise DetectorWeightsError(
                 "the MTCNN weights come from the facenet-pytorch wheel, which is not installed: run "
                 "'pip install --no-deps facenet-pytorch==2.6.0' (it pins an old torch, hence --no-deps; "
-                "qgface never imports it), or pass the folder holding pnet.pt/rnet.pt/onet.pt") from None
+                "qgface never imports it), or pass the folder holding pnet.pt/rnet.pt/onet.pt"
+            ) from None
         folder = Path(dist.locate_file(_WEIGHTS_SUBDIR))
     missing = [name for name in MTCNN_WEIGHT_FILES if not (folder / name).is_file()]
     if missing:
-        raise DetectorWeightsError(f"MTCNN weights folder {folder} lacks {', '.join(missing)}; expected "
-                                   f"{', '.join(MTCNN_WEIGHT_FILES)} (facenet-pytorch's data folder)")
+        raise DetectorWeightsError(
+            f"MTCNN weights folder {folder} lacks {', '.join(missing)}; expected "
+            f"{', '.join(MTCNN_WEIGHT_FILES)} (facenet-pytorch's data folder)"
+        )
     return folder
 
 
@@ -148,8 +150,11 @@ def load_mtcnn_net(net: nn.Module, path: str | os.PathLike) -> nn.Module:
     first_dense = {RNet: "dense4.weight", ONet: "dense5.weight"}.get(type(net))
     if first_dense is not None:
         state[first_dense] = _to_chw_columns(state[first_dense], net.flat_shape)
-    wrong = [f"{k} file {tuple(v.shape)} vs net {tuple(own[k].shape)}"
-             for k, v in state.items() if tuple(v.shape) != tuple(own[k].shape)]
+    wrong = [
+        f"{k} file {tuple(v.shape)} vs net {tuple(own[k].shape)}"
+        for k, v in state.items()
+        if tuple(v.shape) != tuple(own[k].shape)
+    ]
     if wrong:
         raise DetectorWeightsError(f"{path}: weights of the wrong shape for {type(net).__name__}: {'; '.join(wrong)}")
     net.load_state_dict(state, strict=True)

@@ -1,4 +1,5 @@
-"""``python -m qgface.eval --checkpoint CKPT|--onnx MODEL.onnx --benchmark NAME [--config YAML] [--output-dir DIR] [key=value ...]``
+"""``python -m qgface.eval --checkpoint CKPT|--onnx MODEL.onnx --benchmark NAME [--config YAML]
+[--output-dir DIR] [key=value ...]``
 
 Evaluates one checkpoint on one benchmark (compressing the benchmark first when needed) and writes
 ``<run>/eval/<checkpoint stem>/<NAME>.json`` (docs/method.md §7-8); a checkpoint outside a run's checkpoints/
@@ -25,23 +26,43 @@ from qgface.models.onnx_backbone import OnnxModelError
 
 log = logging.getLogger("qgface.eval")
 
-_USER_ERRORS = (BenchmarkError, BinFileError, CheckpointError, ConfigError, OnnxModelError, RecordIOError,
-                StaleRecError, FileNotFoundError, ValueError)
+_USER_ERRORS = (
+    BenchmarkError,
+    BinFileError,
+    CheckpointError,
+    ConfigError,
+    OnnxModelError,
+    RecordIOError,
+    StaleRecError,
+    FileNotFoundError,
+    ValueError,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m qgface.eval", description=__doc__.split("\n\n")[1])
     model = parser.add_mutually_exclusive_group(required=True)
     model.add_argument("--checkpoint", help="checkpoint file (e.g. <run>/checkpoints/last.pt)")
-    model.add_argument("--onnx", metavar="MODEL.onnx", dest="checkpoint",
-                       help="score a backbone exported by tools/export_onnx.py (run with onnxruntime) instead")
-    parser.add_argument("--benchmark", required=True,
-                        help=f"one of {', '.join(BENCHMARK_NAMES)}, or an index into eval.benchmarks")
-    parser.add_argument("--config", default=None,
-                        help="YAML config; default: the run's config.yaml, else the checkpoint's own config")
-    parser.add_argument("--output-dir", default=None, help="results go to DIR/<checkpoint stem>/<benchmark>.json; default <run>/eval")
-    parser.add_argument("--no-compress", action="store_true",
-                        help="read the image files when no compressed .rec exists instead of creating one")
+    model.add_argument(
+        "--onnx",
+        metavar="MODEL.onnx",
+        dest="checkpoint",
+        help="score a backbone exported by tools/export_onnx.py (run with onnxruntime) instead",
+    )
+    parser.add_argument(
+        "--benchmark", required=True, help=f"one of {', '.join(BENCHMARK_NAMES)}, or an index into eval.benchmarks"
+    )
+    parser.add_argument(
+        "--config", default=None, help="YAML config; default: the run's config.yaml, else the checkpoint's own config"
+    )
+    parser.add_argument(
+        "--output-dir", default=None, help="results go to DIR/<checkpoint stem>/<benchmark>.json; default <run>/eval"
+    )
+    parser.add_argument(
+        "--no-compress",
+        action="store_true",
+        help="read the image files when no compressed .rec exists instead of creating one",
+    )
     parser.add_argument("overrides", nargs="*", help="config overrides such as eval.data_root=/data/eval")
     return parser
 

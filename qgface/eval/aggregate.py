@@ -31,11 +31,18 @@ from qgface.history import launched_config_file
 from qgface.vocab.benchmarks import BENCHMARK_NAMES
 from qgface.vocab.columns import ALL_AVG_PARTS, HEADLINE
 
-__all__ = ["ALL_AVG_PARTS", "HEADLINE", "AggregateResult", "aggregate", "headline_table", "main", "read_csv_rows",
-           "read_results"]
+__all__ = [
+    "ALL_AVG_PARTS",
+    "HEADLINE",
+    "AggregateResult",
+    "aggregate",
+    "headline_table",
+    "main",
+    "read_csv_rows",
+    "read_results",
+]
 
 log = logging.getLogger(__name__)
-
 
 
 @dataclasses.dataclass
@@ -91,8 +98,10 @@ def aggregate(run_dir: str | Path, *, tensorboard: bool = True) -> AggregateResu
     ``run_dir`` must be an existing run directory: nothing is created anywhere else."""
     run_dir = Path(run_dir)
     if not (run_dir / "eval").is_dir():
-        raise FileNotFoundError(f"{run_dir} is not a run directory (it has no eval/ folder); give the folder "
-                                "launch.py printed as 'run directory'")
+        raise FileNotFoundError(
+            f"{run_dir} is not a run directory (it has no eval/ folder); give the folder "
+            "launch.py printed as 'run directory'"
+        )
     results, failed = read_results(run_dir)
     results.sort(key=lambda r: (_order(r["benchmark"]), r["benchmark"]))
     identity = {"run": run_dir.resolve().name, "config": launched_config_file(run_dir)}
@@ -115,8 +124,12 @@ def aggregate(run_dir: str | Path, *, tensorboard: bool = True) -> AggregateResu
     failed = {key: err for key, err in failed.items() if key not in done}
     evaluated = list(groups) + [ckpt for ckpt, _ in failed if ckpt not in groups]
     evaluated = list(dict.fromkeys(evaluated)) or [str(run_dir.resolve() / "checkpoints" / "last.pt")]
-    missing = [f"{name} of {Path(ckpt).name}" for ckpt in evaluated for name in _expected(run_dir)
-               if (ckpt, name) not in done and (ckpt, name) not in failed]
+    missing = [
+        f"{name} of {Path(ckpt).name}"
+        for ckpt in evaluated
+        for name in _expected(run_dir)
+        if (ckpt, name) not in done and (ckpt, name) not in failed
+    ]
     csv_path = run_dir / "results.csv"
     atomic_write_text(csv_path, _csv(columns, rows))
     if tensorboard:
@@ -192,6 +205,7 @@ def read_csv_rows(csv_path: str | Path) -> list[dict[str, str]]:
 def headline_table(rows: list[dict[str, Any]], label: tuple[str, ...] = ("checkpoint", "step")) -> str:
     """A Markdown table of the headline columns (the paper's, plus IJB-C) for results.csv rows:
     ``label`` columns first (a checkpoint is shown by its file name), numbers with two decimals."""
+
     def cell(key: str, value: Any) -> str:
         if value in (None, ""):
             return "–"

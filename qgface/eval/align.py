@@ -13,13 +13,15 @@ import numpy as np
 
 __all__ = ["ARCFACE_TEMPLATE", "align_face", "similarity_transform"]
 
-ARCFACE_TEMPLATE = np.array([
-    [38.2946, 51.6963],  # eye on the image's left
-    [73.5318, 51.5014],  # eye on the image's right
-    [56.0252, 71.7366],  # nose tip
-    [41.5493, 92.3655],  # mouth corner on the left
-    [70.7299, 92.2041],  # mouth corner on the right
-])
+ARCFACE_TEMPLATE = np.array(
+    [
+        [38.2946, 51.6963],  # eye on the image's left
+        [73.5318, 51.5014],  # eye on the image's right
+        [56.0252, 71.7366],  # nose tip
+        [41.5493, 92.3655],  # mouth corner on the left
+        [70.7299, 92.2041],  # mouth corner on the right
+    ]
+)
 """Landmark positions in an aligned 112x112 crop (InsightFace's standard template)."""
 
 
@@ -37,7 +39,7 @@ def similarity_transform(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
     if np.linalg.det(u) * np.linalg.det(vt) < 0:  # the best orthogonal map would reflect: forbid it
         d[1] = -1.0
     rotation = u @ np.diag(d) @ vt
-    src_var = (src_c ** 2).sum() / len(src)
+    src_var = (src_c**2).sum() / len(src)
     scale = (sing * d).sum() / src_var if src_var > 0 else 1.0
     matrix = np.empty((2, 3))
     matrix[:, :2] = scale * rotation

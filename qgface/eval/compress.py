@@ -24,8 +24,8 @@ import hashlib
 import json
 import logging
 import struct
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 from torch.utils.data import DataLoader, Dataset
@@ -37,8 +37,16 @@ from qgface.data.recordio import RecordIOReader, RecordIOWriter
 from qgface.data.workers import worker_options
 from qgface.eval.benchmarks.base import Benchmark
 
-__all__ = ["MANIFEST_VERSION", "RecordSource", "StaleRecError", "check_rec", "compress_benchmark",
-           "open_source", "rec_files", "verify_data"]
+__all__ = [
+    "MANIFEST_VERSION",
+    "RecordSource",
+    "StaleRecError",
+    "check_rec",
+    "compress_benchmark",
+    "open_source",
+    "rec_files",
+    "verify_data",
+]
 
 log = logging.getLogger(__name__)
 
@@ -52,8 +60,12 @@ class StaleRecError(RuntimeError):
 def rec_files(name: str, rec_dir: str | Path) -> dict[str, Path]:
     """Paths of the ``rec``, ``idx``, ``manifest`` and ``lock`` files of benchmark ``name``."""
     rec_dir = Path(rec_dir)
-    return {"rec": rec_dir / f"{name}.rec", "idx": rec_dir / f"{name}.idx",
-            "manifest": rec_dir / f"{name}.manifest.json", "lock": rec_dir / f"{name}.lock"}
+    return {
+        "rec": rec_dir / f"{name}.rec",
+        "idx": rec_dir / f"{name}.idx",
+        "manifest": rec_dir / f"{name}.manifest.json",
+        "lock": rec_dir / f"{name}.lock",
+    }
 
 
 def _sha256_lines(lines: list[str]) -> str:
@@ -78,20 +90,28 @@ def check_rec(benchmark: Benchmark, rec_dir: str | Path) -> Path | None:
         manifest = json.loads(files["manifest"].read_text())
     except (OSError, ValueError) as exc:
         _refuse(files, f"the manifest is unreadable ({exc})")
-    expected = {"format_version": MANIFEST_VERSION, "benchmark": benchmark.rec_name or benchmark.name,
-                "params": benchmark.params, "num_records": len(benchmark),
-                "list_sha256": _sha256_lines(benchmark.image_names)}
+    expected = {
+        "format_version": MANIFEST_VERSION,
+        "benchmark": benchmark.rec_name or benchmark.name,
+        "params": benchmark.params,
+        "num_records": len(benchmark),
+        "list_sha256": _sha256_lines(benchmark.image_names),
+    }
     for key, value in expected.items():
         if manifest.get(key) != value:
             detail = ""
             if key == "list_sha256":
                 old = manifest.get("list") or []
-                first = next((i for i, (a, b) in enumerate(zip(old, benchmark.image_names)) if a != b),
-                             min(len(old), len(benchmark)))
+                first = next(
+                    (i for i, (a, b) in enumerate(zip(old, benchmark.image_names)) if a != b),
+                    min(len(old), len(benchmark)),
+                )
                 detail = f" (first difference at image {first})"
             _refuse(files, f"{key} is {manifest.get(key)!r} but the protocol needs {value!r}{detail}")
     if manifest.get("rec_size") != files["rec"].stat().st_size:
-        _refuse(files, f"the .rec has {files['rec'].stat().st_size} bytes, the manifest says {manifest.get('rec_size')}")
+        _refuse(
+            files, f"the .rec has {files['rec'].stat().st_size} bytes, the manifest says {manifest.get('rec_size')}"
+        )
     if manifest.get("idx_sha256") != _sha256_file(files["idx"]):
         _refuse(files, "the .idx is not the one the manifest describes")
     return files["rec"]
@@ -100,7 +120,8 @@ def check_rec(benchmark: Benchmark, rec_dir: str | Path) -> Path | None:
 def _refuse(files: dict[str, Path], why: str) -> None:
     raise StaleRecError(
         f"{files['rec']} does not match the benchmark's protocol: {why}. Delete {files['rec']}, "
-        f"{files['idx']} and {files['manifest']} (or run tools/compress_valset.py --force) to recompress.")
+        f"{files['idx']} and {files['manifest']} (or run tools/compress_valset.py --force) to recompress."
+    )
 
 
 @contextlib.contextmanager
@@ -128,8 +149,7 @@ def _identity(item: bytes) -> bytes:
     return item
 
 
-def compress_benchmark(benchmark: Benchmark, rec_dir: str | Path, *, num_workers: int = 0,
-                       force: bool = False) -> Path:
+def compress_benchmark(benchmark: Benchmark, rec_dir: str | Path, *, num_workers: int = 0, force: bool = False) -> Path:
     """Write ``<rec_dir>/<name>.rec/.idx/.manifest.json`` unless up to date; returns the ``.rec`` path.
 
     ``num_workers`` processes read (and, for IJB, align) the images in order. ``force`` rebuilds
@@ -144,23 +164,27 @@ def compress_benchmark(benchmark: Benchmark, rec_dir: str | Path, *, num_workers
                 return rec
         files["manifest"].unlink(missing_ok=True)  # before the .rec changes: a crash leaves no manifest
         _remove_leftovers(files)
-        loader = DataLoader(_BytesDataset(benchmark), batch_size=None, collate_fn=_identity,
-                            **worker_options(num_workers))
+        loader = DataLoader(
+            _BytesDataset(benchmark), batch_size=None, collate_fn=_identity, **worker_options(num_workers)
+        )
         data_digest = hashlib.sha256()
         with RecordIOWriter(files["rec"], files["idx"]) as writer:
-            for i, payload in enumerate(tqdm(loader, desc=f"compress {benchmark.name}", mininterval=5,
-                                             unit="img")):
+            for i, payload in enumerate(tqdm(loader, desc=f"compress {benchmark.name}", mininterval=5, unit="img")):
                 data_digest.update(struct.pack("<Q", len(payload)))
                 data_digest.update(payload)
                 label = benchmark.record_label(i)
                 flag = 0 if isinstance(label, float) else int(np.asarray(label).size)
                 writer.write(i, pack(IRHeader(flag, label, i, 0), payload))
         manifest = {
-            "format_version": MANIFEST_VERSION, "benchmark": benchmark.rec_name or benchmark.name,
+            "format_version": MANIFEST_VERSION,
+            "benchmark": benchmark.rec_name or benchmark.name,
             "params": benchmark.params,
-            "num_records": len(benchmark), "list_sha256": _sha256_lines(benchmark.image_names),
-            "data_sha256": data_digest.hexdigest(), "rec_size": files["rec"].stat().st_size,
-            "idx_sha256": _sha256_file(files["idx"]), "list": benchmark.image_names,
+            "num_records": len(benchmark),
+            "list_sha256": _sha256_lines(benchmark.image_names),
+            "data_sha256": data_digest.hexdigest(),
+            "rec_size": files["rec"].stat().st_size,
+            "idx_sha256": _sha256_file(files["idx"]),
+            "list": benchmark.image_names,
         }
         atomic_write_text(files["manifest"], json.dumps(manifest, indent=1))
         log.info("compressed %s: %d images into %s", benchmark.name, len(benchmark), files["rec"])
@@ -186,8 +210,9 @@ class RecordSource:
         return unpack(self.reader.read(index))[1]
 
 
-def open_source(benchmark: Benchmark, rec_dir: str | Path, *, compress: bool = True,
-                num_workers: int = 0) -> tuple[RecordSource | Benchmark, str]:
+def open_source(
+    benchmark: Benchmark, rec_dir: str | Path, *, compress: bool = True, num_workers: int = 0
+) -> tuple[RecordSource | Benchmark, str]:
     """Where to read images from: ``(source, description)``.
 
     An up-to-date ``.rec`` is used; a mismatching one is refused (:class:`StaleRecError`); without
@@ -216,4 +241,3 @@ def verify_data(benchmark: Benchmark, rec_dir: str | Path) -> bool:
         digest.update(struct.pack("<Q", len(payload)))
         digest.update(payload)
     return digest.hexdigest() == manifest.get("data_sha256")
-

@@ -11,7 +11,8 @@ rounding; ``tf32=True`` (``eval.tf32``) trades that for speed.
 from __future__ import annotations
 
 import logging
-from typing import Hashable, Protocol
+from collections.abc import Hashable
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -49,12 +50,15 @@ class _ItemDataset(Dataset):
         try:
             bgr = decode_bgr(self.source.load_bytes(index))
         except ValueError as exc:
-            raise BenchmarkError(f"{self.benchmark.name}: image {index} "
-                                 f"({self.benchmark.image_names[index]}): {exc}") from None
+            raise BenchmarkError(
+                f"{self.benchmark.name}: image {index} ({self.benchmark.image_names[index]}): {exc}"
+            ) from None
         bgr = self.benchmark.transform(variant, bgr)
         if bgr.shape != IMAGE_SHAPE:
-            raise BenchmarkError(f"{self.benchmark.name}: image {index} ({self.benchmark.image_names[index]}) "
-                                 f"is {bgr.shape[1]}x{bgr.shape[0]}, expected an aligned 112x112 face")
+            raise BenchmarkError(
+                f"{self.benchmark.name}: image {index} ({self.benchmark.image_names[index]}) "
+                f"is {bgr.shape[1]}x{bgr.shape[0]}, expected an aligned 112x112 face"
+            )
         return torch.from_numpy(normalize_bgr(bgr))
 
 
@@ -68,10 +72,18 @@ def fused_embedding(model: nn.Module, images: torch.Tensor) -> tuple[torch.Tenso
     return fused / fused_norm, fused_norm
 
 
-def embed_benchmark(model: nn.Module, benchmark: Benchmark, source: ImageSource | None = None, *,
-                    batch_size: int = 128, num_workers: int = 2, device: torch.device | str | None = None,
-                    tf32: bool = False, item_range: tuple[int, int] | None = None,
-                    progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
+def embed_benchmark(
+    model: nn.Module,
+    benchmark: Benchmark,
+    source: ImageSource | None = None,
+    *,
+    batch_size: int = 128,
+    num_workers: int = 2,
+    device: torch.device | str | None = None,
+    tf32: bool = False,
+    item_range: tuple[int, int] | None = None,
+    progress: bool = True,
+) -> tuple[np.ndarray, np.ndarray]:
     """Fused embeddings ``[N, 512]`` (float32, unit rows) and norms ``[N]`` of ``benchmark.embed_items()``.
 
     ``source`` gives the image bytes (default: the benchmark's own files); ``device`` defaults to CUDA
@@ -82,9 +94,14 @@ def embed_benchmark(model: nn.Module, benchmark: Benchmark, source: ImageSource 
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     items = benchmark.embed_items()
     if item_range is not None:
-        items = items[item_range[0]:item_range[1]]
-    loader = DataLoader(_ItemDataset(source or benchmark, benchmark, items), batch_size=batch_size,
-                        shuffle=False, pin_memory=device.type == "cuda", **worker_options(num_workers))
+        items = items[item_range[0] : item_range[1]]
+    loader = DataLoader(
+        _ItemDataset(source or benchmark, benchmark, items),
+        batch_size=batch_size,
+        shuffle=False,
+        pin_memory=device.type == "cuda",
+        **worker_options(num_workers),
+    )
     model = model.to(device).eval()
     embeddings = np.empty((len(items), 0), dtype=np.float32)
     norms = np.empty(len(items), dtype=np.float32)
@@ -94,8 +111,8 @@ def embed_benchmark(model: nn.Module, benchmark: Benchmark, source: ImageSource 
             emb, norm = fused_embedding(model, images.to(device, non_blocking=True))
         if embeddings.shape[1] != emb.shape[1]:
             embeddings = np.empty((len(items), emb.shape[1]), dtype=np.float32)
-        embeddings[start:start + len(emb)] = emb.float().cpu().numpy()
-        norms[start:start + len(emb)] = norm.float().cpu().numpy().reshape(-1)
+        embeddings[start : start + len(emb)] = emb.float().cpu().numpy()
+        norms[start : start + len(emb)] = norm.float().cpu().numpy().reshape(-1)
         start += len(emb)
     log.info("embedded %d items of %s on %s", len(items), benchmark.name, device)
     return embeddings, norms

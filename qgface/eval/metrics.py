@@ -8,7 +8,7 @@ them at full benchmark scale).
 from __future__ import annotations
 
 import logging
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 from sklearn.metrics import roc_curve
@@ -16,8 +16,15 @@ from sklearn.model_selection import KFold
 from sklearn.preprocessing import normalize
 
 __all__ = [
-    "TAR_RULES", "VERIFICATION_THRESHOLDS", "cmc", "l2_normalize", "pair_distances", "roc", "tar_at_far",
-    "verification_accuracy", "verification_accuracy_from_distances",
+    "TAR_RULES",
+    "VERIFICATION_THRESHOLDS",
+    "cmc",
+    "l2_normalize",
+    "pair_distances",
+    "roc",
+    "tar_at_far",
+    "verification_accuracy",
+    "verification_accuracy_from_distances",
 ]
 
 log = logging.getLogger(__name__)
@@ -50,8 +57,9 @@ def pair_distances(embeddings: np.ndarray) -> np.ndarray:
     return np.sum(np.square(np.subtract(emb[0::2], emb[1::2])), 1)
 
 
-def verification_accuracy(embeddings: np.ndarray, issame: Sequence[bool] | np.ndarray,
-                          folds: int = 10) -> tuple[np.ndarray, np.ndarray]:
+def verification_accuracy(
+    embeddings: np.ndarray, issame: Sequence[bool] | np.ndarray, folds: int = 10
+) -> tuple[np.ndarray, np.ndarray]:
     """InsightFace's k-fold verification accuracy (docs/method.md §7, HQ verification).
 
     ``embeddings`` [2N, D] hold the pairs consecutively; they are L2-normalised here and compared by
@@ -64,10 +72,12 @@ def verification_accuracy(embeddings: np.ndarray, issame: Sequence[bool] | np.nd
     return verification_accuracy_from_distances(pair_distances(embeddings), issame, folds)
 
 
-def verification_accuracy_from_distances(dist: np.ndarray, issame: Sequence[bool] | np.ndarray,
-                                         folds: int = 10,
-                                         thresholds: np.ndarray = VERIFICATION_THRESHOLDS,
-                                         ) -> tuple[np.ndarray, np.ndarray]:
+def verification_accuracy_from_distances(
+    dist: np.ndarray,
+    issame: Sequence[bool] | np.ndarray,
+    folds: int = 10,
+    thresholds: np.ndarray = VERIFICATION_THRESHOLDS,
+) -> tuple[np.ndarray, np.ndarray]:
     """:func:`verification_accuracy` on precomputed pair distances.
 
     Sort-based: for every fold the numbers of genuine and impostor pairs with ``dist < t`` are
@@ -100,8 +110,14 @@ def verification_accuracy_from_distances(dist: np.ndarray, issame: Sequence[bool
     return accuracies, best
 
 
-def cmc(probe: np.ndarray, gallery: np.ndarray, probe_labels: np.ndarray, gallery_labels: np.ndarray,
-        ranks: Iterable[int] = (1, 5, 20), chunk: int | None = None) -> np.ndarray:
+def cmc(
+    probe: np.ndarray,
+    gallery: np.ndarray,
+    probe_labels: np.ndarray,
+    gallery_labels: np.ndarray,
+    ranks: Iterable[int] = (1, 5, 20),
+    chunk: int | None = None,
+) -> np.ndarray:
     """Closed-set cumulative match characteristic (docs/method.md §7, TinyFace/SCface): fraction of probes
     whose rank is ``<= r`` for every ``r`` in ``ranks``.
 
@@ -118,8 +134,10 @@ def cmc(probe: np.ndarray, gallery: np.ndarray, probe_labels: np.ndarray, galler
     gallery_labels = np.asarray(gallery_labels).reshape(-1)
     ranks = np.asarray(list(ranks), dtype=np.int64)
     if len(probe) != probe_labels.size or len(gallery) != gallery_labels.size:
-        raise ValueError(f"{len(probe)} probes with {probe_labels.size} labels, "
-                         f"{len(gallery)} gallery features with {gallery_labels.size} labels")
+        raise ValueError(
+            f"{len(probe)} probes with {probe_labels.size} labels, "
+            f"{len(gallery)} gallery features with {gallery_labels.size} labels"
+        )
     # genuine pairs (probe, gallery index), grouped by probe: gallery sorted by label, then a label lookup
     real = np.flatnonzero(gallery_labels != -1)
     order = real[np.argsort(gallery_labels[real], kind="stable")]
@@ -134,7 +152,7 @@ def cmc(probe: np.ndarray, gallery: np.ndarray, probe_labels: np.ndarray, galler
     chunk = chunk or max(1, _CMC_CHUNK_BYTES // (4 * max(1, len(gallery))))
     rank = np.empty(probe_idx.size, dtype=np.int64)
     for start in range(0, probe_idx.size, chunk):
-        rows = probe_idx[start:start + chunk]
+        rows = probe_idx[start : start + chunk]
         scores = l2_normalize(probe[rows], np.float32) @ gallery_n.T
         n_mates = end[rows] - first[rows]
         row_of_pair = np.repeat(np.arange(rows.size), n_mates)
@@ -143,7 +161,7 @@ def cmc(probe: np.ndarray, gallery: np.ndarray, probe_labels: np.ndarray, galler
         best = np.maximum.reduceat(genuine, np.concatenate(([0], np.cumsum(n_mates)[:-1])))
         higher = scores > best[:, None]
         # row by row: count_nonzero over a flat row is a popcount, ~2x faster than axis=1
-        rank[start:start + rows.size] = 1 + np.array([np.count_nonzero(row) for row in higher])
+        rank[start : start + rows.size] = 1 + np.array([np.count_nonzero(row) for row in higher])
         del scores, higher  # free the block before the next one is allocated
     return (rank[:, None] <= ranks[None, :]).mean(0)
 
@@ -159,8 +177,9 @@ TAR_RULES = ("lower", "higher")
 """Which ROC point serves a target FAR when several are equally near it (docs/method.md §7.5)."""
 
 
-def tar_at_far(scores: np.ndarray, labels: np.ndarray, fars: Iterable[float],
-               rule: str = "lower") -> dict[float, float | None]:
+def tar_at_far(
+    scores: np.ndarray, labels: np.ndarray, fars: Iterable[float], rule: str = "lower"
+) -> dict[float, float | None]:
     """True accept rate at each false accept rate (docs/method.md §7, IJB-B/C).
 
     ``roc_curve(labels, scores)`` (sklearn defaults, so collinear points are dropped); for each target
@@ -186,8 +205,12 @@ def tar_at_far(scores: np.ndarray, labels: np.ndarray, fars: Iterable[float],
         nearest = np.flatnonzero(gap == gap.min())
         result[float(far)] = float(tpr[nearest[0] if rule == "lower" else nearest[-1]])
     if unresolved:
-        log.warning("TAR at FAR %s left empty: %d impostor pairs resolve FARs down to %.1e only",
-                    ", ".join(f"{f:.0e}" for f in sorted(set(unresolved))), impostors, 1.0 / impostors)
+        log.warning(
+            "TAR at FAR %s left empty: %d impostor pairs resolve FARs down to %.1e only",
+            ", ".join(f"{f:.0e}" for f in sorted(set(unresolved))),
+            impostors,
+            1.0 / impostors,
+        )
     return result
 
 

@@ -1,4 +1,4 @@
-"""Evaluate one checkpoint on one benchmark and write ``<output_dir>/<checkpoint stem>/<benchmark>.json`` (docs/method.md §7-8).
+"""Evaluate one checkpoint on one benchmark: ``<output_dir>/<checkpoint stem>/<benchmark>.json`` (docs/method.md §7-8).
 
 Order: protocol files -> compressed ``.rec`` (made when missing, refused when stale) -> backbone ->
 fused embeddings -> protocol metrics -> JSON (atomic). The JSON holds the metrics (percentages), the
@@ -28,16 +28,27 @@ from qgface.models import load_backbone
 from qgface.models.io import CheckpointContents, read_checkpoint
 from qgface.models.onnx_backbone import OnnxBackbone
 
-__all__ = ["RESULT_VERSION", "checkpoint_info", "checkpoints_to_evaluate", "default_output_dir", "eval_data_root",
-           "evaluate", "resolve_benchmark", "resolve_config", "result_path", "write_failure"]
+__all__ = [
+    "RESULT_VERSION",
+    "checkpoint_info",
+    "checkpoints_to_evaluate",
+    "default_output_dir",
+    "eval_data_root",
+    "evaluate",
+    "resolve_benchmark",
+    "resolve_config",
+    "result_path",
+    "write_failure",
+]
 
 log = logging.getLogger(__name__)
 
 RESULT_VERSION = 1
 
 
-def resolve_config(checkpoint: str | Path | None, config_path: str | Path | None = None,
-                   overrides: Sequence[str] = ()) -> Config:
+def resolve_config(
+    checkpoint: str | Path | None, config_path: str | Path | None = None, overrides: Sequence[str] = ()
+) -> Config:
     """``--config``; else ``config.yaml`` of the run two levels above ``<run>/checkpoints/<ckpt>``; else
     the checkpoint's ``config`` entry; else the defaults. Overrides apply last in every case."""
     if config_path is None and checkpoint is not None:
@@ -63,8 +74,13 @@ def _is_onnx(path: str | Path) -> bool:
 
 
 def _info(contents: CheckpointContents) -> dict[str, Any]:
-    return {"layout": contents.layout, "step": contents.step, "epoch": contents.epoch,
-            "backbone": contents.backbone if contents.layout == "qgface" else None, "config": contents.config}
+    return {
+        "layout": contents.layout,
+        "step": contents.step,
+        "epoch": contents.epoch,
+        "backbone": contents.backbone if contents.layout == "qgface" else None,
+        "config": contents.config,
+    }
 
 
 def resolve_benchmark(name: str, cfg: Config) -> str:
@@ -72,8 +88,10 @@ def resolve_benchmark(name: str, cfg: Config) -> str:
     if name.isdigit():
         index = int(name)
         if index >= len(cfg.eval.benchmarks):
-            raise ValueError(f"benchmark index {index} is out of range: eval.benchmarks has "
-                             f"{len(cfg.eval.benchmarks)} entries {cfg.eval.benchmarks}")
+            raise ValueError(
+                f"benchmark index {index} is out of range: eval.benchmarks has "
+                f"{len(cfg.eval.benchmarks)} entries {cfg.eval.benchmarks}"
+            )
         name = cfg.eval.benchmarks[index]
     if name not in BENCHMARK_NAMES:
         raise ValueError(f"unknown benchmark {name!r}; choose one of {', '.join(BENCHMARK_NAMES)}")
@@ -86,8 +104,9 @@ def default_output_dir(checkpoint: str | Path) -> Path:
     ckpt = Path(checkpoint).resolve()
     if ckpt.parent.name == "checkpoints" and (ckpt.parent.parent / "config.yaml").is_file():
         return ckpt.parent.parent / "eval"
-    raise ValueError(f"checkpoint {checkpoint} is not in a run's checkpoints/ folder; give --output-dir DIR "
-                     "for its results")
+    raise ValueError(
+        f"checkpoint {checkpoint} is not in a run's checkpoints/ folder; give --output-dir DIR for its results"
+    )
 
 
 def result_path(output_dir: str | Path, checkpoint: str | Path, benchmark: str) -> Path:
@@ -113,11 +132,17 @@ def checkpoints_to_evaluate(run_dir: str | Path, spec: str) -> list[Path]:
         if not paths:
             raise FileNotFoundError(f"eval.checkpoints=all: {folder} holds no epoch_<e>.pt or last.pt")
     else:
-        paths = [Path(name.strip()) if Path(name.strip()).is_absolute() else folder / name.strip()
-                 for name in spec.split(",")]
+        paths = [
+            Path(name.strip()) if Path(name.strip()).is_absolute() else folder / name.strip()
+            for name in spec.split(",")
+        ]
     for path in paths:
         if not path.is_file():
-            hint = " (best.pt is kept by validation during training: eval.every_steps > 0)" if path.name == "best.pt" else ""
+            hint = (
+                " (best.pt is kept by validation during training: eval.every_steps > 0)"
+                if path.name == "best.pt"
+                else ""
+            )
             raise FileNotFoundError(f"eval.checkpoints={spec}: checkpoint {path} does not exist{hint}")
     return paths
 
@@ -131,9 +156,15 @@ def eval_data_root(cfg: Config) -> Path:
     return Path(ensure_synthetic(cfg))
 
 
-def evaluate(checkpoint_path: str | Path, benchmark_name: str, cfg: Config,
-             output_dir: str | Path | None = None, *, compress: bool = True,
-             device: str | None = None) -> dict[str, Any]:
+def evaluate(
+    checkpoint_path: str | Path,
+    benchmark_name: str,
+    cfg: Config,
+    output_dir: str | Path | None = None,
+    *,
+    compress: bool = True,
+    device: str | None = None,
+) -> dict[str, Any]:
     """Evaluate ``checkpoint_path`` on ``benchmark_name``; writes and returns the result dict."""
     timings: dict[str, float] = {}
     started = tick = time.perf_counter()
@@ -150,30 +181,56 @@ def evaluate(checkpoint_path: str | Path, benchmark_name: str, cfg: Config,
     contents = None if _is_onnx(checkpoint_path) else read_checkpoint(checkpoint_path)
     info = checkpoint_info(checkpoint_path) if contents is None else _info(contents)
     data_root = eval_data_root(cfg)
-    benchmark = make_benchmark(name, data_root, tinyface_aligned_dir=cfg.eval.tinyface_aligned_dir,
-                               scface_aligned_dir=cfg.eval.scface_aligned_dir, ijb_protocol=cfg.eval.ijb_protocol)
+    benchmark = make_benchmark(
+        name,
+        data_root,
+        tinyface_aligned_dir=cfg.eval.tinyface_aligned_dir,
+        scface_aligned_dir=cfg.eval.scface_aligned_dir,
+        ijb_protocol=cfg.eval.ijb_protocol,
+    )
     lap("protocol")
-    source, source_desc = open_source(benchmark, cfg.eval.rec_dir or data_root, compress=compress,
-                                      num_workers=cfg.eval.num_workers)
+    source, source_desc = open_source(
+        benchmark, cfg.eval.rec_dir or data_root, compress=compress, num_workers=cfg.eval.num_workers
+    )
     lap("compress")
-    model = OnnxBackbone(checkpoint_path) if contents is None else load_backbone(
-        checkpoint_path, name=cfg.model.backbone if contents.layout == "state_dict" else None, contents=contents)
+    model = (
+        OnnxBackbone(checkpoint_path)
+        if contents is None
+        else load_backbone(
+            checkpoint_path, name=cfg.model.backbone if contents.layout == "state_dict" else None, contents=contents
+        )
+    )
     del contents  # the weights are in the model now
     lap("load_model")
-    embeddings, norms = embed_benchmark(model, benchmark, source, batch_size=cfg.eval.batch_size,
-                                        num_workers=cfg.eval.num_workers, device=device, tf32=cfg.eval.tf32)
+    embeddings, norms = embed_benchmark(
+        model,
+        benchmark,
+        source,
+        batch_size=cfg.eval.batch_size,
+        num_workers=cfg.eval.num_workers,
+        device=device,
+        tf32=cfg.eval.tf32,
+    )
     lap("embed")
     output = benchmark.evaluate(embeddings, norms)
     lap("metrics")
     timings["total_s"] = round(time.perf_counter() - started, 3)
     result = {
-        "format_version": RESULT_VERSION, "status": "ok", "benchmark": name,
-        "protocol": benchmark.protocol or None, "metrics": output.metrics, "sizes": benchmark.sizes(),
+        "format_version": RESULT_VERSION,
+        "status": "ok",
+        "benchmark": name,
+        "protocol": benchmark.protocol or None,
+        "metrics": output.metrics,
+        "sizes": benchmark.sizes(),
         "curves": output.curves,
-        "checkpoint": str(Path(checkpoint_path).resolve()), "step": info["step"], "epoch": info["epoch"],
-        "data_root": str(Path(data_root).resolve()), "source": source_desc,
+        "checkpoint": str(Path(checkpoint_path).resolve()),
+        "step": info["step"],
+        "epoch": info["epoch"],
+        "data_root": str(Path(data_root).resolve()),
+        "source": source_desc,
         "device": str(device or ("cuda" if torch.cuda.is_available() else "cpu")),
-        "timings": timings, "finished_at": _now(),
+        "timings": timings,
+        "finished_at": _now(),
     }
     path = result_path(output_dir, checkpoint_path, name)
     atomic_write_text(path, json.dumps(result, indent=1))
@@ -184,10 +241,20 @@ def evaluate(checkpoint_path: str | Path, benchmark_name: str, cfg: Config,
 def write_failure(output_dir: str | Path, benchmark: str, checkpoint: str | Path, error: str) -> Path:
     """Record a failed evaluation as :func:`result_path` with ``status: failed``."""
     path = result_path(output_dir, checkpoint, benchmark)
-    atomic_write_text(path, json.dumps({
-        "format_version": RESULT_VERSION, "status": "failed", "benchmark": benchmark,
-        "checkpoint": str(Path(checkpoint).resolve()), "error": error, "finished_at": _now(),
-    }, indent=1))
+    atomic_write_text(
+        path,
+        json.dumps(
+            {
+                "format_version": RESULT_VERSION,
+                "status": "failed",
+                "benchmark": benchmark,
+                "checkpoint": str(Path(checkpoint).resolve()),
+                "error": error,
+                "finished_at": _now(),
+            },
+            indent=1,
+        ),
+    )
     return path
 
 
@@ -196,5 +263,6 @@ def _now() -> str:
 
 
 def _summary(metrics: dict[str, float]) -> str:
-    return ", ".join(f"{k}={'empty' if v is None else f'{v:.2f}'}" for k, v in metrics.items()
-                     if not k.endswith("_std"))
+    return ", ".join(
+        f"{k}={'empty' if v is None else f'{v:.2f}'}" for k, v in metrics.items() if not k.endswith("_std")
+    )

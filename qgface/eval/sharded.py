@@ -33,21 +33,41 @@ def shard_bounds(total: int, rank: int, world_size: int) -> tuple[int, int]:
     return start, min(start + per_rank, total)
 
 
-def embed_shard(model: nn.Module, benchmark: Benchmark, source: ImageSource, rank: int, world_size: int, *,
-                device: torch.device, batch_size: int, num_workers: int, tf32: bool,
-                progress: bool = False) -> torch.Tensor:
+def embed_shard(
+    model: nn.Module,
+    benchmark: Benchmark,
+    source: ImageSource,
+    rank: int,
+    world_size: int,
+    *,
+    device: torch.device,
+    batch_size: int,
+    num_workers: int,
+    tf32: bool,
+    progress: bool = False,
+) -> torch.Tensor:
     """This rank's shard as ``[ceil(N/W), D+1]`` float32 rows ``(embedding, norm)`` on ``device``, zero-padded."""
     total = len(benchmark.embed_items())
     start, stop = shard_bounds(total, rank, world_size)
     rows = torch.zeros(math.ceil(total / world_size), EMBEDDING_SIZE + 1, dtype=torch.float32, device=device)
     if stop > start:
-        embeddings, norms = embed_benchmark(model, benchmark, source, batch_size=batch_size, num_workers=num_workers,
-                                            device=device, tf32=tf32, item_range=(start, stop), progress=progress)
+        embeddings, norms = embed_benchmark(
+            model,
+            benchmark,
+            source,
+            batch_size=batch_size,
+            num_workers=num_workers,
+            device=device,
+            tf32=tf32,
+            item_range=(start, stop),
+            progress=progress,
+        )
         if embeddings.shape[1] != EMBEDDING_SIZE:
-            raise ValueError(f"{benchmark.name}: the model gives {embeddings.shape[1]}-d embeddings, "
-                             f"expected {EMBEDDING_SIZE}")
-        rows[:stop - start, :EMBEDDING_SIZE] = torch.from_numpy(embeddings)
-        rows[:stop - start, EMBEDDING_SIZE] = torch.from_numpy(norms)
+            raise ValueError(
+                f"{benchmark.name}: the model gives {embeddings.shape[1]}-d embeddings, expected {EMBEDDING_SIZE}"
+            )
+        rows[: stop - start, :EMBEDDING_SIZE] = torch.from_numpy(embeddings)
+        rows[: stop - start, EMBEDDING_SIZE] = torch.from_numpy(norms)
     return rows
 
 

@@ -30,8 +30,7 @@ __all__ = ["CSV_COLUMNS", "AlignOptions", "AlignSummary", "align_folder", "align
 
 log = logging.getLogger(__name__)
 
-CSV_COLUMNS = ("path", "face", "score", "x1", "y1", "x2", "y2", "x3", "y3", "x4", "y4", "x5", "y5",
-               "crop", "status")
+CSV_COLUMNS = ("path", "face", "score", "x1", "y1", "x2", "y2", "x3", "y3", "x4", "y4", "x5", "y5", "crop", "status")
 """landmarks.csv: source path (relative), face number, detector score, the five landmarks in source
 pixels (ArcFace template order), the crop's path under dst, and one of the ``STATUS_*`` values."""
 
@@ -59,8 +58,10 @@ class AlignOptions:
         if self.upsample < 1:
             raise ValueError(f"upsample must be >= 1, got {self.upsample}")
         if self.min_face_size * self.upsample < 12:
-            raise ValueError(f"min_face_size {self.min_face_size} px is below MTCNN's 12 px window at upsample "
-                             f"{self.upsample}: raise upsample to at least {12 / self.min_face_size:.2f}")
+            raise ValueError(
+                f"min_face_size {self.min_face_size} px is below MTCNN's 12 px window at upsample "
+                f"{self.upsample}: raise upsample to at least {12 / self.min_face_size:.2f}"
+            )
         if self.size < 16:
             raise ValueError(f"size must be at least 16 pixels, got {self.size}")
 
@@ -77,8 +78,10 @@ class AlignSummary:
     csv_path: Path | None = None
 
     def __str__(self) -> str:
-        return (f"{self.images} images: {self.faces} faces aligned, {self.passed_through} passed through, "
-                f"{self.no_face} without a face, {self.unreadable} unreadable -> {self.csv_path}")
+        return (
+            f"{self.images} images: {self.faces} faces aligned, {self.passed_through} passed through, "
+            f"{self.no_face} without a face, {self.unreadable} unreadable -> {self.csv_path}"
+        )
 
 
 def make_detector(options: AlignOptions, device: str = "cpu") -> MTCNN:
@@ -86,8 +89,14 @@ def make_detector(options: AlignOptions, device: str = "cpu") -> MTCNN:
     return MTCNN(options.weights_dir, min_face_size=options.min_face_size * options.upsample, device=device)
 
 
-def _row(rel: Path, status: str, face: int | str = "", score: float | str = "",
-         landmarks: np.ndarray | None = None, crop: str = "") -> dict[str, object]:
+def _row(
+    rel: Path,
+    status: str,
+    face: int | str = "",
+    score: float | str = "",
+    landmarks: np.ndarray | None = None,
+    crop: str = "",
+) -> dict[str, object]:
     row: dict[str, object] = {"path": rel.as_posix(), "face": face, "score": score, "crop": crop, "status": status}
     for k in range(5):
         x, y = ("", "") if landmarks is None else (f"{landmarks[k, 0]:.2f}", f"{landmarks[k, 1]:.2f}")
@@ -118,16 +127,18 @@ def align_image(detector: MTCNN, src: Path, dst: Path, rel: Path, options: Align
         atomic_write_bytes(dst / rel, (src / rel).read_bytes())
         template = ARCFACE_TEMPLATE * (options.size / 112.0)
         return [_row(rel, STATUS_PASSED, face=0, landmarks=template, crop=rel.as_posix())]
-    faces: list[Face] = [f for f in detector.detect(image, upsample=options.upsample)
-                         if f.size >= options.min_face_size]
+    faces: list[Face] = [
+        f for f in detector.detect(image, upsample=options.upsample) if f.size >= options.min_face_size
+    ]
     if not faces:
         return [_row(rel, STATUS_NO_FACE)]
     rows = []
     for k, face in enumerate(faces if options.all_faces else faces[:1]):
         crop = _crop_path(rel, k)
         atomic_write_bytes(dst / crop, _encode(align_face(image, face.landmarks, options.size), rel.suffix))
-        rows.append(_row(rel, STATUS_ALIGNED, face=k, score=f"{face.score:.4f}", landmarks=face.landmarks,
-                         crop=crop.as_posix()))
+        rows.append(
+            _row(rel, STATUS_ALIGNED, face=k, score=f"{face.score:.4f}", landmarks=face.landmarks, crop=crop.as_posix())
+        )
     return rows
 
 
@@ -145,8 +156,14 @@ def _worker_align(rel: Path) -> list[dict[str, object]]:
     return align_image(s["detector"], s["src"], s["dst"], rel, s["options"])  # type: ignore[arg-type]
 
 
-def align_folder(src: str | os.PathLike, dst: str | os.PathLike, options: AlignOptions = AlignOptions(), *,
-                 workers: int = 1, progress: bool = True) -> AlignSummary:
+def align_folder(
+    src: str | os.PathLike,
+    dst: str | os.PathLike,
+    options: AlignOptions = AlignOptions(),
+    *,
+    workers: int = 1,
+    progress: bool = True,
+) -> AlignSummary:
     """Align every image under ``src`` into ``dst`` and write ``dst/landmarks.csv``; returns the counts."""
     src, dst = Path(src), Path(dst)
     if dst.resolve() == src.resolve() or src.resolve() in dst.resolve().parents:

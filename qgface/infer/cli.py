@@ -16,20 +16,31 @@ _USER_ERRORS = (CheckpointError, DetectorWeightsError, FileNotFoundError, ValueE
 
 
 def add_model_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--checkpoint", required=True,
-                        help="checkpoint file (e.g. <run>/checkpoints/last.pt, or an AdaFace/QGFace .ckpt)")
+    parser.add_argument(
+        "--checkpoint",
+        required=True,
+        help="checkpoint file (e.g. <run>/checkpoints/last.pt, or an AdaFace/QGFace .ckpt)",
+    )
     parser.add_argument("--backbone", default=None, help="backbone name, needed only for a bare state dict")
     parser.add_argument("--device", default=None, help="cuda, cuda:1, cpu ... (default: cuda when available)")
     parser.add_argument("--batch-size", type=int, default=64, help="faces per forward pass (default 64)")
-    parser.add_argument("--weights-dir", default=None,
-                        help="folder with MTCNN's pnet.pt/rnet.pt/onet.pt (default: the facenet-pytorch wheel's)")
+    parser.add_argument(
+        "--weights-dir",
+        default=None,
+        help="folder with MTCNN's pnet.pt/rnet.pt/onet.pt (default: the facenet-pytorch wheel's)",
+    )
 
 
 def recognizer_from_args(args: argparse.Namespace):
     from qgface.infer.recognizer import Recognizer  # imports torch: after the parser, so --help stays fast
 
-    return Recognizer.from_checkpoint(args.checkpoint, name=args.backbone, device=args.device,
-                                      batch_size=args.batch_size, detector_weights=args.weights_dir)
+    return Recognizer.from_checkpoint(
+        args.checkpoint,
+        name=args.backbone,
+        device=args.device,
+        batch_size=args.batch_size,
+        detector_weights=args.weights_dir,
+    )
 
 
 def embed_file(recognizer, path: str):

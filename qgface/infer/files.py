@@ -21,8 +21,11 @@ def list_images(root: str | os.PathLike) -> list[Path]:
     found = []
     for folder, dirs, files in os.walk(root):
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        found += [Path(folder, f).relative_to(root) for f in files
-                  if f.lower().endswith(IMAGE_EXTENSIONS) and not f.startswith(".")]
+        found += [
+            Path(folder, f).relative_to(root)
+            for f in files
+            if f.lower().endswith(IMAGE_EXTENSIONS) and not f.startswith(".")
+        ]
     return sorted(found)
 
 

@@ -35,8 +35,9 @@ class FolderEmbeddings:
     missing: list[str]
 
 
-def embed_folder(recognizer: Recognizer, root: str | os.PathLike, *, detect: bool | None = None,
-                 progress: bool = True) -> FolderEmbeddings:
+def embed_folder(
+    recognizer: Recognizer, root: str | os.PathLike, *, detect: bool | None = None, progress: bool = True
+) -> FolderEmbeddings:
     """Embed every image under ``root`` in batches of ``recognizer.batch_size``.
 
     With ``detect=False`` every image must be an aligned 112x112 crop; otherwise an image in which
@@ -101,10 +102,11 @@ def load_embeddings(folder: str | os.PathLike) -> FolderEmbeddings:
         raise ValueError(f"{folder}: not a readable output of python -m qgface.embed ({exc})") from None
     embedded = sorted((int(r["row"]), r["path"]) for r in rows if r["row"])
     if [k for k, _ in embedded] != list(range(len(embeddings))) or len(norms) != len(embeddings):
-        raise ValueError(f"{folder}/index.csv lists rows that do not match embeddings.npy "
-                         f"({len(embeddings)} rows) and norms.npy ({len(norms)}): re-run python -m qgface.embed")
-    return FolderEmbeddings([p for _, p in embedded], embeddings, norms,
-                            [r["path"] for r in rows if not r["row"]])
+        raise ValueError(
+            f"{folder}/index.csv lists rows that do not match embeddings.npy "
+            f"({len(embeddings)} rows) and norms.npy ({len(norms)}): re-run python -m qgface.embed"
+        )
+    return FolderEmbeddings([p for _, p in embedded], embeddings, norms, [r["path"] for r in rows if not r["row"]])
 
 
 def identity_templates(paths: list[str], embeddings: np.ndarray) -> tuple[list[str], np.ndarray, list[int]]:
@@ -114,8 +116,9 @@ def identity_templates(paths: list[str], embeddings: np.ndarray) -> tuple[list[s
     for k, path in enumerate(paths):
         identity = path.split("/")[0] if "/" in path else ""
         if not identity:
-            raise ValueError(f"gallery image {path!r} is not inside an identity folder: expected "
-                             "GALLERY/<identity>/<image>")
+            raise ValueError(
+                f"gallery image {path!r} is not inside an identity folder: expected GALLERY/<identity>/<image>"
+            )
         groups.setdefault(identity, []).append(k)
     names = sorted(groups)
     templates = np.stack([embeddings[groups[n]].mean(0) for n in names]).astype(np.float64)

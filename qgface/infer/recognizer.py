@@ -47,8 +47,15 @@ class Recognizer:
     in every other image, ``True`` detects in every image, ``False`` accepts aligned crops only.
     """
 
-    def __init__(self, model: nn.Module, *, device: torch.device | str | None = None, batch_size: int = 64,
-                 detector_weights: str | os.PathLike | None = None, min_face_size: float = 20.0) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        device: torch.device | str | None = None,
+        batch_size: int = 64,
+        detector_weights: str | os.PathLike | None = None,
+        min_face_size: float = 20.0,
+    ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -58,8 +65,9 @@ class Recognizer:
         self._detector: MTCNN | None = None
 
     @classmethod
-    def from_checkpoint(cls, path: str | os.PathLike, *, name: str | None = None,
-                        device: torch.device | str | None = None, **kwargs) -> Recognizer:
+    def from_checkpoint(
+        cls, path: str | os.PathLike, *, name: str | None = None, device: torch.device | str | None = None, **kwargs
+    ) -> Recognizer:
         """Load the backbone of any checkpoint :func:`qgface.models.load_backbone` reads."""
         return cls(load_backbone(path, name=name), device=device, **kwargs)
 
@@ -77,8 +85,10 @@ class Recognizer:
             raise ValueError(f"expected a uint8 HxWx3 BGR image, got {image.dtype} {image.shape}")
         if detect is False or (detect is None and image.shape == ALIGNED_SHAPE):
             if image.shape != ALIGNED_SHAPE:
-                raise ValueError(f"image is {image.shape[1]}x{image.shape[0]}, not an aligned 112x112 face: "
-                                 "detect and align it (detect=True; --detect on the command line)")
+                raise ValueError(
+                    f"image is {image.shape[1]}x{image.shape[0]}, not an aligned 112x112 face: "
+                    "detect and align it (detect=True; --detect on the command line)"
+                )
             return image
         faces = self.detector.detect(image)
         return align_face(image, faces[0].landmarks) if faces else None
@@ -90,11 +100,12 @@ class Recognizer:
         if crops.ndim == 3:
             crops = crops[None]
         if crops.dtype != np.uint8 or crops.shape[1:] != ALIGNED_SHAPE:
-            raise ValueError(f"expected aligned uint8 BGR crops of shape [N, 112, 112, 3], got {crops.dtype} "
-                             f"{crops.shape}")
+            raise ValueError(
+                f"expected aligned uint8 BGR crops of shape [N, 112, 112, 3], got {crops.dtype} {crops.shape}"
+            )
         embeddings, norms = [], []
         for start in range(0, len(crops), self.batch_size):
-            batch = torch.from_numpy(normalize_bgr(crops[start:start + self.batch_size])).to(self.device)
+            batch = torch.from_numpy(normalize_bgr(crops[start : start + self.batch_size])).to(self.device)
             emb, norm = fused_embedding(self.model, batch)
             embeddings.append(emb.float().cpu().numpy())
             norms.append(norm.float().cpu().numpy().reshape(-1))
@@ -102,8 +113,9 @@ class Recognizer:
             return np.empty((0, 0), np.float32), np.empty(0, np.float32)
         return np.concatenate(embeddings), np.concatenate(norms)
 
-    def embed(self, images: np.ndarray | Sequence[np.ndarray], detect: bool | None = None
-              ) -> tuple[np.ndarray, np.ndarray]:
+    def embed(
+        self, images: np.ndarray | Sequence[np.ndarray], detect: bool | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
         """``(embeddings, norms)`` of BGR images (one HxWx3 array, or a list/stack of them).
 
         Raises :class:`NoFaceError` naming the first image in which no face was found.

@@ -37,5 +37,8 @@ def threshold_from_bin(recognizer: Recognizer, path: str | os.PathLike, folds: i
     crops = np.stack([decode_bgr(payload) for payload in images])
     embeddings, _ = recognizer.embed_aligned(crops)
     accuracies, thresholds = verification_accuracy_from_distances(pair_distances(embeddings), issame, folds)
-    return PairThreshold(cosine=float(1.0 - np.median(thresholds) / 2.0), accuracy=float(accuracies.mean() * 100),
-                         source=f"{folds}-fold threshold of {Path(path).name}")
+    return PairThreshold(
+        cosine=float(1.0 - np.median(thresholds) / 2.0),
+        accuracy=float(accuracies.mean() * 100),
+        source=f"{folds}-fold threshold of {Path(path).name}",
+    )

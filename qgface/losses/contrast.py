@@ -82,14 +82,21 @@ def pair_quality(q_scaler: torch.Tensor, k_scaler: torch.Tensor, select: str) ->
 
 
 def _negative_mask(
-    b: int, k: int, device: torch.device, q_labels: torch.Tensor | None, queue_labels: torch.Tensor | None,
-    mask_same_class: bool, own_index: torch.Tensor | None,
+    b: int,
+    k: int,
+    device: torch.device,
+    q_labels: torch.Tensor | None,
+    queue_labels: torch.Tensor | None,
+    mask_same_class: bool,
+    own_index: torch.Tensor | None,
 ) -> torch.Tensor | None:
     """[B, K] bool, True = masked; None when nothing is masked."""
     have_labels = q_labels is not None and queue_labels is not None
     if mask_same_class and not have_labels and own_index is None:
-        raise ValueError("mask_same_class=True needs q_labels and queue_labels, or own_index (the queue "
-                         "positions of each sample's own views); pass one, or mask_same_class=False")
+        raise ValueError(
+            "mask_same_class=True needs q_labels and queue_labels, or own_index (the queue "
+            "positions of each sample's own views); pass one, or mask_same_class=False"
+        )
     mask = None
     if mask_same_class and have_labels:
         mask = q_labels.reshape(-1, 1).to(device) == queue_labels.reshape(1, -1).to(device)

@@ -67,7 +67,9 @@ def quality_scale_factor(g_hat: torch.Tensor, tau_q: float, s: float) -> torch.T
     return torch.sigmoid(s * (g_hat + 2.0 * (0.5 - tau_q)))
 
 
-def _target_and_slope(kind: str, cos_y: torch.Tensor, g_hat: torch.Tensor, m: float) -> tuple[torch.Tensor, torch.Tensor]:
+def _target_and_slope(
+    kind: str, cos_y: torch.Tensor, g_hat: torch.Tensor, m: float
+) -> tuple[torch.Tensor, torch.Tensor]:
     """cos'_y and d cos'_y / d cos_y on an [R, 1] column (autograd on the small column only)."""
     with torch.enable_grad():
         c = cos_y.detach().requires_grad_()
@@ -186,7 +188,10 @@ class MarginHead(nn.Module):
 
     def extra_repr(self) -> str:
         d, c = self.kernel.shape
-        return f"kind={self.kind}, classes={c}, dim={d}, m={self.m}, h={self.h}, s={self.s}, quality_scale={self.quality_scale}"
+        return (
+            f"kind={self.kind}, classes={c}, dim={d}, m={self.m}, h={self.h}, s={self.s}, "
+            f"quality_scale={self.quality_scale}"
+        )
 
     def chunk_rows(self) -> int:
         """Rows of logits per chunk on the kernel's current device."""
@@ -231,7 +236,14 @@ class MarginHead(nn.Module):
             g_hat = margin_scaler(norms, self.batch_mean.to(dtype), self.batch_std.to(dtype), self.h)
             with_grad = torch.is_grad_enabled() and (embeddings.requires_grad or self.kernel.requires_grad)
             loss = _MarginCrossEntropy.apply(
-                embeddings.to(dtype), self.kernel.to(dtype), labels.reshape(-1, 1).long(),
-                g_hat, self._row_scale(g_hat), self.kind, self.m, self.chunk_rows(), with_grad,
+                embeddings.to(dtype),
+                self.kernel.to(dtype),
+                labels.reshape(-1, 1).long(),
+                g_hat,
+                self._row_scale(g_hat),
+                self.kind,
+                self.m,
+                self.chunk_rows(),
+                with_grad,
             )
         return loss, g_hat

@@ -49,10 +49,12 @@ def not_a_checkpoint(path: str | os.PathLike) -> str | None:
         head = f.read(4)
     if head.startswith(ZIP_MAGIC) or head.startswith(LEGACY_MAGIC):
         return None
-    return (f"checkpoint {os.fspath(path)!r} is not a file written by torch.save (no zip archive or legacy "
-            f"torch header; its first bytes are {head!r}): expected a qgface training checkpoint "
-            "(<run>/checkpoints/*.pt), an AdaFace/QGFace .ckpt or a backbone state_dict; was it copied "
-            "completely?")
+    return (
+        f"checkpoint {os.fspath(path)!r} is not a file written by torch.save (no zip archive or legacy "
+        f"torch header; its first bytes are {head!r}): expected a qgface training checkpoint "
+        "(<run>/checkpoints/*.pt), an AdaFace/QGFace .ckpt or a backbone state_dict; was it copied "
+        "completely?"
+    )
 
 
 def read_checkpoint_file(path: str | os.PathLike) -> object:
@@ -74,14 +76,17 @@ def read_checkpoint_file(path: str | os.PathLike) -> object:
             f"save that dict with torch.save."
         ) from None
     except (RuntimeError, EOFError, OSError, KeyError, ValueError) as exc:
-        raise CheckpointError(f"checkpoint {os.fspath(path)!r} is damaged (torch.load failed: "
-                              f"{(str(exc).splitlines() or [type(exc).__name__])[0]}); was it copied completely?") from None
-
+        raise CheckpointError(
+            f"checkpoint {os.fspath(path)!r} is damaged (torch.load failed: "
+            f"{(str(exc).splitlines() or [type(exc).__name__])[0]}); was it copied completely?"
+        ) from None
 
 
 def _is_state_dict(obj: object, allow_empty: bool = False) -> bool:
-    return isinstance(obj, Mapping) and (allow_empty or len(obj) > 0) and all(
-        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()
+    return (
+        isinstance(obj, Mapping)
+        and (allow_empty or len(obj) > 0)
+        and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items())
     )
 
 
@@ -120,13 +125,20 @@ def read_checkpoint(path: str | os.PathLike) -> CheckpointContents:
     obj = read_checkpoint_file(path_s)
     if isinstance(obj, Mapping) and "model" in obj and _is_state_dict(obj["model"], allow_empty=True):
         saved = obj.get("backbone")
-        return CheckpointContents("qgface", dict(obj["model"]), None if saved is None else str(saved),
-                                  obj.get("step"), obj.get("epoch"), obj.get("config"))
+        return CheckpointContents(
+            "qgface",
+            dict(obj["model"]),
+            None if saved is None else str(saved),
+            obj.get("step"),
+            obj.get("epoch"),
+            obj.get("config"),
+        )
     if isinstance(obj, Mapping) and "state_dict" in obj and isinstance(obj["state_dict"], Mapping):
-        sd = {k[len("model."):]: v for k, v in obj["state_dict"].items() if k.startswith("model.")}
+        sd = {k[len("model.") :]: v for k, v in obj["state_dict"].items() if k.startswith("model.")}
         if not sd:
-            raise CheckpointError(f"checkpoint {path_s!r}: 'state_dict' has no 'model.*' keys "
-                                  "(Lightning layout expected)")
+            raise CheckpointError(
+                f"checkpoint {path_s!r}: 'state_dict' has no 'model.*' keys (Lightning layout expected)"
+            )
         try:
             inferred: str | None = infer_backbone_name(sd)
         except CheckpointError:
@@ -145,8 +157,9 @@ def _backbone_name(contents: CheckpointContents, path: str, name: str | None) ->
     """The backbone to build: ``name`` where given (a training checkpoint must agree with it), else the file's."""
     if contents.layout == "qgface":
         if name is not None and contents.backbone is not None and contents.backbone != name:
-            raise CheckpointError(f"checkpoint {path!r} holds backbone {contents.backbone!r}, "
-                                  f"but name={name!r} was asked for")
+            raise CheckpointError(
+                f"checkpoint {path!r} holds backbone {contents.backbone!r}, but name={name!r} was asked for"
+            )
         name = name if name is not None else contents.backbone
         if name is None:
             raise CheckpointError(f"checkpoint {path!r} has no 'backbone' key; pass name=")
@@ -169,17 +182,24 @@ def _check_keys(model: nn.Module, sd: Mapping[str, torch.Tensor], path: str, nam
         return
     parts = []
     if missing:
-        parts.append(f"{len(missing)} missing: " + ", ".join(f"{k} {tuple(own[k].shape)}" for k in missing[:_MAX_LISTED]))
+        parts.append(
+            f"{len(missing)} missing: " + ", ".join(f"{k} {tuple(own[k].shape)}" for k in missing[:_MAX_LISTED])
+        )
     if unexpected:
-        parts.append(f"{len(unexpected)} unexpected: " + ", ".join(f"{k} {tuple(sd[k].shape)}" for k in unexpected[:_MAX_LISTED]))
+        parts.append(
+            f"{len(unexpected)} unexpected: " + ", ".join(f"{k} {tuple(sd[k].shape)}" for k in unexpected[:_MAX_LISTED])
+        )
     if wrong:
-        parts.append(f"{len(wrong)} with a wrong shape: " + ", ".join(
-            f"{k} file {tuple(sd[k].shape)} vs model {tuple(own[k].shape)}" for k in wrong[:_MAX_LISTED]))
+        parts.append(
+            f"{len(wrong)} with a wrong shape: "
+            + ", ".join(f"{k} file {tuple(sd[k].shape)} vs model {tuple(own[k].shape)}" for k in wrong[:_MAX_LISTED])
+        )
     raise CheckpointError(f"checkpoint {path!r} does not match backbone {name!r}: " + "; ".join(parts))
 
 
-def load_backbone(path: str | os.PathLike, name: str | None = None,
-                  contents: CheckpointContents | None = None) -> IResNet:
+def load_backbone(
+    path: str | os.PathLike, name: str | None = None, contents: CheckpointContents | None = None
+) -> IResNet:
     """Build the backbone and load its weights strictly from ``path`` (or from its ``contents`` already read
     by :func:`read_checkpoint`); returned in eval mode."""
     path_s = os.fspath(path)

@@ -19,8 +19,9 @@ not a published architecture and has no pretrained weights.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
-from typing import Iterator, NamedTuple
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -163,8 +164,9 @@ class IResNet(nn.Module):
         x = self.input_layer(x)
         if self.activation_checkpointing and self.training and torch.is_grad_enabled():
             for unit in self.body:
-                x = checkpoint(unit, x, use_reentrant=False,
-                               context_fn=lambda unit=unit: (nullcontext(), _frozen_bn_stats(unit)))
+                x = checkpoint(
+                    unit, x, use_reentrant=False, context_fn=lambda unit=unit: (nullcontext(), _frozen_bn_stats(unit))
+                )
         else:
             x = self.body(x)
         f = self.output_layer(x)

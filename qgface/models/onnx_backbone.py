@@ -42,9 +42,17 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, *, opset: int = 18, i
     path = Path(path)
     model = model.cpu().eval()
     example = torch.zeros(2, 3, image_size, image_size)
-    program = torch.onnx.export(model, (example,), input_names=[INPUT_NAME], output_names=list(OUTPUT_NAMES),
-                                dynamic_shapes=({0: torch.export.Dim("batch")},), opset_version=opset,
-                                dynamo=True, external_data=False, verbose=False)
+    program = torch.onnx.export(
+        model,
+        (example,),
+        input_names=[INPUT_NAME],
+        output_names=list(OUTPUT_NAMES),
+        dynamic_shapes=({0: torch.export.Dim("batch")},),
+        opset_version=opset,
+        dynamo=True,
+        external_data=False,
+        verbose=False,
+    )
     proto = program.model_proto
     onnx.checker.check_model(proto)
     atomic_write_bytes(path, proto.SerializeToString())
@@ -69,8 +77,9 @@ class OnnxBackbone(nn.Module):
         self.path = Path(path)
         if not self.path.is_file():
             raise OnnxModelError(f"ONNX model {self.path} does not exist")
-        providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider")
-                     if p in onnxruntime.get_available_providers()]
+        providers = [
+            p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in onnxruntime.get_available_providers()
+        ]
         try:
             self.session = onnxruntime.InferenceSession(str(self.path), providers=providers)
         except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own untyped errors
@@ -78,8 +87,10 @@ class OnnxBackbone(nn.Module):
         inputs = [i.name for i in self.session.get_inputs()]
         outputs = [o.name for o in self.session.get_outputs()]
         if inputs != [INPUT_NAME] or outputs != list(OUTPUT_NAMES):
-            raise OnnxModelError(f"{self.path} has inputs {inputs} and outputs {outputs}; expected [{INPUT_NAME!r}] "
-                                 f"and {list(OUTPUT_NAMES)} (export it with tools/export_onnx.py)")
+            raise OnnxModelError(
+                f"{self.path} has inputs {inputs} and outputs {outputs}; expected [{INPUT_NAME!r}] "
+                f"and {list(OUTPUT_NAMES)} (export it with tools/export_onnx.py)"
+            )
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         feed = {INPUT_NAME: np.ascontiguousarray(images.detach().float().cpu().numpy())}

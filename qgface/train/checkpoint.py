@@ -45,8 +45,21 @@ log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
 KEYS = (
-    "format_version", "backbone", "model", "head", "queue", "optimizer", "scheduler", "scaler",
-    "epoch", "step", "batch_in_epoch", "rng", "config", "finished", "validation",
+    "format_version",
+    "backbone",
+    "model",
+    "head",
+    "queue",
+    "optimizer",
+    "scheduler",
+    "scaler",
+    "epoch",
+    "step",
+    "batch_in_epoch",
+    "rng",
+    "config",
+    "finished",
+    "validation",
 )
 
 ADDED_KEYS: dict[str, Any] = {"validation": None}
@@ -105,13 +118,16 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         raise CheckpointError(f"checkpoint {str(path)!r} does not exist; check train.resume")
     state = read_checkpoint_file(path)  # memory-mapped; one message naming the file and what it is
     if not isinstance(state, dict):
-        raise CheckpointError(f"checkpoint {str(path)!r} is not a training checkpoint (top level {type(state).__name__})")
+        raise CheckpointError(
+            f"checkpoint {str(path)!r} is not a training checkpoint (top level {type(state).__name__})"
+        )
     for key, value in ADDED_KEYS.items():  # checkpoints written before the key existed
         state.setdefault(key, value)
     _check_keys(state, str(path))
     if state["format_version"] != FORMAT_VERSION:
         raise CheckpointError(
-            f"checkpoint {str(path)!r} has format_version {state['format_version']!r}; this qgface reads {FORMAT_VERSION}"
+            f"checkpoint {str(path)!r} has format_version {state['format_version']!r}; "
+            f"this qgface reads {FORMAT_VERSION}"
         )
     return state
 
@@ -149,8 +165,13 @@ def capture_rng() -> dict[str, Any]:
     return {
         "torch": torch.get_rng_state(),
         "cuda": torch.cuda.get_rng_state() if torch.cuda.is_available() else None,
-        "numpy": {"kind": kind, "keys": [int(x) for x in keys], "pos": int(pos),
-                  "has_gauss": int(has_gauss), "gauss": float(gauss)},
+        "numpy": {
+            "kind": kind,
+            "keys": [int(x) for x in keys],
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "gauss": float(gauss),
+        },
         "python": [version, list(mt), py_gauss],
     }
 

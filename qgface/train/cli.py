@@ -52,13 +52,23 @@ def _record_error(err: BaseException, deterministic: bool) -> None:
 
 def main(argv: Sequence[str]) -> int:
     """Train with the config ``argv[0]`` (optional, a YAML file) and ``key=value`` overrides."""
-    parser = argparse.ArgumentParser(prog="python -m qgface.train", description="Train a QGFace model (docs/method.md §5). Exit status: 0 = complete, "
-                                     "75 = stopped by a signal after saving last.pt (requeue), 1 = failure.")
-    parser.add_argument("items", nargs="*", metavar="[CONFIG] key=value",
-                        help="a YAML config file (optional, first) then dotted overrides, e.g. optim.lr=0.05")
-    parser.add_argument("--allow-changes", action="store_true",
-                        help="continue a run even when keys that change what is trained differ from its "
-                        "config.yaml (the change is recorded in config_history.yaml)")
+    parser = argparse.ArgumentParser(
+        prog="python -m qgface.train",
+        description="Train a QGFace model (docs/method.md §5). Exit status: 0 = complete, "
+        "75 = stopped by a signal after saving last.pt (requeue), 1 = failure.",
+    )
+    parser.add_argument(
+        "items",
+        nargs="*",
+        metavar="[CONFIG] key=value",
+        help="a YAML config file (optional, first) then dotted overrides, e.g. optim.lr=0.05",
+    )
+    parser.add_argument(
+        "--allow-changes",
+        action="store_true",
+        help="continue a run even when keys that change what is trained differ from its "
+        "config.yaml (the change is recorded in config_history.yaml)",
+    )
     args = parser.parse_intermixed_args(list(argv))
     items = args.items
     config = items[0] if items and "=" not in items[0] else None

@@ -134,8 +134,10 @@ class ProgressReport:
         elapsed = (now if now is not None else time.perf_counter()) - self.started
         done = step - self.start_step
         eta = elapsed / done * (self.total - step) if done > 0 else float("nan")
-        return (f"step {step}/{self.total} ({100 * step / self.total:.0f}%) epoch {epoch} loss {loss:.4f} "
-                f"{images_per_s:.1f} images/s ETA {_duration(eta)}")
+        return (
+            f"step {step}/{self.total} ({100 * step / self.total:.0f}%) epoch {epoch} loss {loss:.4f} "
+            f"{images_per_s:.1f} images/s ETA {_duration(eta)}"
+        )
 
     def report(self, step: int, epoch: int, loss: float, images_per_s: float) -> None:
         progress_log.info("%s", self.line(step, epoch, loss, images_per_s))

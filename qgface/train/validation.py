@@ -61,8 +61,10 @@ def best_metric_benchmark(benchmarks: list[str], metric: str) -> str:
     """
     choices = {name: bench for bench in benchmarks for name in METRIC_NAMES[bench] if not name.endswith("_std")}
     if metric not in choices:
-        raise ConfigError(f"eval.best_metric={metric!r} is not a metric of eval.val_benchmarks={benchmarks}; "
-                          f"choose one of {', '.join(choices)}")
+        raise ConfigError(
+            f"eval.best_metric={metric!r} is not a metric of eval.val_benchmarks={benchmarks}; "
+            f"choose one of {', '.join(choices)}"
+        )
     return choices[metric]
 
 
@@ -129,7 +131,8 @@ class Validator:
             raise ValidationDataError(
                 f"validation data (eval.val_benchmarks={cfg.eval.val_benchmarks}, eval.data_root="
                 f"{cfg.eval.data_root or '(synthetic)'}) failed on rank(s) {[r for r, _ in failures]}; rank {rank}: "
-                f"{message}. Fix eval.data_root / eval.rec_dir, or set eval.every_steps=0")
+                f"{message}. Fix eval.data_root / eval.rec_dir, or set eval.every_steps=0"
+            )
         return sets
 
     def due(self, step: int, finished: bool) -> bool:
@@ -146,23 +149,46 @@ class Validator:
         with self._own_random_stream():
             try:
                 for benchmark, source in self.sets:
-                    shards.append(embed_shard(backbone, benchmark, source, self.info.rank, self.info.world_size,
-                                              device=device, batch_size=self.batch_size,
-                                              num_workers=self.num_workers, tf32=self.tf32))
+                    shards.append(
+                        embed_shard(
+                            backbone,
+                            benchmark,
+                            source,
+                            self.info.rank,
+                            self.info.world_size,
+                            device=device,
+                            batch_size=self.batch_size,
+                            num_workers=self.num_workers,
+                            tf32=self.tf32,
+                        )
+                    )
             except Exception as exc:  # decided below for every rank by one all-reduced flag per rank
-                log.error("validation at step %d failed on rank %d: %s: %s", step, self.info.rank,
-                          type(exc).__name__, exc, exc_info=True)
+                log.error(
+                    "validation at step %d failed on rank %d: %s: %s",
+                    step,
+                    self.info.rank,
+                    type(exc).__name__,
+                    exc,
+                    exc_info=True,
+                )
                 error = exc
             finally:
                 backbone.train(was_training)
-        failed = dist.any_rank([torch.tensor(error is not None and r == self.info.rank, device=device)
-                                for r in range(self.info.world_size)])
+        failed = dist.any_rank(
+            [
+                torch.tensor(error is not None and r == self.info.rank, device=device)
+                for r in range(self.info.world_size)
+            ]
+        )
         if any(failed):
             raise ValidationDataError(
                 f"validation at step {step} failed on rank(s) {[r for r, bad in enumerate(failed) if bad]} "
                 f"(that rank's log has the error{f': {type(error).__name__}: {error}' if error else ''}); "
-                "last.pt holds the last step saved before it; fix the validation data or set eval.every_steps=0")
-        gathered = [gather_shards(rows, len(benchmark.embed_items())) for rows, (benchmark, _) in zip(shards, self.sets)]
+                "last.pt holds the last step saved before it; fix the validation data or set eval.every_steps=0"
+            )
+        gathered = [
+            gather_shards(rows, len(benchmark.embed_items())) for rows, (benchmark, _) in zip(shards, self.sets)
+        ]
         metrics, error_text = None, None
         if self.info.is_main:  # one rank scores, so every rank keeps the same best step
             try:
@@ -177,16 +203,38 @@ class Validator:
         self._log(metrics, step, seconds, improved, monitor)
         return improved
 
-    def _log(self, metrics: Mapping[str, Mapping[str, float | None]], step: int, seconds: float, improved: bool,
-             monitor: Monitor) -> None:
-        scalars = {f"val/{bench}/{name}": value for bench, values in metrics.items()
-                   for name, value in values.items() if value is not None}
+    def _log(
+        self,
+        metrics: Mapping[str, Mapping[str, float | None]],
+        step: int,
+        seconds: float,
+        improved: bool,
+        monitor: Monitor,
+    ) -> None:
+        scalars = {
+            f"val/{bench}/{name}": value
+            for bench, values in metrics.items()
+            for name, value in values.items()
+            if value is not None
+        }
         monitor.log({**scalars, "val/seconds": seconds}, step)
-        shown = ", ".join(f"{name}={value:.2f}" for values in metrics.values() for name, value in values.items()
-                          if value is not None and not name.endswith("_std"))
-        log.info("validation at step %d (%.1f s on %d ranks): %s; best %s=%.4f at step %d%s", step, seconds,
-                 self.info.world_size, shown, self.best.metric, self.best.value, self.best.step,
-                 " (new best.pt)" if improved else "")
+        shown = ", ".join(
+            f"{name}={value:.2f}"
+            for values in metrics.values()
+            for name, value in values.items()
+            if value is not None and not name.endswith("_std")
+        )
+        log.info(
+            "validation at step %d (%.1f s on %d ranks): %s; best %s=%.4f at step %d%s",
+            step,
+            seconds,
+            self.info.world_size,
+            shown,
+            self.best.metric,
+            self.best.value,
+            self.best.step,
+            " (new best.pt)" if improved else "",
+        )
 
     def state_dict(self) -> dict[str, Any]:
         """The best so far, for the trainer's checkpoint (key ``validation``)."""
@@ -196,7 +244,11 @@ class Validator:
         """Continue with the best of checkpoint ``path``; a checkpoint of another metric (or none) starts afresh."""
         if state is None or state.get("metric") != self.best.metric:
             if state is not None and state.get("value") is not None:
-                log.warning("%s chose best.pt by %s; eval.best_metric=%s starts a new best", path,
-                            state.get("metric"), self.best.metric)
+                log.warning(
+                    "%s chose best.pt by %s; eval.best_metric=%s starts a new best",
+                    path,
+                    state.get("metric"),
+                    self.best.metric,
+                )
             return
         self.best = BestMetric(self.best.metric, state["value"], state["step"])

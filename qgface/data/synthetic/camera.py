@@ -18,25 +18,44 @@ from qgface.data.synthetic.faces import MARGIN, SS, TEMPLATE, Identity, Variatio
 __all__ = ["sample_variation", "render", "render_aligned", "similarity_fit", "degrade"]
 
 
-def sample_variation(rng: np.random.Generator, *, yaw_deg: float = 10.0, yaw_range: tuple[float, float] | None = None,
-                     pitch_deg: float = 6.0, roll_deg: float = 6.0, expression: float = 1.0, age_sd: float = 0.06,
-                     age_shift: float = 0.0, light: float = 1.0, noise: tuple[float, float] = (0.5, 2.0),
-                     align_noise: float = 0.7) -> Variation:
+def sample_variation(
+    rng: np.random.Generator,
+    *,
+    yaw_deg: float = 10.0,
+    yaw_range: tuple[float, float] | None = None,
+    pitch_deg: float = 6.0,
+    roll_deg: float = 6.0,
+    expression: float = 1.0,
+    age_sd: float = 0.06,
+    age_shift: float = 0.0,
+    light: float = 1.0,
+    noise: tuple[float, float] = (0.5, 2.0),
+    align_noise: float = 0.7,
+) -> Variation:
     """Random nuisance parameters of one image; ``yaw_range`` (degrees) draws a half-profile of random side."""
+
     def clipped(sd: float) -> float:
         return float(np.clip(rng.normal(0, sd), -2 * sd, 2 * sd))
+
     yaw = clipped(yaw_deg) if yaw_range is None else float(rng.choice([-1, 1]) * rng.uniform(*yaw_range))
     return Variation(
-        yaw=math.radians(yaw), pitch=math.radians(clipped(pitch_deg)), roll=math.radians(clipped(roll_deg)),
+        yaw=math.radians(yaw),
+        pitch=math.radians(clipped(pitch_deg)),
+        roll=math.radians(clipped(roll_deg)),
         mouth_open=expression * max(0.0, float(rng.normal(0, 0.35))),
         smile=float(np.clip(expression * rng.normal(0.2, 0.45), -0.6, 1.2)),
         brow_raise=expression * float(rng.normal(0, 0.5)),
         eye_open=float(np.clip(1 - expression * abs(rng.normal(0, 0.25)), 0.15, 1.0)),
-        age=age_shift + float(rng.normal(0, age_sd)), glasses=bool(rng.random() > 0.2),
+        age=age_shift + float(rng.normal(0, age_sd)),
+        glasses=bool(rng.random() > 0.2),
         light=(uniform(rng, 0, 2 * math.pi), light * uniform(rng, 0, 0.3), math.exp(light * rng.normal(0, 0.12))),
-        cast=tuple(np.exp(light * rng.normal(0, 0.06, 3)).tolist()), gamma=math.exp(light * rng.normal(0, 0.1)),
-        noise=uniform(rng, *noise), align_noise=align_noise, background=int(rng.integers(2 ** 31)),
-        clothes=tuple(rng.uniform(20, 230, 3).tolist()))
+        cast=tuple(np.exp(light * rng.normal(0, 0.06, 3)).tolist()),
+        gamma=math.exp(light * rng.normal(0, 0.1)),
+        noise=uniform(rng, *noise),
+        align_noise=align_noise,
+        background=int(rng.integers(2**31)),
+        clothes=tuple(rng.uniform(20, 230, 3).tolist()),
+    )
 
 
 def _depth(idn: Identity, x: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -45,7 +64,7 @@ def _depth(idn: Identity, x: np.ndarray, y: np.ndarray) -> np.ndarray:
     tip_x, tip_y, nose_w, nose_h = idn.nose
     z = 0.6 * 1.2 * a * np.clip(1 - ((x - cx) / (1.2 * a)) ** 2 - ((y - cy) / (1.15 * b)) ** 2, 0, None)
     ridge_y = (idn.eyes[:, 1].mean() + tip_y) / 2 + 4
-    return z + 1.3 * nose_h * np.exp(-(x - tip_x) ** 2 / (2 * (2.5 + 0.3 * nose_w) ** 2) - (y - ridge_y) ** 2 / 162)
+    return z + 1.3 * nose_h * np.exp(-((x - tip_x) ** 2) / (2 * (2.5 + 0.3 * nose_w) ** 2) - (y - ridge_y) ** 2 / 162)
 
 
 def _landmarks_canonical(idn: Identity, var: Variation) -> np.ndarray:
@@ -57,8 +76,13 @@ def _pose(idn: Identity, var: Variation, pts: np.ndarray) -> np.ndarray:
     """Canonical points -> their place in the frontal frame after turning the head (yaw, pitch)."""
     cx, cy = idn.head[:2]
     z = _depth(idn, pts[:, 0], pts[:, 1])
-    return np.stack([cx + (pts[:, 0] - cx) * math.cos(var.yaw) + z * math.sin(var.yaw),
-                     cy + (pts[:, 1] - cy) * math.cos(var.pitch) + z * math.sin(var.pitch)], 1)
+    return np.stack(
+        [
+            cx + (pts[:, 0] - cx) * math.cos(var.yaw) + z * math.sin(var.yaw),
+            cy + (pts[:, 1] - cy) * math.cos(var.pitch) + z * math.sin(var.pitch),
+        ],
+        1,
+    )
 
 
 def _unpose(idn: Identity, var: Variation, u: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -77,7 +101,7 @@ def similarity_fit(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
     """Least-squares similarity (rotation, uniform scale, shift) taking ``src`` points to ``dst``; 2x3."""
     src, dst = np.asarray(src, np.float64), np.asarray(dst, np.float64)
     s, d = src - src.mean(0), dst - dst.mean(0)
-    z = np.vdot(s[:, 0] + 1j * s[:, 1], d[:, 0] + 1j * d[:, 1]) / np.sum(s ** 2)
+    z = np.vdot(s[:, 0] + 1j * s[:, 1], d[:, 0] + 1j * d[:, 1]) / np.sum(s**2)
     rot = np.array([[z.real, -z.imag], [z.imag, z.real]])
     return np.concatenate([rot, (dst.mean(0) - rot @ src.mean(0))[:, None]], 1)
 
@@ -101,8 +125,9 @@ def _backdrop(var: Variation, u: np.ndarray, v: np.ndarray) -> np.ndarray:
     return out + shoulders * (np.asarray(var.clothes, np.float32) - out)
 
 
-def render(idn: Identity, var: Variation, frame: np.ndarray, size: tuple[int, int],
-           oversample: int = 2) -> tuple[np.ndarray, np.ndarray]:
+def render(
+    idn: Identity, var: Variation, frame: np.ndarray, size: tuple[int, int], oversample: int = 2
+) -> tuple[np.ndarray, np.ndarray]:
     """Render ``idn`` under ``var``; ``frame`` (2x3) maps the frontal 112 frame to output pixels.
 
     Returns the uint8 BGR image of ``size`` = (width, height) and its 5 landmarks
@@ -130,12 +155,14 @@ def render(idn: Identity, var: Variation, frame: np.ndarray, size: tuple[int, in
     # the backdrop is smooth, so compositing after the downsampling loses nothing
     back = _backdrop(var, u, v).astype(np.float32)
     shade = (light[..., None] * np.asarray(var.cast)).astype(np.float32)
+
     def up(a: np.ndarray) -> np.ndarray:  # coarse grid -> output pixels, same alignment as the maps
         return cv2.resize(a, (cols * 4, rows * 4), interpolation=cv2.INTER_LINEAR)[:h, :w]
+
     img = fg[..., :3] + up(back) * (1 - fg[..., 3:] * np.float32(1 / 255))
     img *= up(shade)
     start = np.random.default_rng([var.background, 1]).integers(_NOISE.size - img.size)
-    img += _NOISE[start:start + img.size].reshape(img.shape) * np.float32(var.noise)
+    img += _NOISE[start : start + img.size].reshape(img.shape) * np.float32(var.noise)
     lut = np.clip(255 * (np.arange(256) / 255) ** var.gamma + 0.5, 0, 255).astype(np.uint8)
     img = cv2.LUT(np.clip(img + 0.5, 0, 255).astype(np.uint8), lut)
     marks = _pose(idn, var, _landmarks_canonical(idn, var)) @ frame[:, :2].T + frame[:, 2]
@@ -153,9 +180,16 @@ _NOISE = np.random.default_rng(12345).standard_normal(1 << 21, np.float32)  # sl
 _INTERP = (cv2.INTER_NEAREST, cv2.INTER_LINEAR, cv2.INTER_AREA, cv2.INTER_CUBIC)
 
 
-def degrade(img: np.ndarray, face_px: int, rng: np.random.Generator, *, blur: tuple[float, float] = (0.2, 0.9),
-            jpeg: tuple[int, int] = (20, 60), noise: tuple[float, float] = (1.0, 5.0),
-            upscale: bool = True) -> np.ndarray:
+def degrade(
+    img: np.ndarray,
+    face_px: int,
+    rng: np.random.Generator,
+    *,
+    blur: tuple[float, float] = (0.2, 0.9),
+    jpeg: tuple[int, int] = (20, 60),
+    noise: tuple[float, float] = (1.0, 5.0),
+    upscale: bool = True,
+) -> np.ndarray:
     """Surveillance-like copy of an aligned face: downscale to ``face_px`` with a random interpolation,
     Gaussian blur (sigma in low-res pixels), sensor noise, low-quality JPEG, then (``upscale``) back
     to the input size with a random interpolation (docs/method.md §2 makes training views the same way)."""

@@ -48,10 +48,21 @@ _LOOKALIKE_IMPOSTORS = ("calfw", "cplfw")
 
 def _defaults() -> dict[str, Any]:
     """Generation parameters; ``None`` sizes scale with ``eval_identities`` (see :func:`_resolve`)."""
-    return {"identities": synthetic.IDENTITIES, "images_per_identity": synthetic.IMAGES_PER_IDENTITY,
-            "eval_identities": synthetic.EVAL_IDENTITIES, "seed": 0, "hq_pairs": None,
-            "tinyface_probes": 2, "tinyface_gallery": 2, "tinyface_distractors": None, "scface_subjects": None,
-            "ijb_templates": None, "ijb_media": 2, "ijb_frames": 2, "ijb_max_pairs": 100_000}
+    return {
+        "identities": synthetic.IDENTITIES,
+        "images_per_identity": synthetic.IMAGES_PER_IDENTITY,
+        "eval_identities": synthetic.EVAL_IDENTITIES,
+        "seed": 0,
+        "hq_pairs": None,
+        "tinyface_probes": 2,
+        "tinyface_gallery": 2,
+        "tinyface_distractors": None,
+        "scface_subjects": None,
+        "ijb_templates": None,
+        "ijb_media": 2,
+        "ijb_frames": 2,
+        "ijb_max_pairs": 100_000,
+    }
 
 
 IJB_MIN_IMPOSTORS = 10_000
@@ -72,10 +83,13 @@ def _resolve(p: dict[str, Any]) -> dict[str, Any]:
     (capped at 300 pairs), SCface on up to 50 subjects (the real set has 130), IJB templates per
     identity by :func:`_ijb_templates`."""
     e = p["eval_identities"]
-    return {**p, "ijb_templates": _ijb_templates(e) if p["ijb_templates"] is None else p["ijb_templates"],
-            "hq_pairs": min(300, 3 * e) // 2 * 2 if p["hq_pairs"] is None else p["hq_pairs"],
-            "tinyface_distractors": 4 * e if p["tinyface_distractors"] is None else p["tinyface_distractors"],
-            "scface_subjects": min(50, e) if p["scface_subjects"] is None else p["scface_subjects"]}
+    return {
+        **p,
+        "ijb_templates": _ijb_templates(e) if p["ijb_templates"] is None else p["ijb_templates"],
+        "hq_pairs": min(300, 3 * e) // 2 * 2 if p["hq_pairs"] is None else p["hq_pairs"],
+        "tinyface_distractors": 4 * e if p["tinyface_distractors"] is None else p["tinyface_distractors"],
+        "scface_subjects": min(50, e) if p["scface_subjects"] is None else p["scface_subjects"],
+    }
 
 
 def synthetic_name(identities: int, images_per_identity: int, eval_identities: int, seed: int) -> str:
@@ -84,6 +98,7 @@ def synthetic_name(identities: int, images_per_identity: int, eval_identities: i
 
 
 # ---------------------------------------------------------------- the evaluation plan of every benchmark
+
 
 def _plan_hq(plan: Plan, p: dict, eval_ids: list[int]) -> None:
     coarse = np.stack([make_identity(p["seed"], n).coarse for n in eval_ids])
@@ -112,18 +127,35 @@ def _plan_tinyface(plan: Plan, p: dict, eval_ids: list[int], first_distractor: i
             name = f"{j + 1}_{p['tinyface_probes'] + n + 1}.jpg"
             plan.add(("Gallery_Match", name), "tiny", number, stream, {"px": (32, 64), "degrade": gallery_q})
     for k in range(p["tinyface_distractors"]):
-        plan.add(("Gallery_Distractor", f"{100000 + k // 2}_{k % 2 + 1}.jpg"), "tiny", first_distractor + k // 2,
-                 stream, {"px": (14, 64)})
+        plan.add(
+            ("Gallery_Distractor", f"{100000 + k // 2}_{k % 2 + 1}.jpg"),
+            "tiny",
+            first_distractor + k // 2,
+            stream,
+            {"px": (14, 64)},
+        )
 
 
 def _plan_scface(plan: Plan, p: dict, eval_ids: list[int]) -> None:
-    for j, number in enumerate(eval_ids[:p["scface_subjects"]]):
-        plan.add(("scface", f"{j + 1:03d}_frontal.jpg"), "scface", number, STREAM["scface"],
-                 {"camera": 0, "distance": 0}, index=0)
+    for j, number in enumerate(eval_ids[: p["scface_subjects"]]):
+        plan.add(
+            ("scface", f"{j + 1:03d}_frontal.jpg"),
+            "scface",
+            number,
+            STREAM["scface"],
+            {"camera": 0, "distance": 0},
+            index=0,
+        )
         for camera in range(1, 9):
             for distance in (1, 2, 3):
-                plan.add(("scface", f"{j + 1:03d}_cam{camera}_{distance}.jpg"), "scface", number, STREAM["scface"],
-                         {"camera": camera, "distance": distance}, index=10 * camera + distance)
+                plan.add(
+                    ("scface", f"{j + 1:03d}_cam{camera}_{distance}.jpg"),
+                    "scface",
+                    number,
+                    STREAM["scface"],
+                    {"camera": camera, "distance": distance},
+                    index=10 * camera + distance,
+                )
 
 
 def _plan_ijb(plan: Plan, p: dict, eval_ids: list[int], which: str) -> list[tuple[str, int, int, int]]:
@@ -156,22 +188,40 @@ def _plan_ijbs(plan: Plan, eval_ids: list[int]) -> tuple[list[int], set[str]]:
     pids = list(range(1, count + 1))
     for pid, number in zip(pids, eval_ids):
         for k in range(3):
-            plan.add(("IJBS", f"{pid}/img_{100000 + 10 * pid + k}.jpg"), "ijbs", number, stream,
-                     {"video": 0, "frame": k})
+            plan.add(
+                ("IJBS", f"{pid}/img_{100000 + 10 * pid + k}.jpg"), "ijbs", number, stream, {"video": 0, "frame": k}
+            )
         videos = [1000 + pid, IJBS_PROBE_VIDEO_BASE + pid, IJBS_PROBE_VIDEO_BASE + (pid - 2) % count + 1]
         for video in videos:
             for frame in range(3):
-                plan.add(("IJBS", f"{pid}/videos_{video}_{10 * frame}.jpg"), "ijbs", number, stream,
-                         {"video": video, "frame": frame})
+                plan.add(
+                    ("IJBS", f"{pid}/videos_{video}_{10 * frame}.jpg"),
+                    "ijbs",
+                    number,
+                    stream,
+                    {"video": video, "frame": frame},
+                )
     return pids, {f"1/videos_{IJBS_PROBE_VIDEO_BASE + 1}_20.jpg"}
 
 
-def generate(out_dir: str | os.PathLike, *, identities: int = synthetic.IDENTITIES,
-             images_per_identity: int = synthetic.IMAGES_PER_IDENTITY, eval_identities: int = synthetic.EVAL_IDENTITIES,
-             seed: int = 0, hq_pairs: int | None = None, tinyface_probes: int = 2,
-             tinyface_gallery: int = 2, tinyface_distractors: int | None = None, scface_subjects: int | None = None,
-             ijb_templates: int | None = None, ijb_media: int = 2, ijb_frames: int = 2, ijb_max_pairs: int = 100_000,
-             workers: int = 2) -> None:
+def generate(
+    out_dir: str | os.PathLike,
+    *,
+    identities: int = synthetic.IDENTITIES,
+    images_per_identity: int = synthetic.IMAGES_PER_IDENTITY,
+    eval_identities: int = synthetic.EVAL_IDENTITIES,
+    seed: int = 0,
+    hq_pairs: int | None = None,
+    tinyface_probes: int = 2,
+    tinyface_gallery: int = 2,
+    tinyface_distractors: int | None = None,
+    scface_subjects: int | None = None,
+    ijb_templates: int | None = None,
+    ijb_media: int = 2,
+    ijb_frames: int = 2,
+    ijb_max_pairs: int = 100_000,
+    workers: int = 2,
+) -> None:
     """Write the whole synthetic set into the empty (or new) folder ``out_dir``; ``synthetic.json`` last.
 
     Training identities are ``0..identities-1``; every benchmark uses the next ``eval_identities``
@@ -184,8 +234,10 @@ def generate(out_dir: str | os.PathLike, *, identities: int = synthetic.IDENTITI
     p = _resolve({k: v for k, v in locals().items() if k in _defaults()})
     hq_pairs = p["hq_pairs"]
     if identities < 1 or images_per_identity < 1 or eval_identities < 2 or hq_pairs < 2 or hq_pairs % 2:
-        raise ValueError(f"synthetic set: need identities >= 1, images_per_identity >= 1, eval_identities >= 2 and an even "
-                         f"hq_pairs >= 2, got {p}")
+        raise ValueError(
+            f"synthetic set: need identities >= 1, images_per_identity >= 1, eval_identities >= 2 and an even "
+            f"hq_pairs >= 2, got {p}"
+        )
     out = Path(out_dir)
     if out.exists() and any(out.iterdir()):
         raise FileExistsError(f"{out} is not empty: generate the synthetic set into a new or empty folder")
@@ -193,12 +245,18 @@ def generate(out_dir: str | os.PathLike, *, identities: int = synthetic.IDENTITI
     start = time.perf_counter()
     renderer = Renderer(workers)
     try:
-        train = [[("aligned", n, STREAM["train"], k, {}) for k in range(images_per_identity)] for n in range(identities)]
+        train = [
+            [("aligned", n, STREAM["train"], k, {}) for k in range(images_per_identity)] for n in range(identities)
+        ]
         items = ((jpeg, n) for n, group in enumerate(renderer.map(seed, train)) for jpeg in group)
         num_images, num_ids = write_insightface_rec(out / "train.rec", out / "train.idx", items)
         counts = {"train_images": num_images, "train_identities": num_ids}
-        log.info("synthetic training set: %d images of %d identities (%.1f s)", num_images, num_ids,
-                 time.perf_counter() - start)
+        log.info(
+            "synthetic training set: %d images of %d identities (%.1f s)",
+            num_images,
+            num_ids,
+            time.perf_counter() - start,
+        )
         eval_ids = list(range(identities, identities + eval_identities))
         plan = Plan()
         _plan_hq(plan, p, eval_ids)
@@ -226,6 +284,7 @@ def generate(out_dir: str | os.PathLike, *, identities: int = synthetic.IDENTITI
 
 # ---------------------------------------------------------------- the cache used by training and evaluation
 
+
 def _is_complete(folder: Path, params: dict[str, Any]) -> bool:
     try:
         summary = json.loads((folder / "synthetic.json").read_text())
@@ -241,10 +300,18 @@ def ensure_synthetic(cfg: Any) -> Path:
     into a temporary folder that is renamed into place, the others then find it complete.
     """
     d = cfg.data
-    params = _resolve({**_defaults(), "identities": d.synthetic_identities,
-                       "images_per_identity": d.synthetic_images_per_identity,
-                       "eval_identities": d.synthetic_eval_identities, "seed": d.synthetic_seed})
-    name = synthetic_name(params["identities"], params["images_per_identity"], params["eval_identities"], params["seed"])
+    params = _resolve(
+        {
+            **_defaults(),
+            "identities": d.synthetic_identities,
+            "images_per_identity": d.synthetic_images_per_identity,
+            "eval_identities": d.synthetic_eval_identities,
+            "seed": d.synthetic_seed,
+        }
+    )
+    name = synthetic_name(
+        params["identities"], params["images_per_identity"], params["eval_identities"], params["seed"]
+    )
     root = Path(d.synthetic_dir)
     final = root / name
     if _is_complete(final, params):

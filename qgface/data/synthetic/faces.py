@@ -21,19 +21,21 @@ import numpy as np
 
 __all__ = ["MARGIN", "SS", "TEMPLATE", "Identity", "Variation", "expressive_layer", "make_identity", "uniform"]
 
-TEMPLATE = np.array([[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 71.7366],
-                     [41.5493, 92.3655], [70.7299, 92.2041]], np.float64)
+TEMPLATE = np.array(
+    [[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 71.7366], [41.5493, 92.3655], [70.7299, 92.2041]], np.float64
+)
 MARGIN = 40.0  # the canonical layer extends this far beyond the 112 frame (loose crops show it)
 SS = 2  # supersampling of the canonical layer
 _SIDE = int((112 + 2 * MARGIN) * SS)
-_SKIN = (np.array([190, 210, 240.]), np.array([45, 65, 100.]))  # BGR light, dark
-_HAIR = np.array([[20, 20, 25], [30, 40, 60], [45, 75, 110], [110, 170, 200], [35, 70, 150], [150, 150, 150.]])
-_IRIS = np.array([[30, 55, 90], [25, 30, 40], [160, 110, 70], [70, 110, 80], [50, 95, 120], [140, 130, 120.]])
+_SKIN = (np.array([190, 210, 240.0]), np.array([45, 65, 100.0]))  # BGR light, dark
+_HAIR = np.array([[20, 20, 25], [30, 40, 60], [45, 75, 110], [110, 170, 200], [35, 70, 150], [150, 150, 150.0]])
+_IRIS = np.array([[30, 55, 90], [25, 30, 40], [160, 110, 70], [70, 110, 80], [50, 95, 120], [140, 130, 120.0]])
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class Identity:
     """Fixed random parameters of one synthetic person (canonical coordinates)."""
+
     key: tuple[int, int]
     tone: float  # 0 = light .. 1 = dark skin
     skin: np.ndarray
@@ -62,6 +64,7 @@ class Identity:
 @dataclasses.dataclass(frozen=True)
 class Variation:
     """One image's nuisance parameters (angles in radians)."""
+
     yaw: float = 0.0
     pitch: float = 0.0
     roll: float = 0.0
@@ -95,24 +98,39 @@ def make_identity(seed: int, number: int) -> Identity:
     head = (56.0 + rng.normal(0, 0.8), 60.0 + rng.normal(0, 1.5), a, b, uniform(rng, 0.68, 0.95))
     eye_dist, eye_y = 35.2 + rng.normal(0, 1.6), 51.6 + rng.normal(0, 1.3)
     eyes = np.array([[56 - eye_dist / 2, eye_y], [56 + eye_dist / 2, eye_y + rng.normal(0, 0.4)]])
-    hair_idx = int(rng.choice(6, p=[.3, .22, .2, .12, .08, .08]))
+    hair_idx = int(rng.choice(6, p=[0.3, 0.22, 0.2, 0.12, 0.08, 0.08]))
     mouth_w, mouth_y = 29.2 + rng.normal(0, 2.2), 92.3 + rng.normal(0, 1.8)
     mouth = np.array([[56 - mouth_w / 2, mouth_y], [56 + mouth_w / 2, mouth_y]])
     lip = skin * np.array([0.72, 0.68, 0.9]) + rng.normal(0, 8, 3)
-    glasses = (uniform(rng, 1.1, 1.5), rng.choice([20., 60., 140.]) + rng.normal(0, 10, 3)) if rng.random() < 0.15 else None
+    glasses = (
+        (uniform(rng, 1.1, 1.5), rng.choice([20.0, 60.0, 140.0]) + rng.normal(0, 10, 3))
+        if rng.random() < 0.15
+        else None
+    )
     return Identity(
-        key=(seed, number), tone=tone, skin=skin, head=head,
-        hair=_HAIR[hair_idx] + rng.normal(0, 10, 3), hair_kind=int(rng.choice(5, p=[.35, .25, .2, .1, .1])),
-        hairline=uniform(rng, 20, 32), eyes=eyes, eye_wh=(uniform(rng, 5.5, 7.5), uniform(rng, 2.4, 3.6)),
+        key=(seed, number),
+        tone=tone,
+        skin=skin,
+        head=head,
+        hair=_HAIR[hair_idx] + rng.normal(0, 10, 3),
+        hair_kind=int(rng.choice(5, p=[0.35, 0.25, 0.2, 0.1, 0.1])),
+        hairline=uniform(rng, 20, 32),
+        eyes=eyes,
+        eye_wh=(uniform(rng, 5.5, 7.5), uniform(rng, 2.4, 3.6)),
         iris=_IRIS[rng.integers(6)] + rng.normal(0, 10, 3),
         brow=(uniform(rng, 1.8, 4.0), uniform(rng, 0.5, 4.0), uniform(rng, -2.5, 2.5), uniform(rng, 8.5, 11.5)),
         nose=(56.0 + rng.normal(0, 0.6), 71.7 + rng.normal(0, 1.5), uniform(rng, 4.5, 7.5), uniform(rng, 6, 10)),
-        mouth=mouth, lips=(uniform(rng, 1.5, 3.5), uniform(rng, 2.0, 4.5), lip),
-        beard=int(rng.choice(4, p=[.55, .2, .12, .13])), glasses=glasses,
-        age=uniform(rng, 0.0, 0.5), greying=uniform(rng, 0.2, 1.0))
+        mouth=mouth,
+        lips=(uniform(rng, 1.5, 3.5), uniform(rng, 2.0, 4.5), lip),
+        beard=int(rng.choice(4, p=[0.55, 0.2, 0.12, 0.13])),
+        glasses=glasses,
+        age=uniform(rng, 0.0, 0.5),
+        greying=uniform(rng, 0.2, 1.0),
+    )
 
 
 # ---------------------------------------------------------------- drawing helpers (canonical units)
+
 
 def _fx(pts: np.ndarray) -> np.ndarray:
     """Canonical points -> layer pixels as OpenCV fixed point (4 fractional bits)."""
@@ -138,14 +156,16 @@ def _unit_circle(n: int, t0: float, t1: float) -> np.ndarray:
     return np.stack([np.cos(t), np.sin(t)], 1)
 
 
-def _ellipse(cx: float, cy: float, a: float, b: float, n: int = 48, t0: float = 0.0, t1: float = 2 * math.pi) -> np.ndarray:
+def _ellipse(
+    cx: float, cy: float, a: float, b: float, n: int = 48, t0: float = 0.0, t1: float = 2 * math.pi
+) -> np.ndarray:
     return _unit_circle(n, t0, t1) * (a, b) + (cx, cy)
 
 
 @functools.lru_cache(maxsize=16)
 def _bezier_weights(n: int) -> np.ndarray:
     t = np.linspace(0, 1, n)
-    return np.stack([(1 - t) ** 2, 2 * t * (1 - t), t ** 2], 1)
+    return np.stack([(1 - t) ** 2, 2 * t * (1 - t), t**2], 1)
 
 
 def _curve(p0, p1, bend: float, n: int = 12) -> np.ndarray:
@@ -198,9 +218,14 @@ def _static_layer(seed: int, number: int) -> tuple[np.ndarray, np.ndarray]:
     shade = np.zeros((_SIDE, _SIDE), np.float32)
     tip_x, tip_y, nose_w, _ = idn.nose
     for side in (-1, 1):
-        _line(shade, _curve((tip_x + side * 3.5, idn.eyes[0, 1] + 4), (tip_x + side * nose_w, tip_y), side * 1.5), 0.5, 2.5)
+        _line(
+            shade,
+            _curve((tip_x + side * 3.5, idn.eyes[0, 1] + 4), (tip_x + side * nose_w, tip_y), side * 1.5),
+            0.5,
+            2.5,
+        )
     shade = cv2.GaussianBlur(shade[y0:y1, x0:x1], (0, 0), 2.0 * SS)
-    field = 1 + 0.06 * blot - 0.25 * np.clip(xx ** 2 + yy ** 2 - 0.55, 0, None) - 0.6 * shade
+    field = 1 + 0.06 * blot - 0.25 * np.clip(xx**2 + yy**2 - 0.55, 0, None) - 0.6 * shade
     box = layer[y0:y1, x0:x1, :3]
     mask = face_mask[y0:y1, x0:x1, None] > 0
     box[:] = np.where(mask, np.clip(box * field[..., None], 0, 255), box).astype(np.uint8)
@@ -216,7 +241,9 @@ def _static_layer(seed: int, number: int) -> tuple[np.ndarray, np.ndarray]:
             _fill(layer, _ellipse(*p[0], *([uniform(rng, 0.8, 1.8)] * 2), 12), idn.skin * 0.45)
     for side in (-1, 1):
         _fill(layer, _ellipse(tip_x + side * nose_w * 0.45, tip_y + 1.2, nose_w * 0.32, 1.1, 16), idn.skin * 0.4)
-        wing = _curve((tip_x + side * nose_w * 0.95, tip_y - 3), (tip_x + side * nose_w * 0.6, tip_y + 1.5), side * 1.2, 6)
+        wing = _curve(
+            (tip_x + side * nose_w * 0.95, tip_y - 3), (tip_x + side * nose_w * 0.6, tip_y + 1.5), side * 1.2, 6
+        )
         _line(layer, wing, idn.skin * 0.7, 0.6)
     if idn.beard:
         if idn.beard == 3:
@@ -225,15 +252,22 @@ def _static_layer(seed: int, number: int) -> tuple[np.ndarray, np.ndarray]:
         dots = _fx(dots[inside(dots) & (dots[:, 1] > idn.mouth[0, 1] - 9)])[:, 0] // 16
         dot = idn.hair * 0.7 if idn.beard == 3 else (idn.hair + idn.skin) / 2 * 0.85
         layer[dots[:, 1], dots[:, 0], :3] = np.clip(dot, 0, 255).astype(np.uint8)
-        _fill(layer, np.concatenate([_curve(idn.mouth[0] - [2, 2], idn.mouth[1] - [-2, 2], 5),
-                                     _curve(idn.mouth[1] - [0, 5], idn.mouth[0] - [0, 5], 5)]),
-              idn.hair if idn.beard >= 2 else idn.skin * 0.92)
+        _fill(
+            layer,
+            np.concatenate(
+                [
+                    _curve(idn.mouth[0] - [2, 2], idn.mouth[1] - [-2, 2], 5),
+                    _curve(idn.mouth[1] - [0, 5], idn.mouth[0] - [0, 5], 5),
+                ]
+            ),
+            idn.hair if idn.beard >= 2 else idn.skin * 0.92,
+        )
     hair_mask[face_mask > 0] = 0
     if idn.hair_kind != 3:
         hl, ey = idn.hairline, idn.eyes[0, 1] - 14
         xs = np.linspace(cx - a - 1, cx + a + 1, 25)
         rel = (xs - cx) / a
-        lower = np.stack([xs, hl + (ey - hl) * rel ** 4 + rng.normal(0, 0.6, 25)], 1)
+        lower = np.stack([xs, hl + (ey - hl) * rel**4 + rng.normal(0, 0.6, 25)], 1)
         front = np.concatenate([lower, top[::-1]])
         for img, col in ((layer, idn.hair), (hair_mask, 255)):
             _fill(img, front, col)
@@ -288,7 +322,9 @@ def expressive_layer(idn: Identity, var: Variation) -> np.ndarray:
         pupil = (pupil - [ex, eyy]) * 0.45 + [ex, eyy]
         _fill(layer, pupil, (15, 15, 15))
         _line(layer, eye[14:], idn.skin * 0.3, 0.8)
-        _line(layer, _ellipse(ex, eyy - 1.5, w * 1.05, hh + 2.5, 10, math.pi * 1.15, math.pi * 1.85), idn.skin * 0.75, 0.5)
+        _line(
+            layer, _ellipse(ex, eyy - 1.5, w * 1.05, hh + 2.5, 10, math.pi * 1.15, math.pi * 1.85), idn.skin * 0.75, 0.5
+        )
         by = eyy - above - var.brow_raise * 2.5
         inner = np.array([ex - side * w * 1.1, by + slope * 0.5])
         outer = np.array([ex + side * w * 1.5, by - slope * 0.5 + 1.5])

@@ -41,8 +41,10 @@ def write_tinyface(out: Path, results: dict[tuple, Any]) -> dict[str, int]:
             for folder, data in zip((root, aligned), value):
                 (folder / key[0]).mkdir(parents=True, exist_ok=True)
                 (folder / key[0] / key[1]).write_bytes(data)
-    protocol_files = (("Probe", "probe_img_ID_pairs.mat", "probe_set", "probe_ids"),
-                      ("Gallery_Match", "gallery_match_img_ID_pairs.mat", "gallery_set", "gallery_ids"))
+    protocol_files = (
+        ("Probe", "probe_img_ID_pairs.mat", "probe_set", "probe_ids"),
+        ("Gallery_Match", "gallery_match_img_ID_pairs.mat", "gallery_set", "gallery_ids"),
+    )
     for folder, mat, names_key, ids_key in protocol_files:
         names = listed[folder]
         _write_mat(root / mat, names, [int(n.split("_")[0]) for n in names], names_key, ids_key)
@@ -63,8 +65,9 @@ def write_scface(out: Path, results: dict[tuple, Any]) -> dict[str, int]:
     return {"scface_images": len(names), "scface_protocol_images": len(protocol)}
 
 
-def write_ijb(out: Path, which: str, faces: list[tuple[str, int, int, int]], results: dict[tuple, Any],
-               max_pairs: int, seed: int) -> dict[str, int]:
+def write_ijb(
+    out: Path, which: str, faces: list[tuple[str, int, int, int]], results: dict[tuple, Any], max_pairs: int, seed: int
+) -> dict[str, int]:
     prefix, root = which.lower(), out / which
     (root / "loose_crop").mkdir(parents=True, exist_ok=True)
     (root / "meta").mkdir(parents=True, exist_ok=True)
@@ -76,7 +79,7 @@ def write_ijb(out: Path, which: str, faces: list[tuple[str, int, int, int]], res
         pts.append(" ".join([name, *(f"{v:.2f}" for v in marks.ravel()), f"{score:.4f}"]) + "\n")
     owner = {template: number for _, template, _, number in faces}
     templates = sorted(owner)
-    pairs = [(a, b) for i, a in enumerate(templates) for b in templates[i + 1:]]
+    pairs = [(a, b) for i, a in enumerate(templates) for b in templates[i + 1 :]]
     genuine = [pr for pr in pairs if owner[pr[0]] == owner[pr[1]]]
     impostor = [pr for pr in pairs if owner[pr[0]] != owner[pr[1]]]
     if len(pairs) > max_pairs:
@@ -86,10 +89,17 @@ def write_ijb(out: Path, which: str, faces: list[tuple[str, int, int, int]], res
     lines = sorted([(a, b, 1) for a, b in genuine] + [(a, b, 0) for a, b in impostor])
     atomic_write_text(root / "meta" / f"{prefix}_face_tid_mid.txt", "".join(tid_mid))
     atomic_write_text(root / "meta" / f"{prefix}_name_5pts_score.txt", "".join(pts))
-    atomic_write_text(root / "meta" / f"{prefix}_template_pair_label.txt", "".join(f"{a} {b} {c}\n" for a, b, c in lines))
+    atomic_write_text(
+        root / "meta" / f"{prefix}_template_pair_label.txt", "".join(f"{a} {b} {c}\n" for a, b, c in lines)
+    )
     counts = _write_ijb_1n(root / "meta", prefix, faces)
-    return {f"{prefix}_images": len(faces), f"{prefix}_templates": len(templates),
-            f"{prefix}_genuine_pairs": len(genuine), f"{prefix}_impostor_pairs": len(impostor), **counts}
+    return {
+        f"{prefix}_images": len(faces),
+        f"{prefix}_templates": len(templates),
+        f"{prefix}_genuine_pairs": len(genuine),
+        f"{prefix}_impostor_pairs": len(impostor),
+        **counts,
+    }
 
 
 def _write_ijb_1n(meta: Path, prefix: str, faces: list[tuple[str, int, int, int]]) -> dict[str, int]:
@@ -146,9 +156,11 @@ def write_ijbs(out: Path, subjects: list[int], results: dict[tuple, Any], failed
     half = len(subjects) // 2
     for g, members in ((1, subjects[:half]), (2, subjects[half:])):
         header = "TEMPLATE_ID,SUBJECT_ID,FILENAME\n"
-        rows = {"single": [f"{s},{s},{photos[s][0]}\n" for s in members],
-                "booking": [f"{s},{s},{f}\n" for s in members for f in photos[s]],
-                "surveillance": [f"{s},{s},{gallery_video[s]}\n" for s in members]}
+        rows = {
+            "single": [f"{s},{s},{photos[s][0]}\n" for s in members],
+            "booking": [f"{s},{s},{f}\n" for s in members for f in photos[s]],
+            "surveillance": [f"{s},{s},{gallery_video[s]}\n" for s in members],
+        }
         for kind, lines in rows.items():
             atomic_write_text(proto / "galleries" / f"cs6_surveillance_to_{kind}_g{g}.csv", header + "".join(lines))
     return {"ijbs_images": len(kept), "ijbs_subjects": len(subjects), "ijbs_probe_videos": len(probe_videos)}

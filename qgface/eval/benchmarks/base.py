@@ -94,8 +94,10 @@ class Benchmark:
     def _check_features(self, embeddings: np.ndarray, norms: np.ndarray) -> None:
         items = len(self.embed_items())
         if len(embeddings) != items or len(norms) != items:
-            raise ValueError(f"{self.name}: expected {items} embeddings and norms (one per embed item), "
-                             f"got {len(embeddings)} and {len(norms)}")
+            raise ValueError(
+                f"{self.name}: expected {items} embeddings and norms (one per embed item), "
+                f"got {len(embeddings)} and {len(norms)}"
+            )
 
 
 def read_file_bytes(path: Path, benchmark: str) -> bytes:
@@ -103,5 +105,7 @@ def read_file_bytes(path: Path, benchmark: str) -> bytes:
     try:
         return path.read_bytes()
     except FileNotFoundError:
-        raise BenchmarkError(f"{benchmark}: image file {path} is listed by the protocol but missing; "
-                             "check eval.data_root and the aligned-image folder") from None
+        raise BenchmarkError(
+            f"{benchmark}: image file {path} is listed by the protocol but missing; "
+            "check eval.data_root and the aligned-image folder"
+        ) from None

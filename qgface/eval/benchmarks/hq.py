@@ -31,8 +31,10 @@ CRLFW_SIZES = (8, 12, 16, 20)
 
 def _load(path: Path, benchmark: str) -> tuple[list[bytes], np.ndarray]:
     if not path.is_file():
-        raise BenchmarkError(f"{benchmark}: verification set {path} not found; put the InsightFace "
-                             f"{path.name} into eval.data_root ({path.parent})")
+        raise BenchmarkError(
+            f"{benchmark}: verification set {path} not found; put the InsightFace "
+            f"{path.name} into eval.data_root ({path.parent})"
+        )
     try:
         return load_bin(path)
     except BinFileError as exc:
@@ -76,7 +78,7 @@ class HQVerification(Benchmark):
         metrics = {}
         for name in self.sets:
             start = self.offsets[name]
-            part = embeddings[start:start + 2 * len(self.issame[name])]
+            part = embeddings[start : start + 2 * len(self.issame[name])]
             metrics[name], metrics[f"{name}_std"] = _fold_stats(part, self.issame[name])
         metrics["hq_avg"] = float(np.mean([metrics[name] for name in self.sets]))
         return EvalOutput(metrics)
@@ -134,7 +136,7 @@ class CrossResolutionLFW(Benchmark):
         second = embeddings[:pairs]
         metrics = {}
         for k, size in enumerate(self.resolutions):
-            first = embeddings[pairs * (k + 1):pairs * (k + 2)]
+            first = embeddings[pairs * (k + 1) : pairs * (k + 2)]
             pair_emb = np.empty((2 * pairs, embeddings.shape[1]), dtype=embeddings.dtype)
             pair_emb[0::2], pair_emb[1::2] = first, second
             metrics[f"crlfw_{size}"], metrics[f"crlfw_{size}_std"] = _fold_stats(pair_emb, self.issame)

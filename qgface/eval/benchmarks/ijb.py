@@ -59,8 +59,9 @@ def _read_ints(path: Path, columns: int, benchmark: str) -> np.ndarray:
     return values.reshape(-1, columns)
 
 
-def template_features(features: np.ndarray, templates: np.ndarray, medias: np.ndarray,
-                      weights: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+def template_features(
+    features: np.ndarray, templates: np.ndarray, medias: np.ndarray, weights: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """(unique template ids, L2-normalised template features): per template, the mean over each
     media's images (times ``weights``) summed over its media. Float64 accumulation in chunks."""
     unique_t, t_idx = np.unique(templates, return_inverse=True)
@@ -68,10 +69,10 @@ def template_features(features: np.ndarray, templates: np.ndarray, medias: np.nd
     m_idx = torch.from_numpy(m_idx.reshape(-1).astype(np.int64))
     sums = torch.zeros(media_keys.shape[1], features.shape[1], dtype=torch.float64)
     for start in range(0, len(features), _CHUNK):
-        part = torch.from_numpy(np.asarray(features[start:start + _CHUNK], dtype=np.float64))
+        part = torch.from_numpy(np.asarray(features[start : start + _CHUNK], dtype=np.float64))
         if weights is not None:
-            part = part * torch.from_numpy(np.asarray(weights[start:start + _CHUNK], dtype=np.float64))[:, None]
-        sums.index_add_(0, m_idx[start:start + _CHUNK], part)
+            part = part * torch.from_numpy(np.asarray(weights[start : start + _CHUNK], dtype=np.float64))[:, None]
+        sums.index_add_(0, m_idx[start : start + _CHUNK], part)
     counts = torch.bincount(m_idx, minlength=len(sums)).to(torch.float64)
     media_mean = sums / counts[:, None]
     template = torch.zeros(len(unique_t), features.shape[1], dtype=torch.float64)
@@ -89,8 +90,9 @@ def image_weights(protocol: str, norms: np.ndarray, detector_scores: np.ndarray)
     return np.asarray(norms, dtype=np.float64).reshape(-1) * np.asarray(detector_scores, dtype=np.float64)
 
 
-def pair_scores(template_feats: np.ndarray, first: np.ndarray, second: np.ndarray,
-                block_bytes: int = 1 << 28) -> np.ndarray:
+def pair_scores(
+    template_feats: np.ndarray, first: np.ndarray, second: np.ndarray, block_bytes: int = 1 << 28
+) -> np.ndarray:
     """Cosine score (float32) of every template pair ``(first[k], second[k])`` of normalised rows.
 
     Pairs are grouped by their first template; for a block of those templates one matrix product
@@ -110,7 +112,7 @@ def pair_scores(template_feats: np.ndarray, first: np.ndarray, second: np.ndarra
     for start in range(0, len(rows), block):
         end = min(start + block, len(rows))
         sims = (torch.from_numpy(feats[rows[start:end]]) @ right).numpy()
-        pairs = order[bounds[start]:bounds[end]]
+        pairs = order[bounds[start] : bounds[end]]
         scores[pairs] = sims[row_of_pair[pairs] - start, col_of_pair[pairs]]
     return scores
 
@@ -118,8 +120,11 @@ def pair_scores(template_feats: np.ndarray, first: np.ndarray, second: np.ndarra
 class IJB(Benchmark):
     """Keys ``<name>_tar_at_1e-6`` ... ``<name>_tar_at_1e-1`` (%) for ``ijbb`` / ``ijbc``."""
 
-    params = {"payload": "distributed-loose-crop", "label": "5pts+score-float32",
-              "align_at_read": "arcface112-umeyama-warpaffine-v1"}
+    params = {
+        "payload": "distributed-loose-crop",
+        "label": "5pts+score-float32",
+        "align_at_read": "arcface112-umeyama-warpaffine-v1",
+    }
 
     @classmethod
     def from_options(cls, name: str, data_root: str | Path, options: BenchmarkOptions) -> IJB:
@@ -137,16 +142,20 @@ class IJB(Benchmark):
         meta = self.root / "meta"
         rows = _read_table(meta / f"{name}_name_5pts_score.txt", name)
         if any(len(r) != 12 for r in rows):
-            raise BenchmarkError(f"{name}: {meta / f'{name}_name_5pts_score.txt'}: every line must be "
-                                 "'image x1 y1 ... x5 y5 score' (12 fields)")
+            raise BenchmarkError(
+                f"{name}: {meta / f'{name}_name_5pts_score.txt'}: every line must be "
+                "'image x1 y1 ... x5 y5 score' (12 fields)"
+            )
         self.image_names = [" ".join(r) for r in rows]
         self.files = [r[0] for r in rows]
         self.landmarks = np.array([r[1:11] for r in rows], dtype=np.float64).reshape(-1, 5, 2)
         self.scores = np.array([r[11] for r in rows], dtype=np.float64)
         tid_mid = _read_table(meta / f"{name}_face_tid_mid.txt", name)
         if [r[0] for r in tid_mid] != self.files:
-            raise BenchmarkError(f"{name}: {meta / f'{name}_face_tid_mid.txt'} must list the same images in the "
-                                 f"same order as {name}_name_5pts_score.txt")
+            raise BenchmarkError(
+                f"{name}: {meta / f'{name}_face_tid_mid.txt'} must list the same images in the "
+                f"same order as {name}_name_5pts_score.txt"
+            )
         self.templates = np.array([r[1] for r in tid_mid], dtype=np.int64)
         self.medias = np.array([r[2] for r in tid_mid], dtype=np.int64)
         self.labels = np.arange(len(self.image_names))
@@ -175,8 +184,10 @@ class IJB(Benchmark):
         pos = np.searchsorted(unique_t, pairs[:, :2]).clip(0, len(unique_t) - 1)
         missing = unique_t[pos] != pairs[:, :2]
         if missing.any():
-            raise BenchmarkError(f"{self.name}: {self.pair_file}: template {pairs[:, :2][missing][0]} has no "
-                                 f"image in {self.name}_face_tid_mid.txt")
+            raise BenchmarkError(
+                f"{self.name}: {self.pair_file}: template {pairs[:, :2][missing][0]} has no "
+                f"image in {self.name}_face_tid_mid.txt"
+            )
         scores = pair_scores(feats, pos[:, 0], pos[:, 1])
         rule = IJB_PROTOCOLS[self.protocol]
         tar = tar_at_far(scores, pairs[:, 2], FARS.values(), rule=rule)  # warns about unresolvable FARs
@@ -187,8 +198,11 @@ class IJB(Benchmark):
         return EvalOutput(metrics, {"roc": curve})
 
     def sizes(self) -> dict[str, int]:
-        sizes = {"images": len(self), "templates": int(np.unique(self.templates).size),
-                 "medias": int(np.unique(np.stack([self.templates, self.medias]), axis=1).shape[1])}
+        sizes = {
+            "images": len(self),
+            "templates": int(np.unique(self.templates).size),
+            "medias": int(np.unique(np.stack([self.templates, self.medias]), axis=1).shape[1]),
+        }
         if self._num_pairs is not None:
             sizes["pairs"] = self._num_pairs
         return sizes

@@ -39,15 +39,20 @@ def read_template_subjects(path: Path, benchmark: str) -> tuple[np.ndarray, np.n
     try:
         pairs = np.array([(int(r[0]), int(r[1])) for r in rows if r], dtype=np.int64).reshape(-1, 2)
     except (ValueError, IndexError):
-        raise BenchmarkError(f"{benchmark}: {path}: every line after the header must start with "
-                             "TEMPLATE_ID,SUBJECT_ID (integers)") from None
+        raise BenchmarkError(
+            f"{benchmark}: {path}: every line after the header must start with TEMPLATE_ID,SUBJECT_ID (integers)"
+        ) from None
     templates, first = np.unique(pairs[:, 0], return_index=True)
     return templates, pairs[first, 1]
 
 
-def identification_metrics(probe: np.ndarray, gallery: np.ndarray, mate: np.ndarray,
-                           ranks: tuple[int, ...] = RANKS, fpirs: tuple[float, ...] = tuple(FPIRS.values()),
-                           ) -> tuple[dict[int, float], dict[float, float]]:
+def identification_metrics(
+    probe: np.ndarray,
+    gallery: np.ndarray,
+    mate: np.ndarray,
+    ranks: tuple[int, ...] = RANKS,
+    fpirs: tuple[float, ...] = tuple(FPIRS.values()),
+) -> tuple[dict[int, float], dict[float, float]]:
     """Closed-set rank-k rates and TPIR at FPIR (fractions) of unit probe/gallery rows; ``mate[i]`` is
     the gallery row of probe ``i``'s subject. Rank = 1 + non-mates scoring strictly above the mate.
     The threshold at FPIR f is the ``ceil(f * P)``-th largest of all P x (G-1) non-mate scores; TPIR =
@@ -95,12 +100,15 @@ class IJB1N(IJB):
         self.probe_templates, self.probe_subjects = read_template_subjects(self.probe_file, name)
         subjects, counts = np.unique(self.gallery_subjects, return_counts=True)
         if (counts != 1).any():
-            raise BenchmarkError(f"{name}: subject {subjects[counts != 1][0]} owns several gallery templates "
-                                 f"in {self.meta}/{base}_1N_gallery_{first}/{second}.csv (one each expected)")
+            raise BenchmarkError(
+                f"{name}: subject {subjects[counts != 1][0]} owns several gallery templates "
+                f"in {self.meta}/{base}_1N_gallery_{first}/{second}.csv (one each expected)"
+            )
         position = np.searchsorted(subjects, self.probe_subjects).clip(0, max(len(subjects) - 1, 0))
         if len(subjects) == 0 or (subjects[position] != self.probe_subjects).any():
-            missing = (self.probe_subjects[subjects[position] != self.probe_subjects] if len(subjects)
-                       else self.probe_subjects)
+            missing = (
+                self.probe_subjects[subjects[position] != self.probe_subjects] if len(subjects) else self.probe_subjects
+            )
             raise BenchmarkError(f"{name}: {self.probe_file}: probe subject {missing[0]} has no gallery template")
         order = np.argsort(self.gallery_subjects)
         self.mate = order[position]  # gallery row of each probe's subject
@@ -113,8 +121,10 @@ class IJB1N(IJB):
         for role, templates in (("gallery", self.gallery_templates), ("probe", self.probe_templates)):
             pos = np.searchsorted(unique_t, templates).clip(0, len(unique_t) - 1)
             if (unique_t[pos] != templates).any():
-                raise BenchmarkError(f"{self.name}: {role} template {templates[unique_t[pos] != templates][0]} has "
-                                     f"no image in {self.rec_name}_face_tid_mid.txt")
+                raise BenchmarkError(
+                    f"{self.name}: {role} template {templates[unique_t[pos] != templates][0]} has "
+                    f"no image in {self.rec_name}_face_tid_mid.txt"
+                )
             rows[role] = feats[pos]
         rates, tpir = identification_metrics(rows["probe"], rows["gallery"], self.mate)
         metrics = {f"{self.name}_rank{r}": v * 100 for r, v in rates.items()}
@@ -122,5 +132,8 @@ class IJB1N(IJB):
         return EvalOutput(metrics)
 
     def sizes(self) -> dict[str, int]:
-        return {"images": len(self), "gallery_templates": len(self.gallery_templates),
-                "probe_templates": len(self.probe_templates)}
+        return {
+            "images": len(self),
+            "gallery_templates": len(self.gallery_templates),
+            "probe_templates": len(self.probe_templates),
+        }

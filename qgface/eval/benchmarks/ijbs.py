@@ -25,12 +25,17 @@ __all__ = ["CLOSED_RANKS", "FPIRS", "IJBS", "PROTOCOLS", "closed_set_rates", "op
 
 CLOSED_RANKS = (1, 5, 10)
 FPIRS = {"1e-2": 0.01, "1e-1": 0.1}
-PROTOCOLS = {"sur2single": ("video2image", "single"), "sur2book": ("video2image", "booking"),
-             "sur2sur": ("video2video", "surveillance")}
+PROTOCOLS = {
+    "sur2single": ("video2image", "single"),
+    "sur2book": ("video2image", "booking"),
+    "sur2sur": ("video2video", "surveillance"),
+}
 """metric prefix -> (probe list, gallery kind) of the three reported protocols"""
 IMAGE_LIST = "image_list_mtcnn_fail_skipped_v1.csv"
-_PROBE_FILES = {"video2image": "cs6_surveillance_to_single-booking_probe.csv",
-                "video2video": "cs6_surveillance_to_surveillance_probe.csv"}
+_PROBE_FILES = {
+    "video2image": "cs6_surveillance_to_single-booking_probe.csv",
+    "video2video": "cs6_surveillance_to_surveillance_probe.csv",
+}
 
 
 @dataclasses.dataclass
@@ -60,8 +65,9 @@ def closed_set_rates(scores: np.ndarray, mate: np.ndarray, ranks: tuple[int, ...
     return {r: float(np.mean(rank <= r)) for r in ranks}
 
 
-def open_set_tpir(scores: np.ndarray, mate: np.ndarray, fpirs: tuple[float, ...] = tuple(FPIRS.values())
-                  ) -> dict[float, float]:
+def open_set_tpir(
+    scores: np.ndarray, mate: np.ndarray, fpirs: tuple[float, ...] = tuple(FPIRS.values())
+) -> dict[float, float]:
     """TPIR at each FPIR against one gallery (PFE ``DIR_FAR`` + ``find_thresholds_by_FAR``).
 
     Non-mated probes (``mate == -1``) give their highest score each; with those sorted high to low and
@@ -105,8 +111,9 @@ def _path_key(path: str, listing: Path) -> str:
     p = PurePosixPath(path)
     parts = p.stem.split("_")
     if len(p.parts) != 2 or parts[0] not in ("videos", "img") or len(parts) < 2:
-        raise BenchmarkError(f"ijbs: {listing}: path {path!r} is neither <PID>/videos_<VIDEO>_<FRAME>.jpg "
-                             "nor <PID>/img_<IMAGE>.jpg")
+        raise BenchmarkError(
+            f"ijbs: {listing}: path {path!r} is neither <PID>/videos_<VIDEO>_<FRAME>.jpg nor <PID>/img_<IMAGE>.jpg"
+        )
     return f"{p.parts[0]}_{parts[0]}_{parts[1]}"
 
 
@@ -132,8 +139,9 @@ class IJBS(Benchmark):
             by_key.setdefault(_path_key(path, self.root / IMAGE_LIST), []).append(i)
         self._by_key = {k: np.array(v, dtype=np.int64) for k, v in by_key.items()}
         proto = self.root / "protocols"
-        videos = sorted({(int(r[0]), r[1]) for r in _read_csv(proto / "cs6_metadata.csv", 2)
-                         if r[1].startswith("videos")})
+        videos = sorted(
+            {(int(r[0]), r[1]) for r in _read_csv(proto / "cs6_metadata.csv", 2) if r[1].startswith("videos")}
+        )
         self.probes = {}
         for kind, file in _PROBE_FILES.items():
             listed = {r[0] for r in _read_csv(proto / file, 1)}
@@ -146,8 +154,12 @@ class IJBS(Benchmark):
             for r in _read_csv(proto / "galleries" / f"cs6_surveillance_to_booking_g{g}.csv", 3):
                 booking.setdefault(int(r[1]), []).append(r[2])
             self.galleries["booking"].append([self._template(s, f) for s, f in sorted(booking.items())])
-            pairs = sorted({(int(r[1]), r[2]) for r in
-                            _read_csv(proto / "galleries" / f"cs6_surveillance_to_surveillance_g{g}.csv", 3)})
+            pairs = sorted(
+                {
+                    (int(r[1]), r[2])
+                    for r in _read_csv(proto / "galleries" / f"cs6_surveillance_to_surveillance_g{g}.csv", 3)
+                }
+            )
             self.galleries["surveillance"].append([self._template(s, [v]) for s, v in pairs])
 
     def _template(self, subject: int, files: list[str]) -> Template:
@@ -170,15 +182,21 @@ class IJBS(Benchmark):
                 feats = np.stack([template_feature(features[t.images]) for t in gallery])
                 parts.append((probe_feats @ feats.T, self._mates(probe_subjects, gallery, prefix)))
             if ((parts[0][1] >= 0) & (parts[1][1] >= 0)).any():
-                raise BenchmarkError(f"ijbs {prefix}: a subject has templates in both {gallery_kind} galleries "
-                                     f"under {self.root / 'protocols' / 'galleries'} (g1 and g2 must be disjoint)")
+                raise BenchmarkError(
+                    f"ijbs {prefix}: a subject has templates in both {gallery_kind} galleries "
+                    f"under {self.root / 'protocols' / 'galleries'} (g1 and g2 must be disjoint)"
+                )
             offset = len(self.galleries[gallery_kind][0])
             both = np.where(parts[1][1] >= 0, parts[1][1] + offset, parts[0][1])
             closed = closed_set_rates(np.hstack([parts[0][0], parts[1][0]]), both)
             metrics.update({f"ijbs_{prefix}_rank{r}": v * 100 for r, v in closed.items()})
             opened = [open_set_tpir(scores, mate) for scores, mate in parts]
-            metrics.update({f"ijbs_{prefix}_tpir_at_fpir_{key}": (opened[0][f] + opened[1][f]) / 2 * 100
-                            for key, f in FPIRS.items()})
+            metrics.update(
+                {
+                    f"ijbs_{prefix}_tpir_at_fpir_{key}": (opened[0][f] + opened[1][f]) / 2 * 100
+                    for key, f in FPIRS.items()
+                }
+            )
         return EvalOutput(metrics)
 
     def _mates(self, probe_subjects: np.ndarray, gallery: list[Template], prefix: str) -> np.ndarray:
@@ -186,8 +204,10 @@ class IJBS(Benchmark):
         subjects = np.array([t.subject for t in gallery])
         unique, counts = np.unique(subjects, return_counts=True)
         if (counts > 1).any():
-            raise BenchmarkError(f"ijbs {prefix}: subject {unique[counts > 1][0]} owns several templates of "
-                                 f"one gallery under {self.root / 'protocols' / 'galleries'} (one each expected)")
+            raise BenchmarkError(
+                f"ijbs {prefix}: subject {unique[counts > 1][0]} owns several templates of "
+                f"one gallery under {self.root / 'protocols' / 'galleries'} (one each expected)"
+            )
         row = {int(s): i for i, s in enumerate(subjects)}
         return np.array([row.get(int(s), -1) for s in probe_subjects], dtype=np.int64)
 

@@ -64,8 +64,12 @@ class SCface(Benchmark):
                 continue
             names.append(entry)
         if skipped:
-            log.info("%s: %s: %d entries outside the protocol (infrared cameras 6-8, other shots) skipped",
-                     self.name, listing, skipped)
+            log.info(
+                "%s: %s: %d entries outside the protocol (infrared cameras 6-8, other shots) skipped",
+                self.name,
+                listing,
+                skipped,
+            )
         self.image_names = names
         self.labels = np.array(labels, dtype=np.int64)
         self.distance = np.array(distance, dtype=np.int64)  # 0 = gallery mugshot

@@ -38,14 +38,18 @@ def list_images(folder: Path, benchmark: str) -> list[str]:
 
 def _mat_column(path: Path, key: str, benchmark: str) -> list:
     if not path.is_file():
-        raise BenchmarkError(f"{benchmark}: protocol file {path} not found (it ships with the TinyFace "
-                             "Testing_Set); check eval.data_root")
+        raise BenchmarkError(
+            f"{benchmark}: protocol file {path} not found (it ships with the TinyFace "
+            "Testing_Set); check eval.data_root"
+        )
     try:
         mat = scipy.io.loadmat(path)
     except Exception as exc:  # scipy raises several types for a corrupt file
         raise BenchmarkError(f"{benchmark}: {path} is not a readable MATLAB file: {exc}") from exc
     if key not in mat:
-        raise BenchmarkError(f"{benchmark}: {path} has no variable {key!r} (has {sorted(k for k in mat if not k.startswith('__'))})")
+        raise BenchmarkError(
+            f"{benchmark}: {path} has no variable {key!r} (has {sorted(k for k in mat if not k.startswith('__'))})"
+        )
     return [np.asarray(v).ravel()[0] if np.asarray(v).size else "" for v in np.asarray(mat[key], dtype=object).ravel()]
 
 
@@ -71,17 +75,25 @@ class TinyFace(Benchmark):
         matches = [str(s) for s in _mat_column(testing / "gallery_match_img_ID_pairs.mat", "gallery_set", self.name)]
         match_ids = [int(v) for v in _mat_column(testing / "gallery_match_img_ID_pairs.mat", "gallery_ids", self.name)]
         if len(probes) != len(probe_ids) or len(matches) != len(match_ids):
-            raise BenchmarkError(f"{self.name}: {testing}: the .mat files list {len(probes)} probes with "
-                                 f"{len(probe_ids)} ids and {len(matches)} gallery images with {len(match_ids)} ids")
+            raise BenchmarkError(
+                f"{self.name}: {testing}: the .mat files list {len(probes)} probes with "
+                f"{len(probe_ids)} ids and {len(matches)} gallery images with {len(match_ids)} ids"
+            )
         distractors = list_images(self.aligned / "Gallery_Distractor", self.name)
         self.num_probes, self.num_matches = len(probes), len(matches)
-        self.image_names = ([f"Probe/{n}" for n in probes] + [f"Gallery_Match/{n}" for n in matches]
-                            + [f"Gallery_Distractor/{n}" for n in distractors])
+        self.image_names = (
+            [f"Probe/{n}" for n in probes]
+            + [f"Gallery_Match/{n}" for n in matches]
+            + [f"Gallery_Distractor/{n}" for n in distractors]
+        )
         self.labels = np.array(probe_ids + match_ids + [-1] * len(distractors), dtype=np.int64)
         mismatched = sum(_identity(n) != str(i) for n, i in zip(probes + matches, probe_ids + match_ids))
         if mismatched:
-            log.warning("%s: %d probe/gallery file names disagree with their .mat identity (labels follow "
-                        "the .mat files)", self.name, mismatched)
+            log.warning(
+                "%s: %d probe/gallery file names disagree with their .mat identity (labels follow the .mat files)",
+                self.name,
+                mismatched,
+            )
 
     def load_bytes(self, index: int) -> bytes:
         return read_file_bytes(self.aligned / self.image_names[index], self.name)
@@ -95,5 +107,10 @@ class TinyFace(Benchmark):
 
     def sizes(self) -> dict[str, int]:
         gallery = len(self) - self.num_probes
-        return {"images": len(self), "probes": self.num_probes, "gallery": gallery,
-                "gallery_match": self.num_matches, "distractors": gallery - self.num_matches}
+        return {
+            "images": len(self),
+            "probes": self.num_probes,
+            "gallery": gallery,
+            "gallery_match": self.num_matches,
+            "distractors": gallery - self.num_matches,
+        }
