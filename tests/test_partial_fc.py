@@ -58,7 +58,7 @@ def _replicated(kind: str, kernel: torch.Tensor, emb, norms, labels, qs: float, 
 def _sharded(kind: str, kernel, emb, norms, labels, qs: float, rate: float = 1.0, stats=(0.0, 0.0)):
     comm = ProcessGroupCollectives()
     head = PartialFCHead(kind, C, comm, embedding_size=D, quality_scale=qs, sample_rate=rate, seed=7).double()
-    head.kernel.data.copy_(kernel[:, head.class_start:head.class_start + head.num_local])
+    head.kernel.data.copy_(kernel[:, head.class_start : head.class_start + head.num_local])
     head.batch_mean.fill_(stats[0]), head.batch_std.fill_(stats[1])
     own = slice(comm.rank * N_LOCAL, (comm.rank + 1) * N_LOCAL)
     e = emb[own].clone().requires_grad_()
@@ -77,10 +77,16 @@ def _check_equal_to_replicated(world: int) -> None:
         where = f"{kind} qs={qs} world={world} rank={head.comm.rank}"
         torch.testing.assert_close(loss, loss_r, **TOL, msg=f"loss, {where}")
         torch.testing.assert_close(grad, grad_r[own], **TOL, msg=f"grad wrt embeddings, {where}")
-        torch.testing.assert_close(head.kernel.detach(), kernel_r[:, head.class_start:head.class_start + head.num_local],
-                                   **TOL, msg=f"kernel after SGD, {where}")
+        torch.testing.assert_close(
+            head.kernel.detach(),
+            kernel_r[:, head.class_start : head.class_start + head.num_local],
+            **TOL,
+            msg=f"kernel after SGD, {where}",
+        )
         torch.testing.assert_close(g_hat, g_r[own], msg=f"margin scaler, {where}")
-        assert (head.batch_mean.item(), head.batch_std.item()) == pytest.approx(stats_r, rel=1e-6), where  # MarginHead updates in fp32
+        assert (head.batch_mean.item(), head.batch_std.item()) == pytest.approx(stats_r, rel=1e-6), (
+            where
+        )  # MarginHead updates in fp32
 
 
 def _check_sampling(world: int) -> None:
@@ -98,7 +104,9 @@ def _check_sampling(world: int) -> None:
     # dense reference: the replicated head over the sampled classes only, labels renumbered
     remap = torch.full((C,), -1, dtype=torch.long)
     remap[union] = torch.arange(union.numel())
-    loss_r, grad_r, kernel_r, _, _ = _replicated("adaface", kernel[:, union], emb, norms, remap[labels], 0.5, (14.0, 6.0))
+    loss_r, grad_r, kernel_r, _, _ = _replicated(
+        "adaface", kernel[:, union], emb, norms, remap[labels], 0.5, (14.0, 6.0)
+    )
     torch.testing.assert_close(loss, loss_r, **TOL)
     torch.testing.assert_close(grad, grad_r[own], **TOL)
     # the sampled columns moved as in the dense computation; the others did not move at all
@@ -106,25 +114,26 @@ def _check_sampling(world: int) -> None:
     torch.testing.assert_close(head.kernel.detach()[:, local - start], kernel_r[:, remap[local]], **TOL)
     untouched = torch.ones(head.num_local, dtype=torch.bool)
     untouched[local - start] = False
-    assert torch.equal(head.kernel.detach()[:, untouched], kernel[:, start:start + head.num_local][:, untouched])
+    assert torch.equal(head.kernel.detach()[:, untouched], kernel[:, start : start + head.num_local][:, untouched])
 
 
 def _check_proxies(world: int) -> None:
     emb, _, labels, kernel = _batch(world, seed=5)
     comm = ProcessGroupCollectives()
     head = PartialFCHead("adaface", C, comm, embedding_size=D, sample_rate=0.3).double()
-    head.kernel.data.copy_(kernel[:, head.class_start:head.class_start + head.num_local])
+    head.kernel.data.copy_(kernel[:, head.class_start : head.class_start + head.num_local])
     torch.testing.assert_close(head.proxies(labels), kernel[:, labels].t(), rtol=0, atol=0)
     # proxy compensation of a queue: the sharded proxies give the replicated keys (also after the
     # kernel moved, which is what compensation is for)
     sharded_q, replicated_q = ContrastQueue(32, dim=D).double(), ContrastQueue(32, dim=D).double()
+
     def gather(t):  # every rank already holds the global batch
         return t
 
     sharded_q.enqueue(emb, labels, head.proxies, gather=gather)
     replicated_q.enqueue(emb, labels, kernel, gather=gather)
     moved = kernel + 0.1 * torch.randn(kernel.shape, generator=torch.Generator().manual_seed(3), dtype=kernel.dtype)
-    head.kernel.data.copy_(moved[:, head.class_start:head.class_start + head.num_local])
+    head.kernel.data.copy_(moved[:, head.class_start : head.class_start + head.num_local])
     keys, key_labels = sharded_q.current(head.proxies)
     keys_r, labels_r = replicated_q.current(moved)
     torch.testing.assert_close(keys, keys_r, rtol=1e-12, atol=1e-12)

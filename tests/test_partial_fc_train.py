@@ -42,9 +42,21 @@ from qgface.train.sharded_head import check_partial_fc
 
 REPO = Path(qgface.__file__).resolve().parents[1]
 STEPS = 4
-ARGS = ["model.backbone=ir_tiny", "data.batch_size=4", "contrast.queue_size=64", "data.num_workers=0",
-        "head.t_alpha=0.5", "head.h=0", "contrast.scale_range=whole", "optim.lr=0.005", "train.log_every=1",
-        "train.steps_per_epoch=2", "optim.epochs=2", "optim.milestones=[1]", "train.checkpoint_every=100"]
+ARGS = [
+    "model.backbone=ir_tiny",
+    "data.batch_size=4",
+    "contrast.queue_size=64",
+    "data.num_workers=0",
+    "head.t_alpha=0.5",
+    "head.h=0",
+    "contrast.scale_range=whole",
+    "optim.lr=0.005",
+    "train.log_every=1",
+    "train.steps_per_epoch=2",
+    "optim.epochs=2",
+    "optim.milestones=[1]",
+    "train.checkpoint_every=100",
+]
 SCRIPT = """import sys, torch
 from qgface.config import load_config
 from qgface.train.engine import Trainer
@@ -52,7 +64,8 @@ trainer = Trainer(load_config(None, sys.argv[2:]))
 if sys.argv[1] != "-":  # the state this rank resumed from
     head = trainer.model.head
     torch.save({"step": trainer.step, "class_start": head.class_start, "kernel": head.kernel.detach(),
-                "momentum": trainer.optimizer.state[head.kernel]["momentum_buffer"]}, f"{sys.argv[1]}/rank{head.comm.rank}.pt")
+                "momentum": trainer.optimizer.state[head.kernel]["momentum_buffer"]},
+               f"{sys.argv[1]}/rank{head.comm.rank}.pt")
 try:
     assert trainer.train() == 0
 finally:
@@ -64,21 +77,54 @@ finally:
 def train_root(tmp_path_factory) -> Path:
     """12 identities x 6 images in InsightFace train.rec/.idx, generated once."""
     root = tmp_path_factory.mktemp("synthetic") / "set"
-    generate(root, identities=12, images_per_identity=6, eval_identities=2, hq_pairs=2, tinyface_probes=1,
-             tinyface_gallery=1, tinyface_distractors=1, scface_subjects=2, ijb_templates=1, ijb_media=1,
-             ijb_frames=1, ijb_max_pairs=10, workers=1)
+    generate(
+        root,
+        identities=12,
+        images_per_identity=6,
+        eval_identities=2,
+        hq_pairs=2,
+        tinyface_probes=1,
+        tinyface_gallery=1,
+        tinyface_distractors=1,
+        scface_subjects=2,
+        ijb_templates=1,
+        ijb_media=1,
+        ijb_frames=1,
+        ijb_max_pairs=10,
+        workers=1,
+    )
     return root
 
 
 def _torchrun(ranks: int, root: Path, run: Path, *extra: str, dump: Path | None = None) -> None:
     script = run.parent / "train_script.py"
     script.write_text(SCRIPT)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
-           "OMP_NUM_THREADS": "1"}
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
+        "OMP_NUM_THREADS": "1",
+    }
     proc = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={ranks}", str(script),
-         str(dump or "-"), f"data.root={root}", f"run_dir={run}", *ARGS, *extra],
-        check=False, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            f"--nproc_per_node={ranks}",
+            str(script),
+            str(dump or "-"),
+            f"data.root={root}",
+            f"run_dir={run}",
+            *ARGS,
+            *extra,
+        ],
+        check=False,
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
 
 
@@ -102,8 +148,9 @@ def _full_kernel(run: Path, step: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 def _replicated_kernel(last: dict) -> tuple[torch.Tensor, torch.Tensor]:
     kernel = last["head"]["kernel"]
-    (momentum,) = [s["momentum_buffer"] for s in last["optimizer"]["state"].values()
-                   if s["momentum_buffer"].shape == kernel.shape]
+    (momentum,) = [
+        s["momentum_buffer"] for s in last["optimizer"]["state"].values() if s["momentum_buffer"].shape == kernel.shape
+    ]
     return kernel, momentum
 
 
@@ -154,7 +201,10 @@ def test_preempted_and_resumed_gives_the_same_weights(train_root, sharded_run, t
         torch.testing.assert_close(y, x, rtol=0, atol=1e-6)
     assert torch.equal(b["head"]["sample_step"], a["head"]["sample_step"])
     # the step-3 shards were no epoch end: pruned once last.pt of step 4 was written
-    assert sorted(p.name for p in (run / "checkpoints" / shards.SHARDS).iterdir()) == ["step_000000002", "step_000000004"]
+    assert sorted(p.name for p in (run / "checkpoints" / shards.SHARDS).iterdir()) == [
+        "step_000000002",
+        "step_000000004",
+    ]
 
 
 @pytest.mark.slow
@@ -162,8 +212,18 @@ def test_resume_on_one_rank_reshards_kernel_and_momentum(train_root, sharded_run
     # the 2-rank run's epoch end at step 2 (epoch_1.pt and its shards), continued by one process
     kernel, momentum = _full_kernel(sharded_run, 2)
     run = tmp_path / "one"
-    trainer = Trainer(load_config(None, [f"data.root={train_root}", f"run_dir={run}", *ARGS, "head.partial_fc=true",
-                                         f"train.resume={sharded_run / 'checkpoints' / 'epoch_1.pt'}"]))
+    trainer = Trainer(
+        load_config(
+            None,
+            [
+                f"data.root={train_root}",
+                f"run_dir={run}",
+                *ARGS,
+                "head.partial_fc=true",
+                f"train.resume={sharded_run / 'checkpoints' / 'epoch_1.pt'}",
+            ],
+        )
+    )
     try:
         assert (trainer.step, trainer.epoch) == (2, 1)
         assert torch.equal(trainer.model.head.kernel.detach(), kernel)
@@ -182,8 +242,14 @@ def test_resume_on_four_ranks_reshards_kernel_and_momentum(train_root, sharded_r
     kernel, momentum = _full_kernel(sharded_run, 2)
     run, dump = tmp_path / "four", tmp_path / "dump"
     dump.mkdir()
-    _torchrun(4, train_root, run, "head.partial_fc=true", f"train.resume={sharded_run / 'checkpoints' / 'epoch_1.pt'}",
-              dump=dump)
+    _torchrun(
+        4,
+        train_root,
+        run,
+        "head.partial_fc=true",
+        f"train.resume={sharded_run / 'checkpoints' / 'epoch_1.pt'}",
+        dump=dump,
+    )
     parts = [torch.load(dump / f"rank{r}.pt", weights_only=True) for r in range(4)]
     assert [p["step"] for p in parts] == [2] * 4
     assert [p["class_start"] for p in parts] == [shard_range(kernel.shape[1], r, 4)[0] for r in range(4)]
@@ -207,8 +273,8 @@ def test_shards_of_three_ranks_reshard_to_any_world(tmp_path, new_world):
     ranges = [shard_range(c, r, 3) for r in range(3)]
     for r, (start, n) in enumerate(ranges):
         head = _head(c, r, 3)
-        head.kernel.data.copy_(full[:, start:start + n])
-        shards.write_shard(tmp_path, 7, head, full_m[:, start:start + n])
+        head.kernel.data.copy_(full[:, start : start + n])
+        shards.write_shard(tmp_path, 7, head, full_m[:, start : start + n])
     shards.write_manifest(tmp_path, 7, _head(c, 0, 3), keep=False, ranges=ranges)
     manifest = shards.read_manifest(tmp_path, 7, c, tmp_path / "last.pt")
     got = [shards.load_slice(tmp_path, manifest, *shard_range(c, r, new_world)) for r in range(new_world)]
@@ -285,8 +351,17 @@ def test_every_config_profile_loads(path):
 @pytest.mark.slow
 def test_one_process_trains_with_class_sampling(train_root, tmp_path):
     run = tmp_path / "sampled"
-    cfg = load_config(None, [f"data.root={train_root}", f"run_dir={run}", *ARGS, "head.partial_fc=true",
-                             "head.sample_rate=0.5", "train.max_steps=2"])
+    cfg = load_config(
+        None,
+        [
+            f"data.root={train_root}",
+            f"run_dir={run}",
+            *ARGS,
+            "head.partial_fc=true",
+            "head.sample_rate=0.5",
+            "train.max_steps=2",
+        ],
+    )
     trainer = Trainer(cfg)
     seen: list[torch.Tensor] = []
     step = trainer.train_step
@@ -330,4 +405,6 @@ def test_resuming_across_the_partial_fc_setting_is_refused(train_root, tmp_path)
     lonely.parent.mkdir()
     lonely.write_bytes((tmp_path / "c" / "checkpoints" / "last.pt").read_bytes())
     with pytest.raises(CheckpointError, match="head_shards/ folder along with last.pt"):
-        Trainer(load_config(None, [*base, f"run_dir={tmp_path / 'd'}", "head.partial_fc=true", f"train.resume={lonely}"]))
+        Trainer(
+            load_config(None, [*base, f"run_dir={tmp_path / 'd'}", "head.partial_fc=true", f"train.resume={lonely}"])
+        )

@@ -69,9 +69,17 @@ def _run_head(reps: int, dense: bool, chunk_elems: int) -> dict:
         loss.backward()
 
     extra, seconds, cpu_seconds = _measure(step, reps)
-    return {"case": "dense" if dense else "head", "rows": n, "classes": c, "extra_bytes": extra,
-            "seconds": seconds, "cpu_seconds": cpu_seconds, "logits_bytes": n * c * 4, "kernel_grad_bytes": d * c * 4,
-            "chunk_rows": head.chunk_rows()}
+    return {
+        "case": "dense" if dense else "head",
+        "rows": n,
+        "classes": c,
+        "extra_bytes": extra,
+        "seconds": seconds,
+        "cpu_seconds": cpu_seconds,
+        "logits_bytes": n * c * 4,
+        "kernel_grad_bytes": d * c * 4,
+        "chunk_rows": head.chunk_rows(),
+    }
 
 
 def _dense_loss(head, emb: torch.Tensor, norms: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -114,7 +122,7 @@ def _run_contrast(reps: int) -> dict:
     queue = torch.nn.functional.normalize(torch.randn(k, d), dim=1)
     labels = torch.randint(0, 1000, (b,))
     queue_labels = torch.randint(0, 1000, (k,))
-    queue_labels[:b], queue_labels[b:2 * b] = labels, labels
+    queue_labels[:b], queue_labels[b : 2 * b] = labels, labels
     q_s, k_s = torch.rand(b, 1) * 2 - 1, torch.rand(b, 1) * 2 - 1
 
     def step() -> None:
@@ -123,9 +131,15 @@ def _run_contrast(reps: int) -> dict:
         loss.backward()
 
     extra, seconds, cpu_seconds = _measure(step, reps)
-    return {"case": "contrast", "rows": 2 * b, "queue": k, "extra_bytes": extra, "seconds": seconds,
-            "cpu_seconds": cpu_seconds,
-            "logits_bytes": 2 * b * (k + 1) * 4}
+    return {
+        "case": "contrast",
+        "rows": 2 * b,
+        "queue": k,
+        "extra_bytes": extra,
+        "seconds": seconds,
+        "cpu_seconds": cpu_seconds,
+        "logits_bytes": 2 * b * (k + 1) * 4,
+    }
 
 
 def _child(case: str, reps: int, threads: int, chunk_elems: int) -> None:
@@ -141,20 +155,27 @@ def _report(r: dict, reference: dict | None) -> None:
     ratio = r["extra_bytes"] / r["logits_bytes"]
     if r["case"] in ("head", "dense"):
         name = "dense reference" if r["case"] == "dense" else f"MarginHead('adaface') ({r['chunk_rows']} rows/chunk)"
-        print(f"{name} N={r['rows']} C={r['classes']:,}: fwd+bwd {r['seconds'] * 1e3:.0f} ms "
-              f"(CPU time {r['cpu_seconds'] * 1e3:.0f} ms), "
-              f"peak extra {r['extra_bytes'] / MIB:.0f} MiB = {ratio:.2f}x the logits tensor "
-              f"({r['logits_bytes'] / MIB:.0f} MiB); of which the kernel gradient {r['kernel_grad_bytes'] / MIB:.0f} MiB; "
-              f"excluding it {(r['extra_bytes'] - r['kernel_grad_bytes']) / r['logits_bytes']:.2f}x")
+        print(
+            f"{name} N={r['rows']} C={r['classes']:,}: fwd+bwd {r['seconds'] * 1e3:.0f} ms "
+            f"(CPU time {r['cpu_seconds'] * 1e3:.0f} ms), "
+            f"peak extra {r['extra_bytes'] / MIB:.0f} MiB = {ratio:.2f}x the logits tensor "
+            f"({r['logits_bytes'] / MIB:.0f} MiB); "
+            f"of which the kernel gradient {r['kernel_grad_bytes'] / MIB:.0f} MiB; "
+            f"excluding it {(r['extra_bytes'] - r['kernel_grad_bytes']) / r['logits_bytes']:.2f}x"
+        )
         if reference is not None and r["case"] == "head":
-            print(f"  = {r['seconds'] / reference['seconds']:.2f}x the dense reference's wall time, "
-                  f"{r['cpu_seconds'] / reference['cpu_seconds']:.2f}x its CPU time, "
-                  f"{r['extra_bytes'] / reference['extra_bytes']:.2f}x its peak extra memory")
+            print(
+                f"  = {r['seconds'] / reference['seconds']:.2f}x the dense reference's wall time, "
+                f"{r['cpu_seconds'] / reference['cpu_seconds']:.2f}x its CPU time, "
+                f"{r['extra_bytes'] / reference['extra_bytes']:.2f}x its peak extra memory"
+            )
     else:
-        print(f"qg_contrastive_loss 2B={r['rows']} K={r['queue']:,}: fwd+bwd {r['seconds'] * 1e3:.0f} ms "
-              f"(CPU time {r['cpu_seconds'] * 1e3:.0f} ms), "
-              f"peak extra {r['extra_bytes'] / MIB:.0f} MiB = {ratio:.2f}x the logits tensor "
-              f"({r['logits_bytes'] / MIB:.0f} MiB)")
+        print(
+            f"qg_contrastive_loss 2B={r['rows']} K={r['queue']:,}: fwd+bwd {r['seconds'] * 1e3:.0f} ms "
+            f"(CPU time {r['cpu_seconds'] * 1e3:.0f} ms), "
+            f"peak extra {r['extra_bytes'] / MIB:.0f} MiB = {ratio:.2f}x the logits tensor "
+            f"({r['logits_bytes'] / MIB:.0f} MiB)"
+        )
 
 
 def _sharded_worker(rank: int, args: argparse.Namespace, init_file: str, classes: int, case: str) -> None:
@@ -216,8 +237,11 @@ def _sharded_worker(rank: int, args: argparse.Namespace, init_file: str, classes
     dist.all_gather_object(rows, (_peak_bytes() - base, statistics.median(times), sent))
     if rank == 0:
         peak = max(r[0] for r in rows) / MIB
-        print(f"{case:>12}  C={classes:>9,}  ranks {args.ranks}  per-rank peak +{peak:7.0f} MiB  "
-              f"step {max(r[1] for r in rows) * 1e3:8.1f} ms  sent/rank/step {sent / MIB:9.3f} MiB", flush=True)
+        print(
+            f"{case:>12}  C={classes:>9,}  ranks {args.ranks}  per-rank peak +{peak:7.0f} MiB  "
+            f"step {max(r[1] for r in rows) * 1e3:8.1f} ms  sent/rank/step {sent / MIB:9.3f} MiB",
+            flush=True,
+        )
     dist.destroy_process_group()
 
 
@@ -227,8 +251,12 @@ def _partial_fc(args: argparse.Namespace) -> None:
     for classes in args.classes:
         for case in [f"sharded {r}" for r in args.rates] + ([] if args.no_replicated else ["replicated"]):
             with tempfile.TemporaryDirectory() as tmp:
-                mp.spawn(_sharded_worker, args=(args, os.path.join(tmp, "rendezvous"), classes, case),
-                         nprocs=args.ranks, join=True)
+                mp.spawn(
+                    _sharded_worker,
+                    args=(args, os.path.join(tmp, "rendezvous"), classes, case),
+                    nprocs=args.ranks,
+                    join=True,
+                )
 
 
 def main() -> None:
@@ -238,10 +266,14 @@ def main() -> None:
     p.add_argument("--classes", type=int, nargs="+", default=[617_970, 2_059_906], help="--partial-fc: class counts")
     p.add_argument("--ranks", type=int, default=4, help="--partial-fc: gloo processes")
     p.add_argument("--batch", type=int, default=32, help="--partial-fc: embeddings per rank (both views)")
-    p.add_argument("--rates", type=float, nargs="*", default=[1.0, 0.3],
-                   help="--partial-fc: sample rates (none: replicated only)")
-    p.add_argument("--no-replicated", action="store_true",
-                   help="--partial-fc: skip the replicated head (each rank holds the kernel 3 times)")
+    p.add_argument(
+        "--rates", type=float, nargs="*", default=[1.0, 0.3], help="--partial-fc: sample rates (none: replicated only)"
+    )
+    p.add_argument(
+        "--no-replicated",
+        action="store_true",
+        help="--partial-fc: skip the replicated head (each rank holds the kernel 3 times)",
+    )
     p.add_argument("--reps", type=int, default=3)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--chunk-elems", type=int, default=0, help="head.chunk_elems (0 = the CPU default)")
@@ -254,11 +286,24 @@ def main() -> None:
         _child(args.case, args.reps, args.threads, args.chunk_elems)
         return
     reference = None
-    for case in (["dense", "head", "contrast"] if args.case == "all" else [args.case]):
+    for case in ["dense", "head", "contrast"] if args.case == "all" else [args.case]:
         out = subprocess.run(
-            [sys.executable, __file__, "--child", "--case", case, "--reps", str(args.reps),
-             "--threads", str(args.threads), "--chunk-elems", str(args.chunk_elems)],
-            check=True, capture_output=True, text=True,
+            [
+                sys.executable,
+                __file__,
+                "--child",
+                "--case",
+                case,
+                "--reps",
+                str(args.reps),
+                "--threads",
+                str(args.threads),
+                "--chunk-elems",
+                str(args.chunk_elems),
+            ],
+            check=True,
+            capture_output=True,
+            text=True,
         )
         result = json.loads(out.stdout.strip().splitlines()[-1])
         reference = result if case == "dense" else reference

@@ -108,7 +108,7 @@ def initial_proxies(num_classes: int, embedding_size: int, seed: int, class_star
         cols = torch.empty(embedding_size, hi - lo).uniform_(-1.0, 1.0, generator=g)
         cols.renorm_(2, 1, 1e-5).mul_(1e5)  # unit-norm proxies
         a, b = max(lo, class_start), min(hi, class_start + num_local)
-        out[:, a - class_start:b - class_start] = cols[:, a - lo:b - lo]
+        out[:, a - class_start : b - class_start] = cols[:, a - lo : b - lo]
     return out
 
 
@@ -170,8 +170,10 @@ class PartialFCHead(nn.Module):
         """global class ids this rank used in the last training forward (None: the whole slice)"""
 
     def extra_repr(self) -> str:
-        return (f"kind={self.kind}, classes={self.num_classes}, local={self.class_start}+{self.num_local}, "
-                f"dim={self.kernel.shape[0]}, sample_rate={self.sample_rate}, quality_scale={self.quality_scale}")
+        return (
+            f"kind={self.kind}, classes={self.num_classes}, local={self.class_start}+{self.num_local}, "
+            f"dim={self.kernel.shape[0]}, sample_rate={self.sample_rate}, quality_scale={self.quality_scale}"
+        )
 
     @torch.no_grad()
     def _update_stats(self, norms: torch.Tensor) -> None:
@@ -208,7 +210,11 @@ class PartialFCHead(nn.Module):
             if self.training:
                 self._update_stats(norms)
             g_hat = margin_scaler(norms, self.batch_mean.to(dtype), self.batch_std.to(dtype), self.h)
-            row_scale = self.s if self.quality_scale == 0.0 else self.s * quality_scale_factor(g_hat, self.quality_scale, self.s)
+            row_scale = (
+                self.s
+                if self.quality_scale == 0.0
+                else self.s * quality_scale_factor(g_hat, self.quality_scale, self.s)
+            )
 
             cols = self._sampled(labels)
             weight = self.kernel.to(dtype)
@@ -232,7 +238,8 @@ class PartialFCHead(nn.Module):
                 z_max = self.comm.all_reduce_max(z.amax(1))  # local to global row maxima
             sum_exp = self.comm.all_reduce_sum(torch.exp(z - z_max.unsqueeze(1)).sum(1))  # local to global
             z_y = self.comm.all_reduce_sum(  # each target logit lives on its owner only
-                torch.zeros_like(z_max).index_put((rows,), z[rows, target_cols]))
+                torch.zeros_like(z_max).index_put((rows,), z[rows, target_cols])
+            )
             loss = (z_max + sum_exp.log() - z_y).mean()
             own = slice(self.comm.rank * n_local, (self.comm.rank + 1) * n_local)
         return loss, g_hat[own]

@@ -69,7 +69,7 @@ def gather_own_first(t: torch.Tensor) -> torch.Tensor:
     t = t.detach().contiguous()
     parts = [torch.empty_like(t) for _ in range(world)]
     dist.all_gather(parts, t)
-    return torch.cat([t] + parts[:rank] + parts[rank + 1:])
+    return torch.cat([t] + parts[:rank] + parts[rank + 1 :])
 
 
 class ContrastQueue(nn.Module):
@@ -111,8 +111,10 @@ class ContrastQueue(nn.Module):
         labels = gather(local_labels.detach().reshape(-1).long())
         n = keys.shape[0]
         if n > self.size:
-            raise ValueError(f"queue size {self.size} is smaller than one step's {n} gathered keys; "
-                             f"raise the queue size (contrast queue_size) to at least {n}")
+            raise ValueError(
+                f"queue size {self.size} is smaller than one step's {n} gathered keys; "
+                f"raise the queue size (contrast queue_size) to at least {n}"
+            )
         slots = (self.ptr + torch.arange(n, device=self.keys.device)) % self.size
         self.keys[slots] = keys.to(self.keys.device)
         self.labels[slots] = labels.to(self.labels.device)
@@ -148,8 +150,9 @@ class ContrastQueue(nn.Module):
             keys = keys + ratio * (now - stored)
         return keys, labels
 
-    def index_in_current(self, slots: torch.Tensor, effective_size: int | None = None,
-                         check: bool = True) -> torch.Tensor:
+    def index_in_current(
+        self, slots: torch.Tensor, effective_size: int | None = None, check: bool = True
+    ) -> torch.Tensor:
         """Row positions in ``current(..., effective_size)`` of the given slot indices (same shape).
 
         ``check`` raises when a slot is not in that view, which reads a flag on the host (a GPU
@@ -158,8 +161,10 @@ class ContrastQueue(nn.Module):
         """
         sel = self._selected(effective_size)
         if check and not bool(self.holds_slots(slots, effective_size)):
-            raise ValueError(f"some slots are not in the current view (effective_size={effective_size} is "
-                             f"smaller than one step's gathered keys?)")
+            raise ValueError(
+                f"some slots are not in the current view (effective_size={effective_size} is "
+                f"smaller than one step's gathered keys?)"
+            )
         return (sel.cumsum(0) - 1)[slots]
 
     def holds_slots(self, slots: torch.Tensor, effective_size: int | None = None) -> torch.Tensor:
@@ -167,9 +172,12 @@ class ContrastQueue(nn.Module):
         return self._selected(effective_size)[slots].all()
 
     @torch.no_grad()
-    def update_dynamic_margin(self, pos_cos: torch.Tensor | float, hardest_neg_cos: torch.Tensor | float) -> torch.Tensor:
+    def update_dynamic_margin(
+        self, pos_cos: torch.Tensor | float, hardest_neg_cos: torch.Tensor | float
+    ) -> torch.Tensor:
         """EMA with t_alpha of the batch mean of (positive - hardest negative cosine) (docs/method.md §4)."""
-        diff = torch.as_tensor(pos_cos, dtype=self.dynamic_margin.dtype, device=self.dynamic_margin.device) - \
-            torch.as_tensor(hardest_neg_cos, dtype=self.dynamic_margin.dtype, device=self.dynamic_margin.device)
+        diff = torch.as_tensor(
+            pos_cos, dtype=self.dynamic_margin.dtype, device=self.dynamic_margin.device
+        ) - torch.as_tensor(hardest_neg_cos, dtype=self.dynamic_margin.dtype, device=self.dynamic_margin.device)
         self.dynamic_margin.mul_(1 - self.t_alpha).add_(self.t_alpha * diff.mean())
         return self.dynamic_margin

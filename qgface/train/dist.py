@@ -69,10 +69,16 @@ def wrap_ddp(model: torch.nn.Module, device: torch.device, static_graph: bool, c
     from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
 
     if compression == "bf16" and device.type != "cuda":
-        raise ValueError("train.grad_compression=bf16 needs NCCL on CUDA GPUs (PyTorch has no bf16 all-reduce on "
-                         "gloo); use fp16 or none")
-    ddp = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
-                                  gradient_as_bucket_view=True, static_graph=static_graph)
+        raise ValueError(
+            "train.grad_compression=bf16 needs NCCL on CUDA GPUs (PyTorch has no bf16 all-reduce on "
+            "gloo); use fp16 or none"
+        )
+    ddp = DistributedDataParallel(
+        model,
+        device_ids=[device.index] if device.type == "cuda" else None,
+        gradient_as_bucket_view=True,
+        static_graph=static_graph,
+    )
     hooks = {"bf16": default_hooks.bf16_compress_hook, "fp16": default_hooks.fp16_compress_hook}
     if compression != "none":
         ddp.register_comm_hook(dist.group.WORLD, hooks[compression])

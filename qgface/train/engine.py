@@ -1,8 +1,9 @@
 """The trainer: the joint objective of docs/method.md §5 under DDP, exact resume, stop on signals.
 
 One process:        python -m qgface.train configs/tiny.yaml
-One node, 8 GPUs:   torchrun --standalone --nproc_per_node=8 -m qgface.train configs/qgface.yaml data.root=/data/faces_emore
-Two nodes:          torchrun --nnodes=2 --nproc_per_node=8 --rdzv-backend=c10d --rdzv-endpoint=HOST:PORT -m qgface.train ...
+One node, 8 GPUs:   torchrun --standalone --nproc_per_node=8 -m qgface.train configs/qgface.yaml data.root=DATA
+Two nodes:          torchrun --nnodes=2 --nproc_per_node=8 --rdzv-backend=c10d --rdzv-endpoint=HOST:PORT
+                    -m qgface.train ...
 
 ``Trainer(cfg).train()`` returns 0 when training is complete (``finished=True`` in last.pt) and
 ``REQUEUE_EXIT_CODE`` when a signal stopped it after saving last.pt. Resume is decided by the run
@@ -90,6 +91,7 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
 
 def _merge_micro_outputs(outs: list[StepOutput], num_views: int) -> StepOutput:
     """One StepOutput for the whole batch: mean losses, rows back in the order [H_1..H_B, L_1..L_B]."""
+
     def mean(name: str) -> torch.Tensor:
         return torch.stack([getattr(o, name) for o in outs]).mean()
 
@@ -146,8 +148,17 @@ class Trainer:
             head = build_partial_fc_head(cfg, num_classes)
         else:
             with torch.random.fork_rng(devices=[]):  # the kernel is drawn below, as the sharded head draws it
-                head = MarginHead(h.kind, num_classes, m=h.m, h=h.h, s=h.s, t_alpha=h.t_alpha,
-                                  quality_scale=h.quality_scale, chunk_elems=h.chunk_elems, tf32=h.tf32)
+                head = MarginHead(
+                    h.kind,
+                    num_classes,
+                    m=h.m,
+                    h=h.h,
+                    s=h.s,
+                    t_alpha=h.t_alpha,
+                    quality_scale=h.quality_scale,
+                    chunk_elems=h.chunk_elems,
+                    tf32=h.tf32,
+                )
             head.kernel.data.copy_(initial_proxies(num_classes, head.kernel.shape[0], cfg.seed, 0, num_classes))
         t = cfg.train
         if batch % t.grad_accum:
@@ -170,8 +181,9 @@ class Trainer:
         # ---- optimiser, schedule, precision (docs/method.md §5)
         o = cfg.optim
         fused = t.fused_optimizer and self.device.type in FUSED_SGD_DEVICES
-        self.optimizer = torch.optim.SGD(param_groups(self.model, o.weight_decay), lr=o.lr, momentum=o.momentum,
-                                         fused=fused or None)
+        self.optimizer = torch.optim.SGD(
+            param_groups(self.model, o.weight_decay), lr=o.lr, momentum=o.momentum, fused=fused or None
+        )
         self.scheduler = torch.optim.lr_scheduler.MultiStepLR(self.optimizer, milestones=o.milestones, gamma=o.gamma)
         self.precision = resolve_precision(cfg.train.precision, self.device)
         check_partial_fc(cfg, self.precision)
@@ -197,13 +209,21 @@ class Trainer:
             return None
         size = queue_size_for(c.queue_size, c.queue_steps, self.world_keys)
         if size < self.world_keys:
-            raise ConfigError(f"contrast.queue_size={c.queue_size} cannot hold one step's {self.world_keys} keys "
-                              f"(2 views x data.batch_size x {self.dist.world_size} ranks); raise it, or set 0 "
-                              "to derive it from contrast.queue_steps")
+            raise ConfigError(
+                f"contrast.queue_size={c.queue_size} cannot hold one step's {self.world_keys} keys "
+                f"(2 views x data.batch_size x {self.dist.world_size} ranks); raise it, or set 0 "
+                "to derive it from contrast.queue_steps"
+            )
         if self.dist.is_main and history_steps(size, self.world_keys) < MIN_HISTORY_STEPS:
-            log.warning("contrast.queue_size=%d holds %.1f steps of %d keys (fewer than %d): the negatives are "
-                        "mostly this step's own; set contrast.queue_size=0 to keep contrast.queue_steps=%d steps",
-                        size, history_steps(size, self.world_keys), self.world_keys, MIN_HISTORY_STEPS, c.queue_steps)
+            log.warning(
+                "contrast.queue_size=%d holds %.1f steps of %d keys (fewer than %d): the negatives are "
+                "mostly this step's own; set contrast.queue_size=0 to keep contrast.queue_steps=%d steps",
+                size,
+                history_steps(size, self.world_keys),
+                self.world_keys,
+                MIN_HISTORY_STEPS,
+                c.queue_steps,
+            )
         return ContrastQueue(size, mode=c.queue, t_alpha=self.cfg.head.t_alpha).to(self.device)
 
     # ------------------------------------------------------------------ the step (docs/method.md §5)
@@ -249,18 +269,23 @@ class Trainer:
         stop = torch.full((), self.stop.requested, dtype=torch.bool, device=self.device)
         bad, queue_short, self.stop_now = dist.any_rank([~torch.isfinite(loss), ~queue_ok, stop])
         if queue_short:
-            raise ConfigError(f"the effective contrast queue at epoch {self.epoch} ({self.queue_size} keys) is smaller "
-                              f"than one step's {self.world_keys} gathered keys; raise contrast.queue_size")
+            raise ConfigError(
+                f"the effective contrast queue at epoch {self.epoch} ({self.queue_size} keys) is smaller "
+                f"than one step's {self.world_keys} gathered keys; raise contrast.queue_size"
+            )
         if bad:
             raise NonFiniteLossError(
                 f"non-finite loss at step {self.step + 1} (epoch {self.epoch}, batch {self.batch_in_epoch}); "
                 f"terms on rank {self.dist.rank}: loss={loss.item():.6g}, loss_cls={loss_cls.item():.6g}, "
                 f"loss_con={loss_con.item():.6g} (weight {self.contrast_weight}); nothing was saved after step "
-                f"{self.step}. Lower optim.lr or set optim.grad_clip")
+                f"{self.step}. Lower optim.lr or set optim.grad_clip"
+            )
         self.scaler.scale(loss * weight).backward()
         return StepOutput(loss.detach(), loss_cls.detach(), loss_con.detach(), contrast, emb.detach(), norms.detach())
 
-    def _contrast(self, emb: torch.Tensor, g_hat: torch.Tensor, labels: torch.Tensor) -> tuple[ContrastOutput, torch.Tensor]:
+    def _contrast(
+        self, emb: torch.Tensor, g_hat: torch.Tensor, labels: torch.Tensor
+    ) -> tuple[ContrastOutput, torch.Tensor]:
         """docs/method.md §4: enqueue both views of every rank (own first) BEFORE the loss, then the loss.
 
         Also returns a 0-dim bool tensor: does the queue's current view hold this step's keys."""
@@ -272,13 +297,30 @@ class Trainer:
         queue_keys, queue_labels = self.queue.current(kernel, self.queue_size)
         # [B, 2]: H, L; whether the view holds them is checked with the step's other flags (until
         # then a missing slot points at row 0 rather than out of bounds)
-        own_index = self.queue.index_in_current(local_slots, self.queue_size, check=False).clamp_min(0).reshape(2, b).t()
+        own_index = (
+            self.queue.index_in_current(local_slots, self.queue_size, check=False).clamp_min(0).reshape(2, b).t()
+        )
         margin = {"none": 0.0, "static": c.margin, "dynamic": self.queue.dynamic_margin.clone()}[c.margin_mode]
         out = qg_contrastive_loss(
-            q, k, queue_keys, g_hat[b:], g_hat[:b], q_labels=labels, queue_labels=queue_labels, s=c.s,
-            threshold=c.threshold, method=c.method, scale_range=c.scale_range, select=c.select, margin=margin,
-            mask_same_class=c.mask_same_class, detach_pos=c.detach_pos, rescale=c.rescale,
-            own_index=own_index, return_stats=True)
+            q,
+            k,
+            queue_keys,
+            g_hat[b:],
+            g_hat[:b],
+            q_labels=labels,
+            queue_labels=queue_labels,
+            s=c.s,
+            threshold=c.threshold,
+            method=c.method,
+            scale_range=c.scale_range,
+            select=c.select,
+            margin=margin,
+            mask_same_class=c.mask_same_class,
+            detach_pos=c.detach_pos,
+            rescale=c.rescale,
+            own_index=own_index,
+            return_stats=True,
+        )
         # the EMA moves with the mean over ranks, so every rank keeps the same margin
         gap = dist.all_reduce_mean(torch.stack([out.pos_cos, out.hardest_neg_cos]))
         self.queue.update_dynamic_margin(gap[0], gap[1])
@@ -288,12 +330,24 @@ class Trainer:
     def train(self) -> int:
         """Run until the schedule is done (0) or a stop signal arrived (``REQUEUE_EXIT_CODE``)."""
         if self.step >= self.total_steps:
-            log.info("%s: training already complete (%d of %d steps); nothing to do",
-                     self.run_dir, self.step, self.total_steps)
+            log.info(
+                "%s: training already complete (%d of %d steps); nothing to do",
+                self.run_dir,
+                self.step,
+                self.total_steps,
+            )
             return 0
-        log.info("training %s for %d steps (%d per epoch, %d epochs), from step %d on %s x%d in %s",
-                 self.cfg.model.backbone, self.total_steps, self.epoch_steps, self.cfg.optim.epochs,
-                 self.step, self.device, self.dist.world_size, self.precision)
+        log.info(
+            "training %s for %d steps (%d per epoch, %d epochs), from step %d on %s x%d in %s",
+            self.cfg.model.backbone,
+            self.total_steps,
+            self.epoch_steps,
+            self.cfg.optim.epochs,
+            self.step,
+            self.device,
+            self.dist.world_size,
+            self.precision,
+        )
         self._bar = progress(self.total_steps, self.step, self.dist.is_main)
         self._progress = ProgressReport(self.total_steps, self.step)
         with self.stop:
@@ -314,14 +368,23 @@ class Trainer:
                         self.epoch, self.batch_in_epoch = self.epoch + 1, 0
                     # validation before the save, so last.pt holds the best so far; a new best is saved now
                     best = self._validate(finished)
-                    if epoch_done or finished or self.stop_now or best or self.step % self.cfg.train.checkpoint_every == 0:
+                    if (
+                        epoch_done
+                        or finished
+                        or self.stop_now
+                        or best
+                        or self.step % self.cfg.train.checkpoint_every == 0
+                    ):
                         self._save(finished, epoch_done, best)
                     if finished:
                         log.info("training complete at step %d", self.step)
                         return 0
                     if self.stop_now:
-                        log.warning("stopped at step %d after a signal; last.pt saved, exit %d to be requeued",
-                                    self.step, REQUEUE_EXIT_CODE)
+                        log.warning(
+                            "stopped at step %d after a signal; last.pt saved, exit %d to be requeued",
+                            self.step,
+                            REQUEUE_EXIT_CODE,
+                        )
                         return REQUEUE_EXIT_CODE
 
     def _epoch_batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -353,12 +416,20 @@ class Trainer:
         if not self.dist.is_main:
             return
         state = {
-            "format_version": ckpt.FORMAT_VERSION, "backbone": c.model.backbone,
-            "model": self.model.backbone.state_dict(), "head": head_state,
+            "format_version": ckpt.FORMAT_VERSION,
+            "backbone": c.model.backbone,
+            "model": self.model.backbone.state_dict(),
+            "head": head_state,
             "queue": self.queue.state_dict() if self.queue is not None else None,
-            "optimizer": optimizer_state, "scheduler": self.scheduler.state_dict(),
-            "scaler": self.scaler.state_dict(), "epoch": self.epoch, "step": self.step,
-            "batch_in_epoch": self.batch_in_epoch, "rng": rng, "config": c.to_dict(), "finished": finished,
+            "optimizer": optimizer_state,
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "epoch": self.epoch,
+            "step": self.step,
+            "batch_in_epoch": self.batch_in_epoch,
+            "rng": rng,
+            "config": c.to_dict(),
+            "finished": finished,
             "validation": self.validator.state_dict() if self.validator is not None else None,
         }
         # written once. A new best goes to best.pt first and last.pt becomes a hard link to it: a crash
@@ -372,7 +443,9 @@ class Trainer:
             shards.prune_shards(folder, self.step)
         if epoch_end:  # the epoch's copy is a hard link to last.pt
             ckpt.link_or_copy(folder / "last.pt", folder / f"epoch_{self.epoch}.pt")
-        log.info("saved %s at step %d%s", folder / "last.pt", self.step, f" (+ epoch_{self.epoch}.pt)" if epoch_end else "")
+        log.info(
+            "saved %s at step %d%s", folder / "last.pt", self.step, f" (+ epoch_{self.epoch}.pt)" if epoch_end else ""
+        )
 
     def _resume(self) -> None:
         path = ckpt.resume_path(self.cfg)
@@ -380,11 +453,15 @@ class Trainer:
             return
         state = ckpt.load_checkpoint(path)
         if state["backbone"] != self.cfg.model.backbone:
-            raise CheckpointError(f"checkpoint {str(path)!r} holds backbone {state['backbone']!r} but "
-                                  f"model.backbone={self.cfg.model.backbone!r}")
+            raise CheckpointError(
+                f"checkpoint {str(path)!r} holds backbone {state['backbone']!r} but "
+                f"model.backbone={self.cfg.model.backbone!r}"
+            )
         if (state["queue"] is None) != (self.queue is None):
-            raise CheckpointError(f"checkpoint {str(path)!r} {'lacks' if self.queue else 'has'} key 'queue' "
-                                  f"content; it was written with another contrast.enabled / data.views setting")
+            raise CheckpointError(
+                f"checkpoint {str(path)!r} {'lacks' if self.queue else 'has'} key 'queue' "
+                f"content; it was written with another contrast.enabled / data.views setting"
+            )
         ckpt.load_module_state(self.model.backbone, state["model"], path, "model")
         head_state, momentum = state["head"], None
         if self.cfg.head.partial_fc:
@@ -403,8 +480,12 @@ class Trainer:
         if len(state["rng"]) == self.dist.world_size:
             ckpt.restore_rng(state["rng"][self.dist.rank])
         else:
-            log.warning("%s was written by %d ranks, this run has %d: RNG streams restart from the seed",
-                        path, len(state["rng"]), self.dist.world_size)
+            log.warning(
+                "%s was written by %d ranks, this run has %d: RNG streams restart from the seed",
+                path,
+                len(state["rng"]),
+                self.dist.world_size,
+            )
         log.info("resumed from %s: epoch %d, batch %d, step %d", path, self.epoch, self.batch_in_epoch, self.step)
 
     def _save_kernel_shards(self, folder: Path, keep: bool, head_state: dict, optimizer_state: dict) -> None:
@@ -423,13 +504,16 @@ class Trainer:
         """(head state with this rank's kernel slice, its momentum) from the shards of ``state``'s step,
         re-sharded when they were written by another number of ranks."""
         if "kernel" in state["head"]:
-            raise CheckpointError(f"checkpoint {str(path)!r} holds the whole kernel (written with "
-                                  "head.partial_fc=false); resume it with head.partial_fc=false")
+            raise CheckpointError(
+                f"checkpoint {str(path)!r} holds the whole kernel (written with "
+                "head.partial_fc=false); resume it with head.partial_fc=false"
+            )
         head, folder = self.model.head, Path(path).parent
         manifest = shards.read_manifest(folder, state["step"], head.num_classes, Path(path))
         if manifest["world_size"] != self.dist.world_size:
-            log.warning("%s: kernel written by %d ranks, re-sharded over %d", path, manifest["world_size"],
-                        self.dist.world_size)
+            log.warning(
+                "%s: kernel written by %d ranks, re-sharded over %d", path, manifest["world_size"], self.dist.world_size
+            )
         kernel, momentum = shards.load_slice(folder, manifest, head.class_start, head.num_local)
         return {**state["head"], "kernel": kernel}, momentum
 
@@ -441,27 +525,38 @@ class Trainer:
         if images:  # on each epoch's first step and on the last one
             self.monitor.image("train/pairs_L_H", pair_grid(to_network_input(views[:8])), self.step)
         if images and pos_cos is not None:
-            self.monitor.image("train/norm_vs_similarity",
-                               norm_similarity_heatmap(torch.cat([l_norm, h_norm]), pos_cos.repeat(2)), self.step)
+            self.monitor.image(
+                "train/norm_vs_similarity",
+                norm_similarity_heatmap(torch.cat([l_norm, h_norm]), pos_cos.repeat(2)),
+                self.step,
+            )
         if self.step % self.cfg.train.log_every:
             return
         active = out.contrast.active_fraction if out.contrast is not None else torch.zeros((), device=self.device)
         # the loss reduction across ranks and the statistics' host reads happen only on logging steps
         loss, loss_cls, loss_con, active = dist.all_reduce_mean(
-            torch.stack([out.loss, out.loss_cls, out.loss_con, active.float()])).tolist()
+            torch.stack([out.loss, out.loss_cls, out.loss_con, active.float()])
+        ).tolist()
         now, (then, then_step) = time.perf_counter(), self._last_log
         self._last_log = (now, self.step)
         head = self.model.head
         images_per_s = (self.step - then_step) * b * self.num_views * self.dist.world_size / (now - then)
-        self.monitor.log({
-            "train/loss": loss, "train/loss_cls": loss_cls, "train/loss_con": loss_con,
-            "train/lr": self.optimizer.param_groups[0]["lr"],
-            "train/norm_mean": head.batch_mean.item(), "train/norm_std": head.batch_std.item(),
-            "train/dynamic_margin": self.queue.dynamic_margin.item() if self.queue is not None else 0.0,
-            "train/contrast_active_fraction": active,
-            "train/images_per_s": images_per_s,
-            "train/contrast_weight": self.contrast_weight, "train/quality_scale": head.quality_scale,
-        }, self.step)
+        self.monitor.log(
+            {
+                "train/loss": loss,
+                "train/loss_cls": loss_cls,
+                "train/loss_con": loss_con,
+                "train/lr": self.optimizer.param_groups[0]["lr"],
+                "train/norm_mean": head.batch_mean.item(),
+                "train/norm_std": head.batch_std.item(),
+                "train/dynamic_margin": self.queue.dynamic_margin.item() if self.queue is not None else 0.0,
+                "train/contrast_active_fraction": active,
+                "train/images_per_s": images_per_s,
+                "train/contrast_weight": self.contrast_weight,
+                "train/quality_scale": head.quality_scale,
+            },
+            self.step,
+        )
         self.monitor.histogram("train/feature_norm_H", h_norm, self.step)
         if pos_cos is not None:
             self.monitor.histogram("train/feature_norm_L", l_norm, self.step)

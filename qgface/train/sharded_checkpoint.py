@@ -12,8 +12,8 @@ kernel and its SGD momentum are written by every rank, in parallel, each file at
 
 Order of a save: every rank writes its shard; a barrier; rank 0 writes the manifest, then
 ``last.pt`` (whose ``step`` names the shard folder), then removes the shard folders of earlier steps
-that are not kept: those of epoch ends and of new bests are (``epoch_<N>.pt``, ``best.pt`` point at them). A crash anywhere leaves the
-previous ``last.pt`` and its complete folder in place. Resuming reads the manifest of
+that are not kept: those of epoch ends and of new bests are (``epoch_<N>.pt``, ``best.pt`` point at them).
+A crash anywhere leaves the previous ``last.pt`` and its complete folder in place. Resuming reads the manifest of
 ``last.pt``'s step: with the same world size each rank loads its own file; with another, each rank
 cuts its new contiguous slice (``shard_range``) out of the old shards it overlaps (memory-mapped).
 """
@@ -45,19 +45,29 @@ def write_shard(checkpoints: Path, step: int, head: PartialFCHead, momentum: tor
     """This rank's kernel slice and its momentum, atomically (every rank calls it)."""
     folder = shard_dir(checkpoints, step)
     folder.mkdir(parents=True, exist_ok=True)
-    state = {"kernel": head.kernel.detach(), "momentum": momentum, "class_start": head.class_start,
-             "num_local": head.num_local}
+    state = {
+        "kernel": head.kernel.detach(),
+        "momentum": momentum,
+        "class_start": head.class_start,
+        "num_local": head.num_local,
+    }
     with atomic_open(folder / f"rank_{head.comm.rank}.pt", "wb") as f:
         torch.save(state, f)
 
 
-def write_manifest(checkpoints: Path, step: int, head: PartialFCHead, keep: bool,
-                   ranges: list[tuple[int, int]]) -> None:
+def write_manifest(
+    checkpoints: Path, step: int, head: PartialFCHead, keep: bool, ranges: list[tuple[int, int]]
+) -> None:
     """Rank 0, after every rank's shard is written: what the step's folder holds; ``keep`` (an epoch
     end or a new best) exempts it from :func:`prune_shards`."""
-    manifest = {"step": step, "world_size": len(ranges), "num_classes": head.num_classes,
-                "ranges": [list(r) for r in ranges], "keep": keep,
-                "files": [f"rank_{r}.pt" for r in range(len(ranges))]}
+    manifest = {
+        "step": step,
+        "world_size": len(ranges),
+        "num_classes": head.num_classes,
+        "ranges": [list(r) for r in ranges],
+        "keep": keep,
+        "files": [f"rank_{r}.pt" for r in range(len(ranges))],
+    }
     atomic_write_text(shard_dir(checkpoints, step) / "manifest.json", json.dumps(manifest, indent=1) + "\n")
 
 
@@ -81,22 +91,29 @@ def read_manifest(checkpoints: Path, step: int, num_classes: int, source: Path) 
     try:
         manifest = json.loads(path.read_text())
     except OSError as exc:
-        raise CheckpointError(f"checkpoint {str(source)!r} was written with head.partial_fc=true but its kernel "
-                              f"shards' manifest {str(path)!r} cannot be read ({exc.strerror}); copy the run's "
-                              f"{SHARDS}/ folder along with last.pt") from None
+        raise CheckpointError(
+            f"checkpoint {str(source)!r} was written with head.partial_fc=true but its kernel "
+            f"shards' manifest {str(path)!r} cannot be read ({exc.strerror}); copy the run's "
+            f"{SHARDS}/ folder along with last.pt"
+        ) from None
     except ValueError as exc:
         raise CheckpointError(f"kernel shard manifest {str(path)!r} is not valid JSON: {exc}") from None
     if manifest.get("step") != step:
-        raise CheckpointError(f"kernel shard manifest {str(path)!r} is for step {manifest.get('step')!r}, "
-                              f"checkpoint {str(source)!r} for step {step}")
+        raise CheckpointError(
+            f"kernel shard manifest {str(path)!r} is for step {manifest.get('step')!r}, "
+            f"checkpoint {str(source)!r} for step {step}"
+        )
     if manifest.get("num_classes") != num_classes:
-        raise CheckpointError(f"kernel shard manifest {str(path)!r} holds {manifest.get('num_classes')!r} classes, "
-                              f"this run's data has {num_classes}")
+        raise CheckpointError(
+            f"kernel shard manifest {str(path)!r} holds {manifest.get('num_classes')!r} classes, "
+            f"this run's data has {num_classes}"
+        )
     return manifest
 
 
-def load_slice(checkpoints: Path, manifest: dict[str, Any], class_start: int, num_local: int
-               ) -> tuple[torch.Tensor, torch.Tensor | None]:
+def load_slice(
+    checkpoints: Path, manifest: dict[str, Any], class_start: int, num_local: int
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(kernel [D, num_local], momentum or None) of classes ``class_start ...`` cut out of the shards
     that overlap them (the same world size reads exactly its own file)."""
     folder = shard_dir(checkpoints, manifest["step"])
@@ -112,10 +129,12 @@ def load_slice(checkpoints: Path, manifest: dict[str, Any], class_start: int, nu
         except Exception as exc:  # missing, truncated or foreign file: one message naming it
             raise CheckpointError(f"kernel shard {str(path)!r} cannot be loaded: {exc}") from exc
         if (shard["class_start"], shard["num_local"]) != (start, count):
-            raise CheckpointError(f"kernel shard {str(path)!r} holds classes {shard['class_start']}+"
-                                  f"{shard['num_local']}, its manifest says {start}+{count}")
-        kernels.append(shard["kernel"][:, lo - start:hi - start])
-        momenta.append(None if shard["momentum"] is None else shard["momentum"][:, lo - start:hi - start])
+            raise CheckpointError(
+                f"kernel shard {str(path)!r} holds classes {shard['class_start']}+"
+                f"{shard['num_local']}, its manifest says {start}+{count}"
+            )
+        kernels.append(shard["kernel"][:, lo - start : hi - start])
+        momenta.append(None if shard["momentum"] is None else shard["momentum"][:, lo - start : hi - start])
     if sum(k.shape[1] for k in kernels) != num_local:
         raise CheckpointError(f"the kernel shards in {str(folder)!r} do not cover classes {class_start}..{end - 1}")
     kernel = torch.cat(kernels, 1).clone()

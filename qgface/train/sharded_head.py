@@ -20,25 +20,41 @@ def build_partial_fc_head(cfg: Config, num_classes: int) -> PartialFCHead:
     """This rank's shard of the margin head from ``cfg.head`` (its initial slice is that of the full
     kernel seeded by ``cfg.seed``, whatever the world size)."""
     h = cfg.head
-    return PartialFCHead(h.kind, num_classes, ProcessGroupCollectives(), m=h.m, h=h.h, s=h.s, t_alpha=h.t_alpha,
-                         quality_scale=h.quality_scale, sample_rate=h.sample_rate, seed=cfg.seed)
+    return PartialFCHead(
+        h.kind,
+        num_classes,
+        ProcessGroupCollectives(),
+        m=h.m,
+        h=h.h,
+        s=h.s,
+        t_alpha=h.t_alpha,
+        quality_scale=h.quality_scale,
+        sample_rate=h.sample_rate,
+        seed=cfg.seed,
+    )
 
 
 def check_partial_fc(cfg: Config, precision: str) -> None:
     """Raise ConfigError for a setting the sharded head cannot train with (``precision`` resolved)."""
     if not cfg.head.partial_fc:
         if cfg.head.sample_rate < 1.0:  # checked here, not per key: an override may set either key alone
-            raise ConfigError(f"head.sample_rate={cfg.head.sample_rate!r} needs head.partial_fc=true (class-centre "
-                              "sampling is part of the sharded head)")
+            raise ConfigError(
+                f"head.sample_rate={cfg.head.sample_rate!r} needs head.partial_fc=true (class-centre "
+                "sampling is part of the sharded head)"
+            )
         return
     if cfg.optim.grad_clip > 0:
-        raise ConfigError(f"optim.grad_clip={cfg.optim.grad_clip} cannot be combined with head.partial_fc=true: each "
-                          "rank holds another slice of the kernel, so the clipping norms (and the backbones) would "
-                          "differ between ranks; set optim.grad_clip=0")
+        raise ConfigError(
+            f"optim.grad_clip={cfg.optim.grad_clip} cannot be combined with head.partial_fc=true: each "
+            "rank holds another slice of the kernel, so the clipping norms (and the backbones) would "
+            "differ between ranks; set optim.grad_clip=0"
+        )
     if precision == "fp16":
-        raise ConfigError("train.precision resolves to fp16 (loss scaling), which head.partial_fc=true cannot use: "
-                          "a rank that skips a step for an overflow in its kernel slice would leave the others "
-                          "behind; set train.precision=bf16 (compute capability 8+) or fp32")
+        raise ConfigError(
+            "train.precision resolves to fp16 (loss scaling), which head.partial_fc=true cannot use: "
+            "a rank that skips a step for an overflow in its kernel slice would leave the others "
+            "behind; set train.precision=bf16 (compute capability 8+) or fp32"
+        )
 
 
 class _ScaleGrad(torch.autograd.Function):
