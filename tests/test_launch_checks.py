@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from qgface.data.synthetic import generate
+from qgface.data.synthetic import generate_training_set
 
 REPO = Path(__file__).resolve().parents[1]
 LAUNCH = REPO / "launch.py"
@@ -44,22 +44,7 @@ def launch():
 @pytest.fixture(scope="module")
 def train_root(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("launch-set") / "set"
-    generate(
-        root,
-        identities=8,
-        images_per_identity=4,
-        eval_identities=2,
-        hq_pairs=2,
-        tinyface_probes=1,
-        tinyface_gallery=1,
-        tinyface_distractors=1,
-        scface_subjects=2,
-        ijb_templates=1,
-        ijb_media=1,
-        ijb_frames=1,
-        ijb_max_pairs=10,
-        workers=1,
-    )
+    generate_training_set(root, identities=8, images_per_identity=4, workers=1)
     return root
 
 

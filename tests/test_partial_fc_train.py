@@ -27,7 +27,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 import qgface
 from qgface.config import ConfigError, load_config
-from qgface.data.synthetic import generate
+from qgface.data.synthetic import generate_training_set
 from qgface.eval.run import checkpoint_info
 from qgface.losses.partial_fc import (
     PartialFCHead,
@@ -77,22 +77,7 @@ finally:
 def train_root(tmp_path_factory) -> Path:
     """12 identities x 6 images in InsightFace train.rec/.idx, generated once."""
     root = tmp_path_factory.mktemp("synthetic") / "set"
-    generate(
-        root,
-        identities=12,
-        images_per_identity=6,
-        eval_identities=2,
-        hq_pairs=2,
-        tinyface_probes=1,
-        tinyface_gallery=1,
-        tinyface_distractors=1,
-        scface_subjects=2,
-        ijb_templates=1,
-        ijb_media=1,
-        ijb_frames=1,
-        ijb_max_pairs=10,
-        workers=1,
-    )
+    generate_training_set(root, identities=12, images_per_identity=6, workers=1)
     return root
 
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from qgface.config import load_config
-from qgface.data.synthetic import generate
+from qgface.data.synthetic import generate_training_set
 from qgface.train.engine import Trainer
 
 STARTUP_S = 90.0
@@ -31,22 +31,7 @@ STARTUP_S = 90.0
 def finished_run(tmp_path_factory) -> Path:
     base = tmp_path_factory.mktemp("tb")
     root = base / "set"
-    generate(
-        root,
-        identities=8,
-        images_per_identity=4,
-        eval_identities=2,
-        hq_pairs=2,
-        tinyface_probes=1,
-        tinyface_gallery=1,
-        tinyface_distractors=1,
-        scface_subjects=2,
-        ijb_templates=1,
-        ijb_media=1,
-        ijb_frames=1,
-        ijb_max_pairs=10,
-        workers=1,
-    )
+    generate_training_set(root, identities=8, images_per_identity=4, workers=1)
     run = base / "logs" / "run"
     cfg = load_config(
         None,

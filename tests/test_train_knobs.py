@@ -13,7 +13,7 @@ import torch.multiprocessing as mp
 from torch import nn
 
 from qgface.config import ConfigError, load_config
-from qgface.data.synthetic import generate
+from qgface.data.synthetic import generate_training_set
 from qgface.models import build_backbone
 from qgface.train import dist as qdist
 from qgface.train.engine import Trainer
@@ -31,22 +31,7 @@ TINY = [
 @pytest.fixture(scope="module")
 def train_root(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("knobs") / "set"
-    generate(
-        root,
-        identities=8,
-        images_per_identity=4,
-        eval_identities=2,
-        hq_pairs=2,
-        tinyface_probes=1,
-        tinyface_gallery=1,
-        tinyface_distractors=1,
-        scface_subjects=2,
-        ijb_templates=1,
-        ijb_media=1,
-        ijb_frames=1,
-        ijb_max_pairs=10,
-        workers=1,
-    )
+    generate_training_set(root, identities=8, images_per_identity=4, workers=1)
     return root
 
 

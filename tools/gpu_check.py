@@ -40,7 +40,7 @@ from pathlib import Path
 import torch
 
 from qgface.config import load_config
-from qgface.data.synthetic import generate
+from qgface.data.synthetic import generate_training_set
 from qgface.eval.embed import fused_embedding
 from qgface.losses import MarginHead
 from qgface.losses.queue import gather_own_first
@@ -104,20 +104,10 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="gpu_check_") as tmp:
         root = Path(tmp) / "data"
         t0 = time.perf_counter()
-        generate(
+        generate_training_set(
             root,
             identities=size["identities"],
             images_per_identity=size["per_identity"],
-            eval_identities=2,
-            hq_pairs=2,
-            tinyface_probes=1,
-            tinyface_gallery=1,
-            tinyface_distractors=1,
-            scface_subjects=2,
-            ijb_templates=1,
-            ijb_media=1,
-            ijb_frames=1,
-            ijb_max_pairs=10,
             workers=max(1, args.workers),
         )
         report["synthetic_s"] = round(time.perf_counter() - t0, 1)

@@ -9,10 +9,26 @@ demo, the tests and the ablation. From the bottom up:
 - ``shots``: one image per key ``(kind, identity, stream, index, options)``, seeded by that key
   alone, so any subset regenerates identically; rendered in spawned processes;
 - ``layouts``: the on-disk layouts of TinyFace, SCface and IJB-B/C;
-- ``dataset``: what each benchmark needs, :func:`generate` and the cache :func:`ensure_synthetic`.
+- ``dataset``: what each benchmark needs, :func:`generate` (:func:`generate_training_set`: with the
+  smallest evaluation sets) and the cache :func:`ensure_synthetic`.
 """
 
-from qgface.data.synthetic.dataset import GENERATOR_VERSION, HQ_SETS, ensure_synthetic, generate, synthetic_name
+from qgface.data.synthetic.dataset import (
+    GENERATOR_VERSION,
+    HQ_SETS,
+    ensure_synthetic,
+    generate,
+    generate_training_set,
+    synthetic_name,
+)
 from qgface.data.synthetic.shots import render_shot
 
-__all__ = ["GENERATOR_VERSION", "HQ_SETS", "ensure_synthetic", "generate", "render_shot", "synthetic_name"]
+__all__ = [
+    "GENERATOR_VERSION",
+    "HQ_SETS",
+    "ensure_synthetic",
+    "generate",
+    "generate_training_set",
+    "render_shot",
+    "synthetic_name",
+]

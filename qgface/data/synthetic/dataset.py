@@ -293,6 +293,30 @@ def _is_complete(folder: Path, params: dict[str, Any]) -> bool:
     return summary.get("generator_version") == GENERATOR_VERSION and summary.get("parameters") == params
 
 
+def generate_training_set(
+    out_dir: str | os.PathLike, *, identities: int, images_per_identity: int, seed: int = 0, workers: int = 1
+) -> None:
+    """:func:`generate` with the smallest evaluation sets it makes (2 identities, 2 HQ pairs, one TinyFace
+    probe, 2 SCface subjects, 10 IJB pairs): for tests and checks that train, or evaluate only in passing."""
+    generate(
+        out_dir,
+        identities=identities,
+        images_per_identity=images_per_identity,
+        eval_identities=2,
+        seed=seed,
+        hq_pairs=2,
+        tinyface_probes=1,
+        tinyface_gallery=1,
+        tinyface_distractors=1,
+        scface_subjects=2,
+        ijb_templates=1,
+        ijb_media=1,
+        ijb_frames=1,
+        ijb_max_pairs=10,
+        workers=workers,
+    )
+
+
 def ensure_synthetic(cfg: Any) -> Path:
     """The synthetic set for ``cfg.data``'s parameters under ``cfg.data.synthetic_dir``, generated if missing.
 
