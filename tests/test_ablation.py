@@ -4,45 +4,20 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from ablation_command import REPO, minimal_ablation_command
 
 
 def test_ablation_tool_runs_the_settings_and_writes_the_paper_table(tmp_path):
     out = tmp_path / "ablation.md"
-    command = [
-        sys.executable,
-        str(REPO / "tools" / "ablation.py"),
-        "--settings",
-        "baseline",
-        "qgface",
-        "--seeds",
-        "0",
-        "--study-dir",
-        str(tmp_path / "study"),
-        "--out",
-        str(out),
-        "--epochs",
-        "1",
-        "--steps",
-        "2",
-        "--batch-size",
-        "8",
-        "--identities",
-        "20",
-        "--images-per-identity",
-        "4",
-        "--eval-identities",
-        "12",
-        "--queue-size",
-        "64",
-        "data.num_workers=0",
-        "eval.num_workers=0",
-        "train.log_every=1",
-        "head.t_alpha=1.0",  # norm statistics of the batch itself: some pairs count as low quality at once
-    ]
+    command = minimal_ablation_command(
+        tmp_path / "study",
+        out,
+        overrides=(
+            "train.log_every=1",
+            "head.t_alpha=1.0",  # norm statistics of the batch itself: some pairs count as low quality at once
+        ),
+    )
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]

@@ -14,6 +14,7 @@ from qgface.config import load_config
 from qgface.models import CheckpointError
 from qgface.train.checkpoint import (
     KEYS,
+    TrainingState,
     capture_rng,
     link_or_copy,
     load_checkpoint,
@@ -24,7 +25,7 @@ from qgface.train.checkpoint import (
 )
 
 
-def _state(**changes):
+def _state(**changes) -> TrainingState:
     model = torch.nn.Linear(3, 2)
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     state = {
@@ -45,7 +46,7 @@ def _state(**changes):
         "validation": {"metric": "hq_avg", "value": 91.5, "step": 6},
     }
     state.update(changes)
-    return state
+    return TrainingState(**state)
 
 
 def test_save_load_round_trip_with_weights_only(tmp_path):
@@ -55,29 +56,33 @@ def test_save_load_round_trip_with_weights_only(tmp_path):
     raw = torch.load(path, weights_only=True)  # what any user (and eval) does
     assert sorted(raw) == sorted(KEYS)
     loaded = load_checkpoint(path)
-    assert loaded["step"] == 7 and loaded["batch_in_epoch"] == 3
-    assert torch.equal(loaded["model"]["weight"], state["model"]["weight"])
-    assert loaded["config"]["model"]["backbone"] == "ir50"
+    assert loaded.step == 7 and loaded.batch_in_epoch == 3
+    assert torch.equal(loaded.model["weight"], state.model["weight"])
+    assert loaded.config["model"]["backbone"] == "ir50"
     assert [p.name for p in path.parent.iterdir()] == ["last.pt"]  # no temp file left behind
 
 
 def test_missing_and_extra_keys_are_named(tmp_path):
     path = tmp_path / "bad.pt"
-    state = _state()
+    state = _state().to_dict()
     del state["scaler"]
-    with pytest.raises(CheckpointError, match="scaler"):
-        save_checkpoint(path, state)
-    torch.save(_state(extra_thing=1), path)
+    torch.save(state, path)
+    with pytest.raises(CheckpointError, match=r"bad\.pt.*lacks key 'scaler'"):
+        load_checkpoint(path)
+    torch.save({**_state().to_dict(), "extra_thing": 1}, path)
     with pytest.raises(CheckpointError, match=r"bad\.pt.*extra_thing"):
+        load_checkpoint(path)
+    torch.save(_state(format_version=2).to_dict(), path)
+    with pytest.raises(CheckpointError, match=r"bad\.pt.*format_version 2"):
         load_checkpoint(path)
 
 
 def test_a_checkpoint_from_before_validation_existed_still_resumes(tmp_path):
     path = tmp_path / "old.pt"
-    state = _state()
+    state = _state().to_dict()
     del state["validation"]  # written by a qgface without validation during training
     torch.save(state, path)
-    assert load_checkpoint(path)["validation"] is None
+    assert load_checkpoint(path).validation is None
 
 
 def test_strict_module_load_names_file_and_key(tmp_path):
@@ -93,11 +98,11 @@ def test_rng_round_trip_through_a_file(tmp_path):
     torch.manual_seed(1), np.random.seed(2), random.seed(3)
     np.random.standard_normal()  # leaves a cached gaussian in numpy's legacy state
     state = _state()  # builds a model: draws from torch's stream, so capture after it
-    state["rng"] = [capture_rng()]
+    state.rng = [capture_rng()]
     save_checkpoint(tmp_path / "r.pt", state)
     expected = (torch.rand(3), np.random.standard_normal(3), random.random())
     torch.manual_seed(99), np.random.seed(99), random.seed(99)
-    restore_rng(load_checkpoint(tmp_path / "r.pt")["rng"][0])
+    restore_rng(load_checkpoint(tmp_path / "r.pt").rng[0])
     got = (torch.rand(3), np.random.standard_normal(3), random.random())
     assert torch.equal(got[0], expected[0])
     assert np.array_equal(got[1], expected[1])
@@ -121,10 +126,10 @@ def test_epoch_copy_is_a_hard_link_that_keeps_its_content_when_last_pt_is_replac
     assert link_or_copy(last, epoch) is True
     assert os.path.samefile(last, epoch)  # no second write of the bytes
     save_checkpoint(last, _state(step=8))  # atomic replace: a new inode for last.pt
-    assert load_checkpoint(epoch)["step"] == 7 and load_checkpoint(last)["step"] == 8
+    assert load_checkpoint(epoch).step == 7 and load_checkpoint(last).step == 8
     save_checkpoint(last, _state(step=9))
     assert link_or_copy(last, epoch) is True  # a later epoch of the same name replaces it atomically
-    assert load_checkpoint(epoch)["step"] == 9
+    assert load_checkpoint(epoch).step == 9
     assert sorted(p.name for p in tmp_path.iterdir()) == ["epoch_1.pt", "last.pt"]  # no temp names left
 
 
@@ -151,8 +156,8 @@ def test_load_maps_the_file_and_changing_a_loaded_tensor_never_changes_it(tmp_pa
     loaded = load_checkpoint(path)
     if Path("/proc/self/maps").is_file():  # Linux: the tensors are backed by a mapping of the file
         assert str(path) in Path("/proc/self/maps").read_text()
-    weight = loaded["model"]["weight"]
-    assert torch.equal(weight, state["model"]["weight"])
+    weight = loaded.model["weight"]
+    assert torch.equal(weight, state.model["weight"])
     weight.add_(1.0)  # e.g. an optimiser updating a loaded momentum buffer in place
     assert path.read_bytes() == before
-    assert torch.equal(load_checkpoint(path)["model"]["weight"], state["model"]["weight"])
+    assert torch.equal(load_checkpoint(path).model["weight"], state.model["weight"])

@@ -127,11 +127,23 @@ def test_quality_scale_factor_on_the_logits():
     e, _, y = _batch(n=2)
     g = torch.tensor([[0.0], [1.0]], dtype=torch.float64)
     z = head.logits(e, y, g)
-    head.quality_scale = 0.0  # settable: the trainer ramps it
+    head.quality_scale = 0.0
     z0 = head.logits(e, y, g)
     # τ_q = 0.5: factor sigmoid(s·ĝ) -> 0.5 at ĝ = 0, sigmoid(64) at ĝ = 1
     torch.testing.assert_close(z[0], 0.5 * z0[0])
     torch.testing.assert_close(z[1], torch.sigmoid(torch.tensor(64.0, dtype=torch.float64)) * z0[1])
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_quality_scale_passed_to_forward_replaces_the_heads_own(kind):
+    """The trainer passes each epoch's τ_q of the warm-up ramp (docs/method.md §3) to forward."""
+    e, norms, y = _batch()
+    for own, passed in [(0.0, 0.4), (0.6, 0.0), (0.6, 0.2)]:
+        head, ref = _head(kind, qs=own), _head(kind, qs=passed)  # eval mode: μ, σ stay fixed
+        ref.kernel.data.copy_(head.kernel)
+        loss, g = head(e, norms, y, quality_scale=passed)
+        torch.testing.assert_close(loss, dense_loss(ref, e, g, y), rtol=1e-12, atol=1e-12)
+        assert not torch.isclose(loss, head(e, norms, y)[0])  # without it: the head's own τ_q
 
 
 def test_kernel_init_unit_columns():

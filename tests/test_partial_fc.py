@@ -8,6 +8,7 @@ all cases, so the test costs one process start-up per rank.
 
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
@@ -167,6 +168,20 @@ def test_one_process_equals_replicated_head():
     torch.testing.assert_close(loss.detach(), loss_r)
     torch.testing.assert_close(e.grad, grad_r)
     torch.testing.assert_close(g_hat, g_r)
+
+
+def test_a_quality_scale_passed_to_forward_replaces_the_heads_own():
+    emb, norms, labels, kernel = _batch(1, seed=3)
+    stats = (14.0, 6.0)  # a trained state: ĝ spread over (-1, 1), where τ_q changes the logits
+    loss_r, _, _, g_r, _ = _replicated("adaface", kernel, emb, norms, labels, 0.5, stats)
+    head = PartialFCHead("adaface", C, SingleProcess(), embedding_size=D, quality_scale=0.0).double()
+    head.kernel.data.copy_(kernel)
+    head.batch_mean.fill_(stats[0]), head.batch_std.fill_(stats[1])
+    untouched = copy.deepcopy(head)  # forward in training mode moves the norm statistics
+    loss, g_hat = head(emb, norms, labels, quality_scale=0.5)
+    torch.testing.assert_close(loss, loss_r)
+    torch.testing.assert_close(g_hat, g_r)
+    assert not torch.isclose(untouched(emb, norms, labels)[0], loss_r)  # without it: the head's own τ_q
 
 
 def test_slices_cover_the_classes_once():

@@ -8,8 +8,11 @@ are (the margin is then the fixed m, the quality scaler and the contrastive pair
 ``contrast.scale_range=whole`` keeps the contrastive term's gradient in that case. Everything else
 (queue with proxy compensation, weight decay, momentum, DDP averaging) is the default recipe.
 The two heads round differently (plain autograd against MarginHead's fused gradient: ~1e-7 apart
-after one step); this tiny batch-8 BatchNorm network multiplies such differences each step, so the
-comparison runs 4 steps at a small lr (0.005) and asserts agreement to 1e-4 (losses) / 1e-3 (weights).
+after one step). This tiny batch-8 BatchNorm network is chaotic along its gradient: measured on 2
+gloo ranks, changing optim.lr by 1e-5 (relative) at 0.005 moved the second step's backbone gradient
+as much as the head's rounding did (0.11 vs 0.10 of a norm of 45), and by step 4 the losses were
+4e-4 apart. At lr 0.0002 they agree to ~1e-6 after 4 steps (loss_cls still spans > 1), so the
+comparison runs there and asserts agreement to 1e-4 (losses) / 1e-3 (weights).
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ from qgface.train.sharded_head import check_partial_fc
 
 REPO = Path(qgface.__file__).resolve().parents[1]
 STEPS = 4
+LR = 0.0002
 ARGS = [
     "model.backbone=ir_tiny",
     "data.batch_size=4",
@@ -50,7 +54,7 @@ ARGS = [
     "head.t_alpha=0.5",
     "head.h=0",
     "contrast.scale_range=whole",
-    "optim.lr=0.005",
+    f"optim.lr={LR}",
     "train.log_every=1",
     "train.steps_per_epoch=2",
     "optim.epochs=2",
@@ -213,7 +217,7 @@ def test_resume_on_one_rank_reshards_kernel_and_momentum(train_root, sharded_run
         assert (trainer.step, trainer.epoch) == (2, 1)
         assert torch.equal(trainer.model.head.kernel.detach(), kernel)
         assert torch.equal(trainer.optimizer.state[trainer.model.head.kernel]["momentum_buffer"], momentum)
-        assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(0.0005)  # the milestone passed
+        assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(LR * 0.1)  # the milestone passed (gamma)
         assert trainer.train() == 0
     finally:
         trainer.close()
@@ -351,8 +355,8 @@ def test_one_process_trains_with_class_sampling(train_root, tmp_path):
     seen: list[torch.Tensor] = []
     step = trainer.train_step
 
-    def record(views, labels):
-        out = step(views, labels)
+    def record(views, labels, schedule):
+        out = step(views, labels, schedule)
         seen.append((labels, trainer.model.head.last_sampled.clone()))
         return out
 

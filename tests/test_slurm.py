@@ -24,6 +24,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from qgface.config import load_config
 from qgface.data.synthetic import ensure_synthetic
 
+from ablation_command import minimal_ablation_command
 from paper_columns import RESULTS_HEADER
 
 pytestmark = pytest.mark.slurm
@@ -429,38 +430,13 @@ def test_eval_sbatch_by_hand_after_a_compression_killed_by_sigkill(chain_run, tm
 def test_ablation_tool_on_slurm_submits_every_run_and_writes_the_table(slurm_cluster, tmp_path):
     """``tools/ablation.py --cluster slurm``: one ``launch.py --wait`` per run, all at once, then the table."""
     out = tmp_path / "ablation.md"
-    command = [
-        sys.executable,
-        str(REPO / "tools" / "ablation.py"),
+    command = minimal_ablation_command(
+        tmp_path / "study",
+        out,
         "--cluster",
         "slurm",
-        "--settings",
-        "baseline",
-        "qgface",
-        "--seeds",
-        "0",
-        "--study-dir",
-        str(tmp_path / "study"),
-        "--out",
-        str(out),
-        "--epochs",
-        "1",
-        "--steps",
-        "2",
-        "--batch-size",
-        "8",
-        "--identities",
-        "20",
-        "--images-per-identity",
-        "4",
-        "--eval-identities",
-        "12",
-        "--queue-size",
-        "64",
-        "data.num_workers=0",
-        "eval.num_workers=0",
-        f"cluster.partition={slurm_cluster.partition}",
-    ]
+        overrides=(f"cluster.partition={slurm_cluster.partition}",),
+    )
     done = subprocess.run(command, cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert done.stdout.count(": submitted (log ") == 2

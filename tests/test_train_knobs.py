@@ -40,16 +40,17 @@ def _trainer(root: Path, run_dir: Path, *extra: str) -> Trainer:
 
 
 def _one_batch(trainer: Trainer) -> tuple[torch.Tensor, torch.Tensor]:
-    trainer._epoch_batches()  # sets the epoch's schedules
-    return next(iter(trainer.loader))
+    return next(iter(trainer._epoch_batches()))
 
 
 def _grads(trainer: Trainer) -> dict[str, torch.Tensor]:
     return {k: p.grad.clone() for k, p in trainer.model.named_parameters() if p.grad is not None}
 
 
-def test_accumulated_micro_batches_give_the_big_batch_gradient(train_root, tmp_path):
-    big, acc = _trainer(train_root, tmp_path / "a"), _trainer(train_root, tmp_path / "b", "train.grad_accum=4")
+@pytest.mark.parametrize("head", ["head.partial_fc=false", "head.partial_fc=true"])
+def test_accumulated_micro_batches_give_the_big_batch_gradient(train_root, tmp_path, head):
+    big = _trainer(train_root, tmp_path / "a", head)
+    acc = _trainer(train_root, tmp_path / "b", head, "train.grad_accum=4")
     try:
         views, labels = _one_batch(big)
         _one_batch(acc)
@@ -57,14 +58,16 @@ def test_accumulated_micro_batches_give_the_big_batch_gradient(train_root, tmp_p
             # eval mode: BatchNorm uses its running statistics and the head its fixed μ/σ, so the mean
             # loss of the batch is exactly the mean of its four micro-batch losses
             t.model.eval()
-            out = t.train_step(views, labels)
+            out = t.train_step(views, labels, t.current_schedule())
         g_big, g_acc = _grads(big), _grads(acc)
         assert g_big.keys() == g_acc.keys() and "head.kernel" in g_big
         for key in g_big:
             scale = g_big[key].abs().max().item()  # float32 sums in another order: relative to the largest entry
             torch.testing.assert_close(g_acc[key], g_big[key], rtol=1e-3, atol=1e-4 * scale, msg=key)
         assert out.emb.shape == (16, 512)  # rows merged back into [H_1..H_8, L_1..L_8]
-        torch.testing.assert_close(out.emb, big.train_step(views, labels).emb, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(
+            out.emb, big.train_step(views, labels, big.current_schedule()).emb, rtol=1e-4, atol=1e-5
+        )
     finally:
         big.close(), acc.close()
     with pytest.raises(ConfigError, match="data.batch_size=8 must be a multiple of train.grad_accum=3"):
@@ -84,7 +87,7 @@ def test_fused_sgd_is_used_on_cpu_and_steps_like_the_plain_one(train_root, tmp_p
         for step in range(2):  # the second step uses the momentum buffers
             for t in (fused, plain):
                 torch.manual_seed(step)  # the trainers share this process's RNG: the same dropout draws
-                t.train_step(views, labels)
+                t.train_step(views, labels, t.current_schedule())
         for (k, a), (_, b) in zip(fused.model.named_parameters(), plain.model.named_parameters()):
             torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=k)
     finally:
@@ -120,8 +123,8 @@ def test_compiled_backbone_trains_like_the_eager_one(train_root, tmp_path):
         _one_batch(compiled)
         # eval mode: no dropout (compiled code draws its random numbers differently from eager code)
         eager.model.eval(), compiled.model.eval()
-        a = eager.train_step(views, labels)
-        b = compiled.train_step(views, labels)
+        a = eager.train_step(views, labels, eager.current_schedule())
+        b = compiled.train_step(views, labels, compiled.current_schedule())
         torch.testing.assert_close(b.loss, a.loss, rtol=1e-4, atol=1e-4)
         assert set(compiled.model.backbone.state_dict()) == set(eager.model.backbone.state_dict())  # no prefix
         for key, g in _grads(eager).items():

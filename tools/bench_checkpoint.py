@@ -5,7 +5,7 @@
     python tools/bench_checkpoint.py --dir /scratch/me    # on the filesystem the run directory uses
     python tools/bench_checkpoint.py --classes 85742      # MS1MV2 size (~0.7 GB)
 
-The state has the layout ``Trainer._save`` writes: an ir50-sized backbone (43.6 M float32 values) and
+The state has the layout ``Trainer.state_dict`` returns: an ir50-sized backbone (43.6 M float32 values) and
 the class proxies ``[C, 512]``, each with its SGD momentum, plus the counters. Timed, as the trainer
 does them at an epoch end: ``save_checkpoint`` (torch.save + fsync + rename) of ``last.pt``, then the
 epoch copy as ``link_or_copy`` and, for comparison, as the second full write the trainer made before.
@@ -27,38 +27,37 @@ from pathlib import Path
 import torch
 
 from qgface.config import Config
-from qgface.train.checkpoint import FORMAT_VERSION, link_or_copy, load_checkpoint, save_checkpoint
+from qgface.train.checkpoint import FORMAT_VERSION, TrainingState, link_or_copy, load_checkpoint, save_checkpoint
 
 BACKBONE_VALUES = 43_600_000
 """float32 parameters of ir50 (the backbone part of the state)"""
 EMBEDDING_DIM = 512
 
 
-def make_state(classes: int) -> dict:
-    """A checkpoint dict with the trainer's keys and tensors of the real sizes (random values)."""
+def make_state(classes: int) -> TrainingState:
+    """A checkpoint with tensors of the real sizes (random values)."""
     generator = torch.Generator().manual_seed(0)
     backbone = torch.randn(BACKBONE_VALUES, generator=generator)
     kernel = torch.randn(EMBEDDING_DIM, classes, generator=generator)
-    return {
-        "format_version": FORMAT_VERSION,
-        "backbone": "ir50",
-        "model": {"weights": backbone},
-        "head": {"kernel": kernel},
-        "queue": None,
-        "optimizer": {
+    return TrainingState(
+        format_version=FORMAT_VERSION,
+        backbone="ir50",
+        model={"weights": backbone},
+        head={"kernel": kernel},
+        queue=None,
+        optimizer={
             "state": {0: {"momentum_buffer": backbone.clone()}, 1: {"momentum_buffer": kernel.clone()}},
             "param_groups": [{"lr": 0.1, "params": [0, 1]}],
         },
-        "scheduler": {},
-        "scaler": {},
-        "epoch": 1,
-        "step": 1000,
-        "batch_in_epoch": 0,
-        "rng": [],
-        "config": Config().to_dict(),
-        "finished": False,
-        "validation": None,
-    }
+        scheduler={},
+        scaler={},
+        epoch=1,
+        step=1000,
+        batch_in_epoch=0,
+        rng=[],
+        config=Config().to_dict(),
+        finished=False,
+    )
 
 
 def _timed(fn) -> tuple[float, object]:
@@ -67,12 +66,12 @@ def _timed(fn) -> tuple[float, object]:
     return time.perf_counter() - start, out
 
 
-def _read_all(state: dict) -> float:
+def _read_all(state: TrainingState) -> float:
     """Touch every tensor once (a sum), as load_state_dict's copies would."""
     total = 0.0
-    for part in (state["model"], state["head"]):
+    for part in (state.model, state.head):
         total += sum(float(t.sum()) for t in part.values())
-    for slot in state["optimizer"]["state"].values():
+    for slot in state.optimizer["state"].values():
         total += float(slot["momentum_buffer"].sum())
     return total
 
@@ -85,7 +84,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
         folder = Path(tmp)
         state = make_state(args.classes)
-        size = sum(t.numel() * 4 for t in (state["model"]["weights"], state["head"]["kernel"])) * 2
+        size = sum(t.numel() * 4 for t in (state.model["weights"], state.head["kernel"])) * 2
         free = shutil.disk_usage(folder).free
         if free < 3.2 * size:
             raise SystemExit(f"{folder}: {free / 1e9:.1f} GB free, the bench writes three {size / 1e9:.1f} GB files")

@@ -22,12 +22,12 @@ from __future__ import annotations
 import argparse
 import json
 import resource
-import subprocess
-import sys
 import time
 
 import numpy as np
 import torch
+
+from fresh_process import run_case  # beside this script (tools/)
 
 MIB = 1024 * 1024
 DIM = 512
@@ -154,29 +154,8 @@ def main() -> None:
         return
     env_note = f"threads={args.threads}"
     for case in CASES if args.case == "all" else [args.case]:
-        out = subprocess.run(
-            [
-                sys.executable,
-                __file__,
-                "--child",
-                "--case",
-                case,
-                "--reps",
-                str(args.reps),
-                "--threads",
-                str(args.threads),
-            ],
-            capture_output=True,
-            text=True,
-            check=True,
-            env={
-                **__import__("os").environ,
-                "OMP_NUM_THREADS": str(args.threads),
-                "OPENBLAS_NUM_THREADS": str(args.threads),
-                "MKL_NUM_THREADS": str(args.threads),
-            },
-        )
-        result = json.loads(out.stdout.strip().splitlines()[-1])
+        child_args = ["--case", case, "--reps", str(args.reps), "--threads", str(args.threads)]
+        result = run_case(__file__, child_args, args.threads)
         print(f"[{case}] ({env_note})")
         for key, value in result.items():
             print(f"  {key:26s} {value:.3f}" if isinstance(value, float) else f"  {key:26s} {value}")

@@ -38,13 +38,13 @@ import json
 import os
 import resource
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Callable
 
 import torch
+
+from fresh_process import run_case  # beside this script (tools/)
 
 MIB = 1024 * 1024
 
@@ -287,25 +287,8 @@ def main() -> None:
         return
     reference = None
     for case in ["dense", "head", "contrast"] if args.case == "all" else [args.case]:
-        out = subprocess.run(
-            [
-                sys.executable,
-                __file__,
-                "--child",
-                "--case",
-                case,
-                "--reps",
-                str(args.reps),
-                "--threads",
-                str(args.threads),
-                "--chunk-elems",
-                str(args.chunk_elems),
-            ],
-            check=True,
-            capture_output=True,
-            text=True,
-        )
-        result = json.loads(out.stdout.strip().splitlines()[-1])
+        child_args = ["--case", case, "--reps", str(args.reps), "--threads", str(args.threads)]
+        result = run_case(__file__, [*child_args, "--chunk-elems", str(args.chunk_elems)], args.threads)
         reference = result if case == "dense" else reference
         _report(result, reference)
 

@@ -128,12 +128,13 @@ def check_train(ctx: dict) -> dict:
         trainer = _trainer(ctx, f"train_{precision}", f"train.precision={precision}")
         try:
             views, labels = _first_batch(trainer)
+            schedule = trainer.current_schedule()
             _reset_peak(ctx["device"])
             for _ in range(size["warmup"]):
-                trainer.train_step(views, labels)
+                trainer.train_step(views, labels, schedule)
             _sync(ctx["device"])
             t0 = time.perf_counter()
-            losses = [trainer.train_step(views, labels).loss for _ in range(size["steps"])]
+            losses = [trainer.train_step(views, labels, schedule).loss for _ in range(size["steps"])]
             _sync(ctx["device"])
             seconds = (time.perf_counter() - t0) / size["steps"]
             result[precision] = {
@@ -161,13 +162,14 @@ def check_syncs(ctx: dict) -> dict:
     trainer = _trainer(ctx, "syncs", "train.precision=bf16")
     try:
         views, labels = _first_batch(trainer)
-        trainer.train_step(views, labels)
+        schedule = trainer.current_schedule()
+        trainer.train_step(views, labels, schedule)
         torch.cuda.synchronize()
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             torch.cuda.set_sync_debug_mode("warn")
             try:
-                trainer.train_step(views, labels)
+                trainer.train_step(views, labels, schedule)
             finally:
                 torch.cuda.set_sync_debug_mode("default")
         messages = [str(w.message).splitlines()[0][:200] for w in caught if "synchroniz" in str(w.message)]
@@ -313,10 +315,11 @@ def check_resume(ctx: dict) -> dict:
     trainer = _trainer(ctx, run, "train.precision=bf16")
     try:
         views, labels = _first_batch(trainer)
-        trainer.train_step(views, labels)
+        schedule = trainer.current_schedule()
+        trainer.train_step(views, labels, schedule)
         trainer.step = 1
         t0 = time.perf_counter()
-        trainer._save(finished=False, epoch_end=False)
+        trainer._save(epoch_end=False)
         save_s = time.perf_counter() - t0
         saved = {k: v.detach().cpu().clone() for k, v in trainer.model.state_dict().items()}
     finally:

@@ -153,7 +153,8 @@ class MarginHead(nn.Module):
     """Class proxies + margin softmax loss (docs/method.md §3).
 
     ``forward(embeddings [N, D], norms [N, 1], labels [N]) -> (loss, margin_scaler [N, 1] detached)``.
-    ``quality_scale`` (τ_q) is a plain attribute the trainer may change (warm-up ramp); 0 disables QS.
+    ``quality_scale`` (τ_q, 0 disables QS) is the head's own; ``forward(..., quality_scale=τ)`` uses
+    another for one call (the trainer passes its warm-up ramp's value of the epoch).
     ``chunk_elems`` bounds the logits held at once (rows per chunk = chunk_elems // C, at least 1;
     0 = ``DEFAULT_CHUNK_ELEMS`` of the kernel's device). ``tf32``: let the head's fp32 matmuls use
     TF32 on CUDA.
@@ -206,10 +207,11 @@ class MarginHead(nn.Module):
         if safe.numel() > 1:  # the unbiased std of one sample is NaN and would poison σ for good
             self.batch_std.mul_(1 - a).add_(a * safe.std())
 
-    def _row_scale(self, g_hat: torch.Tensor) -> torch.Tensor:
-        if self.quality_scale == 0.0:
+    def _row_scale(self, g_hat: torch.Tensor, quality_scale: float | None = None) -> torch.Tensor:
+        tau = self.quality_scale if quality_scale is None else quality_scale
+        if tau == 0.0:
             return torch.full_like(g_hat, self.s)
-        return self.s * quality_scale_factor(g_hat, self.quality_scale, self.s)
+        return self.s * quality_scale_factor(g_hat, tau, self.s)
 
     def current_g_hat(self, norms: torch.Tensor) -> torch.Tensor:
         """ĝ [N, 1] by :func:`margin_scaler` from the current running statistics (no update)."""
@@ -226,7 +228,11 @@ class MarginHead(nn.Module):
         return z.mul_(self._row_scale(g_hat.to(dtype)))
 
     def forward(
-        self, embeddings: torch.Tensor, norms: torch.Tensor, labels: torch.Tensor
+        self,
+        embeddings: torch.Tensor,
+        norms: torch.Tensor,
+        labels: torch.Tensor,
+        quality_scale: float | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         with torch.autocast(device_type=embeddings.device.type, enabled=False), tf32_policy(matmul=self.tf32):
             dtype = torch.promote_types(embeddings.dtype, torch.float32)  # fp32, or fp64 for gradcheck
@@ -240,7 +246,7 @@ class MarginHead(nn.Module):
                 self.kernel.to(dtype),
                 labels.reshape(-1, 1).long(),
                 g_hat,
-                self._row_scale(g_hat),
+                self._row_scale(g_hat, quality_scale),
                 self.kind,
                 self.m,
                 self.chunk_rows(),

@@ -133,7 +133,8 @@ class PartialFCHead(nn.Module):
     """Sharded class proxies + distributed margin softmax loss (see the module docstring).
 
     ``forward(local_embeddings [n, D], local_norms [n, 1], local_labels [n])
-    -> (loss, local margin scaler ĝ [n, 1])``; every rank must pass the same n.
+    -> (loss, local margin scaler ĝ [n, 1])``; every rank must pass the same n. ``quality_scale``
+    is the head's own τ_q unless ``forward(..., quality_scale=τ)`` passes another, as in MarginHead.
     ``kernel`` is this rank's slice [D, num_local] of the classes ``class_start ...``.
     """
 
@@ -199,7 +200,11 @@ class PartialFCHead(nn.Module):
         return cols
 
     def forward(
-        self, local_embeddings: torch.Tensor, local_norms: torch.Tensor, local_labels: torch.Tensor
+        self,
+        local_embeddings: torch.Tensor,
+        local_norms: torch.Tensor,
+        local_labels: torch.Tensor,
+        quality_scale: float | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         with torch.autocast(device_type=local_embeddings.device.type, enabled=False):
             dtype = torch.promote_types(local_embeddings.dtype, torch.float32)
@@ -210,11 +215,8 @@ class PartialFCHead(nn.Module):
             if self.training:
                 self._update_stats(norms)
             g_hat = margin_scaler(norms, self.batch_mean.to(dtype), self.batch_std.to(dtype), self.h)
-            row_scale = (
-                self.s
-                if self.quality_scale == 0.0
-                else self.s * quality_scale_factor(g_hat, self.quality_scale, self.s)
-            )
+            tau = self.quality_scale if quality_scale is None else quality_scale
+            row_scale = self.s if tau == 0.0 else self.s * quality_scale_factor(g_hat, tau, self.s)
 
             cols = self._sampled(labels)
             weight = self.kernel.to(dtype)

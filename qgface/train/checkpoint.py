@@ -1,7 +1,8 @@
 """Training checkpoints: format, atomic save, strict load, RNG capture, resume resolution (see README).
 
-A checkpoint is one ``torch.save`` dict, loadable with ``torch.load(weights_only=True)``, so every
-value is a tensor, a number, a string, None or a list/dict of those:
+A checkpoint is one ``torch.save`` dict (the fields of :class:`TrainingState`), loadable with
+``torch.load(weights_only=True)``, so every value is a tensor, a number, a string, None or a
+list/dict of those:
 
 - ``format_version`` (1), ``backbone`` (model name), ``model`` / ``head`` / ``queue`` (state dicts,
   the queue None without the contrastive loss), ``optimizer``, ``scheduler``, ``scaler``;
@@ -29,6 +30,7 @@ import os
 import random
 import shutil
 from collections.abc import Mapping
+from dataclasses import MISSING, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -44,37 +46,47 @@ from qgface.models.io import read_checkpoint_file
 log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
-KEYS = (
-    "format_version",
-    "backbone",
-    "model",
-    "head",
-    "queue",
-    "optimizer",
-    "scheduler",
-    "scaler",
-    "epoch",
-    "step",
-    "batch_in_epoch",
-    "rng",
-    "config",
-    "finished",
-    "validation",
-)
 
-ADDED_KEYS: dict[str, Any] = {"validation": None}
-"""keys added after format 1 was first written, with the value an older checkpoint stands for"""
+
+@dataclass
+class TrainingState:
+    """What a training checkpoint holds; its fields are the file's keys (the module docstring says
+    what each means). A field with a default was added after format 1 was first written: an older
+    checkpoint without it stands for the default."""
+
+    format_version: int
+    backbone: str
+    model: dict[str, torch.Tensor]
+    head: dict[str, torch.Tensor]
+    queue: dict[str, torch.Tensor] | None
+    optimizer: dict[str, Any]
+    scheduler: dict[str, Any]
+    scaler: dict[str, Any]
+    epoch: int
+    step: int
+    batch_in_epoch: int
+    rng: list[dict[str, Any]]
+    config: dict[str, Any]
+    finished: bool
+    validation: dict[str, Any] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The file's dict (shallow: the tensors are shared, not copied)."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+KEYS = tuple(f.name for f in fields(TrainingState))
+_REQUIRED = tuple(f.name for f in fields(TrainingState) if f.default is MISSING)
 
 
 def checkpoint_dir(cfg: Config) -> Path:
     return cfg.resolved_run_dir() / "checkpoints"
 
 
-def save_checkpoint(path: str | Path, state: Mapping[str, Any]) -> None:
-    """Write ``state`` (exactly ``KEYS``) atomically to ``path``."""
-    _check_keys(state, str(path))
+def save_checkpoint(path: str | Path, state: TrainingState) -> None:
+    """Write ``state`` atomically to ``path``."""
     with atomic_open(path, "wb") as f:
-        torch.save(dict(state), f)
+        torch.save(state.to_dict(), f)
 
 
 def link_or_copy(source: str | Path, target: str | Path) -> bool:
@@ -106,7 +118,7 @@ def link_or_copy(source: str | Path, target: str | Path) -> bool:
     return linked
 
 
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
+def load_checkpoint(path: str | Path) -> TrainingState:
     """Read a training checkpoint with ``weights_only=True`` and check its keys and version.
 
     The file is memory-mapped (``torch.load(mmap=True)``): tensors are read from the page cache when
@@ -121,24 +133,18 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         raise CheckpointError(
             f"checkpoint {str(path)!r} is not a training checkpoint (top level {type(state).__name__})"
         )
-    for key, value in ADDED_KEYS.items():  # checkpoints written before the key existed
-        state.setdefault(key, value)
-    _check_keys(state, str(path))
+    missing = [k for k in _REQUIRED if k not in state]
+    extra = [k for k in state if k not in KEYS]
+    if missing:
+        raise CheckpointError(f"checkpoint {str(path)!r} lacks key {missing[0]!r} (all missing: {missing})")
+    if extra:
+        raise CheckpointError(f"checkpoint {str(path)!r} has unexpected key {extra[0]!r} (all unexpected: {extra})")
     if state["format_version"] != FORMAT_VERSION:
         raise CheckpointError(
             f"checkpoint {str(path)!r} has format_version {state['format_version']!r}; "
             f"this qgface reads {FORMAT_VERSION}"
         )
-    return state
-
-
-def _check_keys(state: Mapping[str, Any], path: str) -> None:
-    missing = [k for k in KEYS if k not in state]
-    extra = [k for k in state if k not in KEYS]
-    if missing:
-        raise CheckpointError(f"checkpoint {path!r} lacks key {missing[0]!r} (all missing: {missing})")
-    if extra:
-        raise CheckpointError(f"checkpoint {path!r} has unexpected key {extra[0]!r} (all unexpected: {extra})")
+    return TrainingState(**state)
 
 
 def load_module_state(module: nn.Module, state: Mapping[str, torch.Tensor], path: str | Path, part: str) -> None:

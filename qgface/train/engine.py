@@ -31,17 +31,18 @@ from qgface.data.images import to_network_input
 from qgface.data.loader import build_train_loader
 from qgface.history import record_config
 from qgface.losses import ContrastOutput, ContrastQueue, MarginHead, qg_contrastive_loss
-from qgface.losses.partial_fc import initial_proxies, shard_range
+from qgface.losses.partial_fc import PartialFCHead, shard_range
 from qgface.losses.queue import MIN_HISTORY_STEPS, history_steps, queue_size_for
 from qgface.models import CheckpointError, build_backbone
 from qgface.train import checkpoint as ckpt
 from qgface.train import dist
 from qgface.train import sharded_checkpoint as shards
 from qgface.train.determinism import configure_determinism
+from qgface.train.heads import build_head
 from qgface.train.monitor import ProgressReport, build_monitor, norm_similarity_heatmap, pair_grid, progress
 from qgface.train.precision import build_autocast, build_scaler, resolve_precision
-from qgface.train.schedule import contrast_weight_at, quality_scale_at, queue_size_at
-from qgface.train.sharded_head import ShardedForward, build_partial_fc_head, check_partial_fc, kernel_param_index
+from qgface.train.schedule import EpochSchedule, epoch_schedule
+from qgface.train.sharded_head import ShardedForward, check_partial_fc, kernel_param_index
 from qgface.train.signals import REQUEUE_EXIT_CODE, StopFlag
 from qgface.train.validation import Validator, write_best_json
 
@@ -58,14 +59,16 @@ class NonFiniteLossError(FloatingPointError):
 class FaceModel(nn.Module):
     """Backbone + margin head as one module, so DDP also averages the class proxies' gradients."""
 
-    def __init__(self, backbone: nn.Module, head: MarginHead) -> None:
+    def __init__(self, backbone: nn.Module, head: MarginHead | PartialFCHead) -> None:
         super().__init__()
         self.backbone, self.head = backbone, head
 
-    def forward(self, x: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    def forward(
+        self, x: torch.Tensor, labels: torch.Tensor, quality_scale: float | None = None
+    ) -> tuple[torch.Tensor, ...]:
         emb, norms = self.backbone(x)
         emb, norms = emb.float(), norms.float()  # the loss heads run in fp32 (docs/method.md §5)
-        loss_cls, g_hat = self.head(emb, norms, labels)
+        loss_cls, g_hat = self.head(emb, norms, labels, quality_scale)
         return emb, norms, loss_cls, g_hat
 
 
@@ -76,6 +79,7 @@ class StepOutput(NamedTuple):
     contrast: ContrastOutput | None
     emb: torch.Tensor  # [V*B, D] detached, [H_1..H_B, L_1..L_B]
     norms: torch.Tensor  # [V*B, 1] detached
+    stop: bool  # a stop signal arrived on some rank: every rank saves last.pt after this step and exits
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
@@ -102,7 +106,8 @@ def _merge_micro_outputs(outs: list[StepOutput], num_views: int) -> StepOutput:
     contrast = None
     if outs[0].contrast is not None:
         contrast = ContrastOutput(*(torch.stack([o.contrast[i] for o in outs]).mean() for i in range(4)))
-    return StepOutput(mean("loss"), mean("loss_cls"), mean("loss_con"), contrast, rows("emb"), rows("norms"))
+    stop = any(o.stop for o in outs)
+    return StepOutput(mean("loss"), mean("loss_cls"), mean("loss_con"), contrast, rows("emb"), rows("norms"), stop)
 
 
 def train_data_root(cfg: Config) -> str:
@@ -114,8 +119,53 @@ def train_data_root(cfg: Config) -> str:
     return str(ensure_synthetic(cfg))
 
 
+def step_counts(cfg: Config, per_rank: int, root: str) -> tuple[int, int]:
+    """(optimiser steps per epoch, in total) for ``per_rank`` training images per rank in ``root``."""
+    batch = cfg.data.batch_size
+    if batch % cfg.train.grad_accum:
+        raise ConfigError(f"data.batch_size={batch} must be a multiple of train.grad_accum={cfg.train.grad_accum}")
+    epoch_steps = per_rank // batch
+    if epoch_steps == 0:
+        raise ConfigError(f"data.batch_size={batch} exceeds the {per_rank} images per rank of {root}")
+    if cfg.train.steps_per_epoch:
+        epoch_steps = min(epoch_steps, cfg.train.steps_per_epoch)
+    total_steps = cfg.optim.epochs * epoch_steps
+    if cfg.train.max_steps:
+        total_steps = min(total_steps, cfg.train.max_steps)
+    return epoch_steps, total_steps
+
+
+def build_model(cfg: Config, num_classes: int, device: torch.device, channels_last: bool) -> FaceModel:
+    """Backbone and margin head (docs/method.md §1, §3) on ``device``, with the train.* memory knobs."""
+    head = build_head(cfg, num_classes)  # first: the backbone's initial weights come from the seeded stream
+    backbone = build_backbone(cfg.model.backbone)
+    backbone.activation_checkpointing = cfg.train.activation_checkpointing
+    model = FaceModel(backbone, head).to(device)
+    if channels_last:
+        model.backbone.to(memory_format=torch.channels_last)
+    if cfg.train.compile:
+        model.backbone.compile()  # in place: parameter names (and checkpoints) stay the same
+    return model
+
+
+def build_optimizer(
+    model: nn.Module, cfg: Config, device: torch.device
+) -> tuple[torch.optim.SGD, torch.optim.lr_scheduler.MultiStepLR]:
+    """SGD with momentum and the BN-free weight decay, stepped down at ``optim.milestones`` (docs/method.md §5)."""
+    o = cfg.optim
+    fused = cfg.train.fused_optimizer and device.type in FUSED_SGD_DEVICES
+    optimizer = torch.optim.SGD(param_groups(model, o.weight_decay), lr=o.lr, momentum=o.momentum, fused=fused or None)
+    return optimizer, torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=o.milestones, gamma=o.gamma)
+
+
 class Trainer:
-    """Builds everything from the config; ``train()`` runs (or continues) the schedule."""
+    """Builds everything from the config; ``train()`` runs (or continues) the schedule.
+
+    Its state is the counters ``epoch`` / ``step`` / ``batch_in_epoch`` and the modules, optimiser,
+    scheduler and scaler; ``state_dict()`` / ``load_state_dict()`` turn it into a checkpoint and back.
+    Each epoch's schedules are a value (:class:`EpochSchedule`) handed to every step, and a step
+    returns all it decided (:class:`StepOutput`, including whether to stop).
+    """
 
     def __init__(self, cfg: Config, config_source: str = "python -m qgface.train", allow_changes: bool = False) -> None:
         """``config_source`` and ``allow_changes`` go to ``qgface.history.record_config``: a continued
@@ -132,60 +182,27 @@ class Trainer:
         root = train_data_root(cfg)
         self.loader, self.sampler, dataset = build_train_loader(cfg, root, self.dist.rank, self.dist.world_size)
         self.num_views = dataset.num_views
-        batch = cfg.data.batch_size
-        self.epoch_steps = self.sampler.per_rank // batch
-        if self.epoch_steps == 0:
-            raise ConfigError(f"data.batch_size={batch} exceeds the {self.sampler.per_rank} images per rank of {root}")
-        if cfg.train.steps_per_epoch:
-            self.epoch_steps = min(self.epoch_steps, cfg.train.steps_per_epoch)
-        self.total_steps = cfg.optim.epochs * self.epoch_steps
-        if cfg.train.max_steps:
-            self.total_steps = min(self.total_steps, cfg.train.max_steps)
+        self.epoch_steps, self.total_steps = step_counts(cfg, self.sampler.per_rank, root)
+        self.world_keys = self.num_views * cfg.data.batch_size * self.dist.world_size  # keys one step enqueues
 
         # ---- model and losses (docs/method.md §1, §3, §4)
-        h, num_classes = cfg.head, dataset.num_classes
-        if h.partial_fc:  # this rank's slice of the proxies, outside DDP (README "Partial FC")
-            head = build_partial_fc_head(cfg, num_classes)
-        else:
-            with torch.random.fork_rng(devices=[]):  # the kernel is drawn below, as the sharded head draws it
-                head = MarginHead(
-                    h.kind,
-                    num_classes,
-                    m=h.m,
-                    h=h.h,
-                    s=h.s,
-                    t_alpha=h.t_alpha,
-                    quality_scale=h.quality_scale,
-                    chunk_elems=h.chunk_elems,
-                    tf32=h.tf32,
-                )
-            head.kernel.data.copy_(initial_proxies(num_classes, head.kernel.shape[0], cfg.seed, 0, num_classes))
+        self.channels_last = cfg.train.channels_last and self.device.type == "cuda"
+        self.model = build_model(cfg, dataset.num_classes, self.device, self.channels_last)
         t = cfg.train
-        if batch % t.grad_accum:
-            raise ConfigError(f"data.batch_size={batch} must be a multiple of train.grad_accum={t.grad_accum}")
-        backbone = build_backbone(cfg.model.backbone)
-        backbone.activation_checkpointing = t.activation_checkpointing
-        self.channels_last = t.channels_last and self.device.type == "cuda"
-        self.model = FaceModel(backbone, head).to(self.device)
-        if self.channels_last:
-            self.model.backbone.to(memory_format=torch.channels_last)
-        if t.compile:
-            self.model.backbone.compile()  # in place: parameter names (and checkpoints) stay the same
-        wrapped = self.model.backbone if h.partial_fc else self.model  # the sharded kernel stays out of DDP
+        replicated = self.model.backbone if cfg.head.partial_fc else self.model  # the sharded kernel stays out of DDP
+        self.ddp = None
         if self.dist.world_size > 1:
-            wrapped = dist.wrap_ddp(wrapped, self.device, static_graph=t.static_graph, compression=t.grad_compression)
-        self.ddp = ShardedForward(wrapped, head) if h.partial_fc else wrapped
-        self.world_keys = self.num_views * batch * self.dist.world_size  # keys one step enqueues
+            self.ddp = dist.wrap_ddp(
+                replicated, self.device, static_graph=t.static_graph, compression=t.grad_compression
+            )
+        wrapped = self.ddp if self.ddp is not None else replicated
+        # what the step calls: (emb, norms, loss_cls, g_hat) of the whole model
+        self.step_model = ShardedForward(wrapped, self.model.head) if cfg.head.partial_fc else wrapped
         self.queue = self._build_queue()
 
         # ---- optimiser, schedule, precision (docs/method.md §5)
-        o = cfg.optim
-        fused = t.fused_optimizer and self.device.type in FUSED_SGD_DEVICES
-        self.optimizer = torch.optim.SGD(
-            param_groups(self.model, o.weight_decay), lr=o.lr, momentum=o.momentum, fused=fused or None
-        )
-        self.scheduler = torch.optim.lr_scheduler.MultiStepLR(self.optimizer, milestones=o.milestones, gamma=o.gamma)
-        self.precision = resolve_precision(cfg.train.precision, self.device)
+        self.optimizer, self.scheduler = build_optimizer(self.model, cfg, self.device)
+        self.precision = resolve_precision(t.precision, self.device)
         check_partial_fc(cfg, self.precision)
         self.autocast = build_autocast(self.precision, self.device)
         self.scaler = build_scaler(self.precision, self.device)
@@ -195,7 +212,7 @@ class Trainer:
 
         # ---- counters, resume, monitoring
         self.epoch, self.step, self.batch_in_epoch = 0, 0, 0
-        self.stop, self.stop_now = StopFlag(), False
+        self.stop = StopFlag()
         self._resume()
         if self.dist.is_main:  # after the resume checks, so a mismatched rerun leaves the run's config alone
             record_config(self.run_dir, cfg, self.step, source=config_source, allow_training_changes=allow_changes)
@@ -227,7 +244,12 @@ class Trainer:
         return ContrastQueue(size, mode=c.queue, t_alpha=self.cfg.head.t_alpha).to(self.device)
 
     # ------------------------------------------------------------------ the step (docs/method.md §5)
-    def train_step(self, views: torch.Tensor, labels: torch.Tensor) -> StepOutput:
+    def current_schedule(self) -> EpochSchedule:
+        """The schedules of the epoch the trainer is in (docs/method.md §3, §5)."""
+        return epoch_schedule(self.epoch, self.cfg, self.num_views, self.world_keys)
+
+    def train_step(self, views: torch.Tensor, labels: torch.Tensor, schedule: EpochSchedule) -> StepOutput:
+        """One optimiser step on a batch of ``views`` [B, V, ...] under the epoch's ``schedule``."""
         views = to_network_input(views.to(self.device, non_blocking=True))  # uint8 over the bus, float here
         labels = labels.to(self.device, non_blocking=True)
         self.optimizer.zero_grad(set_to_none=True)
@@ -236,8 +258,8 @@ class Trainer:
         outs = []
         for i, (v_i, y_i) in enumerate(zip(views.chunk(micro), labels.chunk(micro))):
             last = i == micro - 1
-            with contextlib.nullcontext() if last or self.ddp is self.model else self.ddp.no_sync():
-                outs.append(self._forward_backward(v_i, y_i, 1.0 / micro))
+            with contextlib.nullcontext() if last or self.ddp is None else self.ddp.no_sync():
+                outs.append(self._forward_backward(v_i, y_i, 1.0 / micro, schedule))
         # optional clipping (on unscaled gradients), step (a no-op scaler outside fp16)
         if self.cfg.optim.grad_clip > 0:
             self.scaler.unscale_(self.optimizer)
@@ -246,7 +268,9 @@ class Trainer:
         self.scaler.update()
         return outs[0] if micro == 1 else _merge_micro_outputs(outs, views.shape[1])
 
-    def _forward_backward(self, views: torch.Tensor, labels: torch.Tensor, weight: float) -> StepOutput:
+    def _forward_backward(
+        self, views: torch.Tensor, labels: torch.Tensor, weight: float, schedule: EpochSchedule
+    ) -> StepOutput:
         """One (micro-)batch: the loss of docs/method.md §5, its checks, and ``weight`` x its scaled backward."""
         b, v = views.shape[:2]
         # §2: the views as one batch [H_1..H_B, L_1..L_B], labels duplicated
@@ -255,38 +279,41 @@ class Trainer:
             x = x.contiguous(memory_format=torch.channels_last)
         # §1 + §3: backbone under autocast -> (e, n) -> AdaFace margin + QS, cross-entropy in fp32
         with self.autocast:
-            emb, norms, loss_cls, g_hat = self.ddp(x, labels.repeat(v))
+            emb, norms, loss_cls, g_hat = self.step_model(x, labels.repeat(v), schedule.quality_scale)
         # §4: quality-guided contrast of q = L against k = H and the queue
         contrast, queue_ok = None, torch.ones((), dtype=torch.bool, device=self.device)
-        if self.contrast_weight > 0:
-            contrast, queue_ok = self._contrast(emb, g_hat, labels)
+        if schedule.contrast_weight > 0:
+            contrast, queue_ok = self._contrast(emb, g_hat, labels, schedule.queue_size)
         loss_con = contrast.loss if contrast is not None else torch.zeros((), device=self.device)
-        loss = loss_cls + self.contrast_weight * loss_con
+        loss = loss_cls + schedule.contrast_weight * loss_con
         # the step's only host read of its flags (besides the queue view's nonzero and fp16's inf check):
         # one all-reduce, next to the queue's all-gathers and DDP's gradient all-reduce, tells every rank
         # of a non-finite loss, a queue too small for the step's keys, or a stop signal on any rank
         # (the flags are built on the device: a tensor made from a host value would wait for the GPU)
-        stop = torch.full((), self.stop.requested, dtype=torch.bool, device=self.device)
-        bad, queue_short, self.stop_now = dist.any_rank([~torch.isfinite(loss), ~queue_ok, stop])
+        signalled = torch.full((), self.stop.requested, dtype=torch.bool, device=self.device)
+        bad, queue_short, stop = dist.any_rank([~torch.isfinite(loss), ~queue_ok, signalled])
         if queue_short:
             raise ConfigError(
-                f"the effective contrast queue at epoch {self.epoch} ({self.queue_size} keys) is smaller "
+                f"the effective contrast queue at epoch {self.epoch} ({schedule.queue_size} keys) is smaller "
                 f"than one step's {self.world_keys} gathered keys; raise contrast.queue_size"
             )
         if bad:
             raise NonFiniteLossError(
                 f"non-finite loss at step {self.step + 1} (epoch {self.epoch}, batch {self.batch_in_epoch}); "
                 f"terms on rank {self.dist.rank}: loss={loss.item():.6g}, loss_cls={loss_cls.item():.6g}, "
-                f"loss_con={loss_con.item():.6g} (weight {self.contrast_weight}); nothing was saved after step "
+                f"loss_con={loss_con.item():.6g} (weight {schedule.contrast_weight}); nothing was saved after step "
                 f"{self.step}. Lower optim.lr or set optim.grad_clip"
             )
         self.scaler.scale(loss * weight).backward()
-        return StepOutput(loss.detach(), loss_cls.detach(), loss_con.detach(), contrast, emb.detach(), norms.detach())
+        return StepOutput(
+            loss.detach(), loss_cls.detach(), loss_con.detach(), contrast, emb.detach(), norms.detach(), stop
+        )
 
     def _contrast(
-        self, emb: torch.Tensor, g_hat: torch.Tensor, labels: torch.Tensor
+        self, emb: torch.Tensor, g_hat: torch.Tensor, labels: torch.Tensor, queue_size: int
     ) -> tuple[ContrastOutput, torch.Tensor]:
-        """docs/method.md §4: enqueue both views of every rank (own first) BEFORE the loss, then the loss.
+        """docs/method.md §4: enqueue both views of every rank (own first) BEFORE the loss, then the loss
+        against the ``queue_size`` newest keys.
 
         Also returns a 0-dim bool tensor: does the queue's current view hold this step's keys."""
         c, b = self.cfg.contrast, labels.shape[0]
@@ -294,12 +321,10 @@ class Trainer:
         kernel = self.model.head.proxies if self.cfg.head.partial_fc else self.model.head.kernel
         k, q = emb[:b], emb[b:]  # k = H views, q = L views
         local_slots = self.queue.enqueue(emb.detach(), labels.repeat(2), kernel)
-        queue_keys, queue_labels = self.queue.current(kernel, self.queue_size)
+        queue_keys, queue_labels = self.queue.current(kernel, queue_size)
         # [B, 2]: H, L; whether the view holds them is checked with the step's other flags (until
         # then a missing slot points at row 0 rather than out of bounds)
-        own_index = (
-            self.queue.index_in_current(local_slots, self.queue_size, check=False).clamp_min(0).reshape(2, b).t()
-        )
+        own_index = self.queue.index_in_current(local_slots, queue_size, check=False).clamp_min(0).reshape(2, b).t()
         margin = {"none": 0.0, "static": c.margin, "dynamic": self.queue.dynamic_margin.clone()}[c.margin_mode]
         out = qg_contrastive_loss(
             q,
@@ -324,7 +349,7 @@ class Trainer:
         # the EMA moves with the mean over ranks, so every rank keeps the same margin
         gap = dist.all_reduce_mean(torch.stack([out.pos_cos, out.hardest_neg_cos]))
         self.queue.update_dynamic_margin(gap[0], gap[1])
-        return out, self.queue.holds_slots(local_slots, self.queue_size)
+        return out, self.queue.holds_slots(local_slots, queue_size)
 
     # ------------------------------------------------------------------ the loop
     def train(self) -> int:
@@ -352,34 +377,27 @@ class Trainer:
         self._progress = ProgressReport(self.total_steps, self.step)
         with self.stop:
             while True:
-                first = True
-                for views, labels in self._epoch_batches():
-                    out = self.train_step(views, labels)
+                schedule = self.current_schedule()
+                for i, (views, labels) in enumerate(self._epoch_batches()):
+                    out = self.train_step(views, labels, schedule)
                     self.step += 1
                     self.batch_in_epoch += 1
                     self._bar.update()
                     finished = self.step >= self.total_steps
                     # images on each epoch's first step and on the last one, so the final model is shown
-                    self._log(out, views, images=first or finished)
-                    first = False
+                    self._log(out, views, schedule, images=i == 0 or finished)
                     epoch_done = self.batch_in_epoch == self.epoch_steps
                     if epoch_done:
                         self.scheduler.step()
                         self.epoch, self.batch_in_epoch = self.epoch + 1, 0
                     # validation before the save, so last.pt holds the best so far; a new best is saved now
-                    best = self._validate(finished)
-                    if (
-                        epoch_done
-                        or finished
-                        or self.stop_now
-                        or best
-                        or self.step % self.cfg.train.checkpoint_every == 0
-                    ):
-                        self._save(finished, epoch_done, best)
+                    best = self._validate(finished, out.stop)
+                    if epoch_done or finished or out.stop or best or self.step % self.cfg.train.checkpoint_every == 0:
+                        self._save(epoch_done, best)
                     if finished:
                         log.info("training complete at step %d", self.step)
                         return 0
-                    if self.stop_now:
+                    if out.stop:
                         log.warning(
                             "stopped at step %d after a signal; last.pt saved, exit %d to be requeued",
                             self.step,
@@ -388,10 +406,7 @@ class Trainer:
                         return REQUEUE_EXIT_CODE
 
     def _epoch_batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """The remaining batches of the current epoch; sets the epoch's schedules."""
-        self.contrast_weight = contrast_weight_at(self.epoch, self.cfg, self.num_views)
-        self.model.head.quality_scale = quality_scale_at(self.epoch, self.cfg)
-        self.queue_size = queue_size_at(self.epoch, self.cfg, self.world_keys)
+        """The remaining batches of the current epoch."""
         self.sampler.set_epoch(self.epoch, self.batch_in_epoch, self.cfg.data.batch_size)
         # creating the iterator draws the workers' base seed from torch's global stream; forking keeps
         # that draw out of the training stream, so a resumed run's dropout draws match (exact resume)
@@ -399,39 +414,87 @@ class Trainer:
             batches = iter(self.loader)
         return itertools.islice(batches, self.epoch_steps - self.batch_in_epoch)
 
-    def _validate(self, finished: bool) -> bool:
+    def _validate(self, finished: bool, stopping: bool) -> bool:
         """Validate when due (never on the way out after a signal); True when the best metric improved."""
-        if self.validator is None or self.stop_now or not self.validator.due(self.step, finished):
+        if self.validator is None or stopping or not self.validator.due(self.step, finished):
             return False
         return self.validator.run(self.model.backbone, self.step, self.monitor)
 
     # ------------------------------------------------------------------ checkpoints
-    def _save(self, finished: bool, epoch_end: bool, best: bool = False) -> None:
+    def state_dict(self) -> ckpt.TrainingState:
+        """Everything a resumed run needs, as a checkpoint (a collective: every rank's RNG streams are
+        gathered, so every rank calls it). Tensors are shared with the trainer, not copied."""
         rng = dist.gather_objects(ckpt.capture_rng())  # every rank's own streams, in rank order
-        c = self.cfg
-        folder = ckpt.checkpoint_dir(c)
-        head_state, optimizer_state = self.model.head.state_dict(), self.optimizer.state_dict()
-        if c.head.partial_fc:
-            self._save_kernel_shards(folder, epoch_end or best, head_state, optimizer_state)
+        return ckpt.TrainingState(
+            format_version=ckpt.FORMAT_VERSION,
+            backbone=self.cfg.model.backbone,
+            model=self.model.backbone.state_dict(),
+            head=self.model.head.state_dict(),
+            queue=self.queue.state_dict() if self.queue is not None else None,
+            optimizer=self.optimizer.state_dict(),
+            scheduler=self.scheduler.state_dict(),
+            scaler=self.scaler.state_dict(),
+            epoch=self.epoch,
+            step=self.step,
+            batch_in_epoch=self.batch_in_epoch,
+            rng=rng,
+            config=self.cfg.to_dict(),
+            finished=self.step >= self.total_steps,
+            validation=self.validator.state_dict() if self.validator is not None else None,
+        )
+
+    def load_state_dict(self, state: ckpt.TrainingState, path: Path) -> None:
+        """Continue from ``state``, read from ``path`` (named in errors; with Partial FC the kernel
+        shards lie beside it)."""
+        if state.backbone != self.cfg.model.backbone:
+            raise CheckpointError(
+                f"checkpoint {str(path)!r} holds backbone {state.backbone!r} but "
+                f"model.backbone={self.cfg.model.backbone!r}"
+            )
+        if (state.queue is None) != (self.queue is None):
+            raise CheckpointError(
+                f"checkpoint {str(path)!r} {'lacks' if self.queue else 'has'} key 'queue' "
+                f"content; it was written with another contrast.enabled / data.views setting"
+            )
+        ckpt.load_module_state(self.model.backbone, state.model, path, "model")
+        head_state, momentum = state.head, None
+        if self.cfg.head.partial_fc:
+            head_state, momentum = self._load_kernel_shards(path, state)
+        ckpt.load_module_state(self.model.head, head_state, path, "head")
+        if self.queue is not None:
+            ckpt.load_module_state(self.queue, state.queue, path, "queue")
+        self.optimizer.load_state_dict(state.optimizer)
+        if momentum is not None:  # the sharded kernel's momentum: this rank's slice
+            self.optimizer.state[self.model.head.kernel]["momentum_buffer"] = momentum.to(self.model.head.kernel)
+        self.scheduler.load_state_dict(state.scheduler)
+        self.scaler.load_state_dict(state.scaler)
+        self.epoch, self.step, self.batch_in_epoch = state.epoch, state.step, state.batch_in_epoch
+        if self.validator is not None:
+            self.validator.load_state_dict(state.validation, path)
+        if len(state.rng) == self.dist.world_size:
+            ckpt.restore_rng(state.rng[self.dist.rank])
+        else:
+            log.warning(
+                "%s was written by %d ranks, this run has %d: RNG streams restart from the seed",
+                path,
+                len(state.rng),
+                self.dist.world_size,
+            )
+
+    def _resume(self) -> None:
+        path = ckpt.resume_path(self.cfg)
+        if path is None:
+            return
+        self.load_state_dict(ckpt.load_checkpoint(path), path)
+        log.info("resumed from %s: epoch %d, batch %d, step %d", path, self.epoch, self.batch_in_epoch, self.step)
+
+    def _save(self, epoch_end: bool, best: bool = False) -> None:
+        state = self.state_dict()
+        folder = ckpt.checkpoint_dir(self.cfg)
+        if self.cfg.head.partial_fc:
+            self._save_kernel_shards(folder, epoch_end or best, state)
         if not self.dist.is_main:
             return
-        state = {
-            "format_version": ckpt.FORMAT_VERSION,
-            "backbone": c.model.backbone,
-            "model": self.model.backbone.state_dict(),
-            "head": head_state,
-            "queue": self.queue.state_dict() if self.queue is not None else None,
-            "optimizer": optimizer_state,
-            "scheduler": self.scheduler.state_dict(),
-            "scaler": self.scaler.state_dict(),
-            "epoch": self.epoch,
-            "step": self.step,
-            "batch_in_epoch": self.batch_in_epoch,
-            "rng": rng,
-            "config": c.to_dict(),
-            "finished": finished,
-            "validation": self.validator.state_dict() if self.validator is not None else None,
-        }
         # written once. A new best goes to best.pt first and last.pt becomes a hard link to it: a crash
         # in between resumes from the previous last.pt, which remembers the older best, so the redone
         # step publishes best.pt (and best.json) again
@@ -439,7 +502,7 @@ class Trainer:
         if best:
             ckpt.link_or_copy(folder / "best.pt", folder / "last.pt")
             write_best_json(folder, self.validator.best)
-        if c.head.partial_fc:
+        if self.cfg.head.partial_fc:
             shards.prune_shards(folder, self.step)
         if epoch_end:  # the epoch's copy is a hard link to last.pt
             ckpt.link_or_copy(folder / "last.pt", folder / f"epoch_{self.epoch}.pt")
@@ -447,78 +510,37 @@ class Trainer:
             "saved %s at step %d%s", folder / "last.pt", self.step, f" (+ epoch_{self.epoch}.pt)" if epoch_end else ""
         )
 
-    def _resume(self) -> None:
-        path = ckpt.resume_path(self.cfg)
-        if path is None:
-            return
-        state = ckpt.load_checkpoint(path)
-        if state["backbone"] != self.cfg.model.backbone:
-            raise CheckpointError(
-                f"checkpoint {str(path)!r} holds backbone {state['backbone']!r} but "
-                f"model.backbone={self.cfg.model.backbone!r}"
-            )
-        if (state["queue"] is None) != (self.queue is None):
-            raise CheckpointError(
-                f"checkpoint {str(path)!r} {'lacks' if self.queue else 'has'} key 'queue' "
-                f"content; it was written with another contrast.enabled / data.views setting"
-            )
-        ckpt.load_module_state(self.model.backbone, state["model"], path, "model")
-        head_state, momentum = state["head"], None
-        if self.cfg.head.partial_fc:
-            head_state, momentum = self._load_kernel_shards(path, state)
-        ckpt.load_module_state(self.model.head, head_state, path, "head")
-        if self.queue is not None:
-            ckpt.load_module_state(self.queue, state["queue"], path, "queue")
-        self.optimizer.load_state_dict(state["optimizer"])
-        if momentum is not None:  # the sharded kernel's momentum: this rank's slice
-            self.optimizer.state[self.model.head.kernel]["momentum_buffer"] = momentum.to(self.model.head.kernel)
-        self.scheduler.load_state_dict(state["scheduler"])
-        self.scaler.load_state_dict(state["scaler"])
-        self.epoch, self.step, self.batch_in_epoch = state["epoch"], state["step"], state["batch_in_epoch"]
-        if self.validator is not None:
-            self.validator.load_state_dict(state["validation"], path)
-        if len(state["rng"]) == self.dist.world_size:
-            ckpt.restore_rng(state["rng"][self.dist.rank])
-        else:
-            log.warning(
-                "%s was written by %d ranks, this run has %d: RNG streams restart from the seed",
-                path,
-                len(state["rng"]),
-                self.dist.world_size,
-            )
-        log.info("resumed from %s: epoch %d, batch %d, step %d", path, self.epoch, self.batch_in_epoch, self.step)
-
-    def _save_kernel_shards(self, folder: Path, keep: bool, head_state: dict, optimizer_state: dict) -> None:
+    def _save_kernel_shards(self, folder: Path, keep: bool, state: ckpt.TrainingState) -> None:
         """Every rank writes its kernel slice and momentum (sharded_checkpoint); rank 0, once all are
-        written, the manifest. The kernel and its state leave the dicts last.pt is made of."""
+        written, the manifest. The kernel and its momentum leave ``state``, which last.pt is made of."""
         head, index = self.model.head, kernel_param_index(self.optimizer, self.model.head.kernel)
-        momentum = optimizer_state["state"].pop(index, {}).get("momentum_buffer")
-        head_state.pop("kernel")
+        momentum = state.optimizer["state"].pop(index, {}).get("momentum_buffer")
+        state.head.pop("kernel")
         shards.write_shard(folder, self.step, head, momentum)
         dist.barrier()
         if self.dist.is_main:
             ranges = [shard_range(head.num_classes, r, self.dist.world_size) for r in range(self.dist.world_size)]
             shards.write_manifest(folder, self.step, head, keep, ranges)
 
-    def _load_kernel_shards(self, path: Path, state: dict) -> tuple[dict, torch.Tensor | None]:
+    def _load_kernel_shards(self, path: Path, state: ckpt.TrainingState) -> tuple[dict, torch.Tensor | None]:
         """(head state with this rank's kernel slice, its momentum) from the shards of ``state``'s step,
         re-sharded when they were written by another number of ranks."""
-        if "kernel" in state["head"]:
+        if "kernel" in state.head:
             raise CheckpointError(
                 f"checkpoint {str(path)!r} holds the whole kernel (written with "
                 "head.partial_fc=false); resume it with head.partial_fc=false"
             )
         head, folder = self.model.head, Path(path).parent
-        manifest = shards.read_manifest(folder, state["step"], head.num_classes, Path(path))
+        manifest = shards.read_manifest(folder, state.step, head.num_classes, Path(path))
         if manifest["world_size"] != self.dist.world_size:
             log.warning(
                 "%s: kernel written by %d ranks, re-sharded over %d", path, manifest["world_size"], self.dist.world_size
             )
         kernel, momentum = shards.load_slice(folder, manifest, head.class_start, head.num_local)
-        return {**state["head"], "kernel": kernel}, momentum
+        return {**state.head, "kernel": kernel}, momentum
 
     # ------------------------------------------------------------------ monitoring (after the step)
-    def _log(self, out: StepOutput, views: torch.Tensor, images: bool) -> None:
+    def _log(self, out: StepOutput, views: torch.Tensor, schedule: EpochSchedule, images: bool) -> None:
         b = views.shape[0]
         h_norm, l_norm = out.norms[:b], out.norms[b:]
         pos_cos = (out.emb[:b] * out.emb[b:]).sum(1) if self.num_views == 2 else None
@@ -552,8 +574,8 @@ class Trainer:
                 "train/dynamic_margin": self.queue.dynamic_margin.item() if self.queue is not None else 0.0,
                 "train/contrast_active_fraction": active,
                 "train/images_per_s": images_per_s,
-                "train/contrast_weight": self.contrast_weight,
-                "train/quality_scale": head.quality_scale,
+                "train/contrast_weight": schedule.contrast_weight,
+                "train/quality_scale": schedule.quality_scale,
             },
             self.step,
         )

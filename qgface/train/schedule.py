@@ -1,7 +1,8 @@
 """Schedules of the joint objective as pure functions of the epoch (docs/method.md §3, §5).
 
 Each value depends only on the (0-based) epoch index and the config, so a resumed run needs nothing
-but its epoch counter to recompute them. The engine uses ``torch.optim.lr_scheduler.MultiStepLR``
+but its epoch counter to recompute them; :func:`epoch_schedule` bundles them into the value the
+trainer hands to every step of the epoch. The engine uses ``torch.optim.lr_scheduler.MultiStepLR``
 for the learning rate (its state is checkpointed); ``lr_multiplier`` is the same rule written out,
 so it can be documented and tested against MultiStepLR (the trainer logs the optimiser's own lr).
 """
@@ -9,9 +10,27 @@ so it can be documented and tested against MultiStepLR (the trainer logs the opt
 from __future__ import annotations
 
 import bisect
+from typing import NamedTuple
 
 from qgface.config import Config
 from qgface.losses.queue import queue_size_for
+
+
+class EpochSchedule(NamedTuple):
+    """The joint objective's settings for one epoch; the trainer hands it to every step of the epoch."""
+
+    contrast_weight: float  # w in L = L_cls + w·L_con
+    quality_scale: float  # τ_q of the margin head's quality scaler
+    queue_size: int  # the newest queue entries used as negatives
+
+
+def epoch_schedule(epoch: int, cfg: Config, num_views: int, world_batch: int) -> EpochSchedule:
+    """The three schedules below at ``epoch`` (``world_batch``: keys one step enqueues over all ranks)."""
+    return EpochSchedule(
+        contrast_weight=contrast_weight_at(epoch, cfg, num_views),
+        quality_scale=quality_scale_at(epoch, cfg),
+        queue_size=queue_size_at(epoch, cfg, world_batch),
+    )
 
 
 def lr_multiplier(epoch: int, milestones: list[int], gamma: float) -> float:

@@ -13,25 +13,6 @@ from torch import nn
 
 from qgface.config import Config, ConfigError
 from qgface.losses.partial_fc import PartialFCHead
-from qgface.train.dist import ProcessGroupCollectives
-
-
-def build_partial_fc_head(cfg: Config, num_classes: int) -> PartialFCHead:
-    """This rank's shard of the margin head from ``cfg.head`` (its initial slice is that of the full
-    kernel seeded by ``cfg.seed``, whatever the world size)."""
-    h = cfg.head
-    return PartialFCHead(
-        h.kind,
-        num_classes,
-        ProcessGroupCollectives(),
-        m=h.m,
-        h=h.h,
-        s=h.s,
-        t_alpha=h.t_alpha,
-        quality_scale=h.quality_scale,
-        sample_rate=h.sample_rate,
-        seed=cfg.seed,
-    )
 
 
 def check_partial_fc(cfg: Config, precision: str) -> None:
@@ -85,11 +66,14 @@ class ShardedForward(nn.Module):
         super().__init__()
         self.backbone, self.head = backbone, head
 
-    def forward(self, x: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    def forward(
+        self, x: torch.Tensor, labels: torch.Tensor, quality_scale: float | None = None
+    ) -> tuple[torch.Tensor, ...]:
         emb, norms = self.backbone(x)
         emb, norms = emb.float(), norms.float()  # the loss heads run in fp32 (docs/method.md §5)
         world = self.head.comm.world_size
-        loss_cls, g_hat = self.head(_ScaleGrad.apply(emb, float(world)) if world > 1 else emb, norms, labels)
+        scaled = _ScaleGrad.apply(emb, float(world)) if world > 1 else emb
+        loss_cls, g_hat = self.head(scaled, norms, labels, quality_scale)
         return emb, norms, loss_cls, g_hat
 
 
