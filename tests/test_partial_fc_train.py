@@ -65,7 +65,7 @@ SCRIPT = """import sys, torch
 from qgface.config import load_config
 from qgface.train.engine import Trainer
 trainer = Trainer(load_config(None, sys.argv[2:]))
-if sys.argv[1] != "-":  # the state this rank resumed from
+if sys.argv[1] != "-" and trainer.step > 0:  # the kernel state this rank resumed from
     head = trainer.model.head
     torch.save({"step": trainer.step, "class_start": head.class_start, "kernel": head.kernel.detach(),
                 "momentum": trainer.optimizer.state[head.kernel]["momentum_buffer"]},
@@ -74,6 +74,9 @@ try:
     assert trainer.train() == 0
 finally:
     trainer.close()
+if sys.argv[1] != "-":  # the weights this rank ended with
+    torch.save({k: p.detach() for k, p in trainer.model.backbone.named_parameters()},
+               f"{sys.argv[1]}/final_rank{trainer.dist.rank}.pt")
 """
 
 
@@ -170,6 +173,20 @@ def test_two_ranks_sharded_trains_as_replicated(train_root, sharded_run, tmp_pat
     # last.pt keeps the replicated format minus the kernel and its momentum
     assert "kernel" not in b["head"] and set(b) == set(a)
     assert len(b["optimizer"]["state"]) == len(a["optimizer"]["state"]) - 1
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("head", ["head.partial_fc=false", "head.partial_fc=true"])
+def test_two_ranks_accumulate_micro_batches(train_root, tmp_path, head):
+    """train.grad_accum=2 on 2 ranks (DDP skips the all-reduce after the first micro-batch) trains, and
+    the ranks end with the same backbone: the summed gradients were all-reduced at every step."""
+    dump, run = tmp_path / "dump", tmp_path / "run"
+    dump.mkdir()
+    _torchrun(2, train_root, run, head, "train.grad_accum=2", dump=dump)
+    first, second = (torch.load(dump / f"final_rank{r}.pt", weights_only=True) for r in range(2))
+    for key, value in first.items():
+        assert torch.equal(second[key], value), key
+    assert _last(run)["step"] == STEPS and np.isfinite(_scalars(run, "train/loss")).all()
 
 
 @pytest.mark.slow

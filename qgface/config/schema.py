@@ -217,7 +217,7 @@ class TrainConfig:
     fused_optimizer: bool = True
     """fused SGD (one kernel for every parameter) where the device supports it"""
     static_graph: bool = True
-    """tell DDP the autograd graph is the same every step (lets it overlap and skip per-step checks)"""
+    """tell DDP the autograd graph is the same every step (lets it overlap and skip per-step checks); not with grad_accum > 1"""
     grad_compression: str = "none"
     """DDP all-reduce of gradients in: none (fp32), bf16 or fp16 (half the traffic, e.g. the 1.27 GB head at WebFace12M)"""
     grad_accum: int = 1

@@ -192,9 +192,11 @@ class Trainer:
         replicated = self.model.backbone if cfg.head.partial_fc else self.model  # the sharded kernel stays out of DDP
         self.ddp = None
         if self.dist.world_size > 1:
-            self.ddp = dist.wrap_ddp(
-                replicated, self.device, static_graph=t.static_graph, compression=t.grad_compression
-            )
+            # DDP's static graph crashes when a micro-batch skips the all-reduce (PyTorch issue 143580)
+            static = t.static_graph and t.grad_accum == 1
+            if t.static_graph and not static and self.dist.is_main:
+                log.info("train.grad_accum=%d: DDP runs without train.static_graph", t.grad_accum)
+            self.ddp = dist.wrap_ddp(replicated, self.device, static_graph=static, compression=t.grad_compression)
         wrapped = self.ddp if self.ddp is not None else replicated
         # what the step calls: (emb, norms, loss_cls, g_hat) of the whole model
         self.step_model = ShardedForward(wrapped, self.model.head) if cfg.head.partial_fc else wrapped
