@@ -24,7 +24,8 @@ from qgface.config import load_config
 from qgface.data.synthetic import generate_training_set
 from qgface.models import CheckpointError
 from qgface.train import REQUEUE_EXIT_CODE
-from qgface.train.engine import FaceModel, NonFiniteLossError, Trainer, param_groups
+from qgface.train.components import FaceModel, param_groups
+from qgface.train.engine import NonFiniteLossError, Trainer
 
 REPO = Path(qgface.__file__).resolve().parents[1]
 TINY = [

@@ -46,7 +46,8 @@ from qgface.losses import MarginHead
 from qgface.losses.queue import gather_own_first
 from qgface.tf32 import tf32_policy
 from qgface.train import dist as qdist
-from qgface.train.engine import FaceModel, Trainer
+from qgface.train.components import FaceModel
+from qgface.train.engine import Trainer
 
 log = logging.getLogger("gpu_check")
 MIB = 1024 * 1024

@@ -24,7 +24,7 @@ from qgface.config import load_config
 from qgface.data.datasets import TwoViewDataset, open_train_dataset
 from qgface.data.images import to_network_input
 from qgface.models.io import load_backbone
-from qgface.train.engine import train_data_root
+from qgface.train.components import train_data_root
 
 RECIPES = ("lh", "adaface")
 

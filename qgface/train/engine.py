@@ -30,46 +30,25 @@ from qgface.config import Config, ConfigError
 from qgface.data.images import to_network_input
 from qgface.data.loader import build_train_loader
 from qgface.history import record_config
-from qgface.losses import ContrastOutput, ContrastQueue, MarginHead, qg_contrastive_loss
-from qgface.losses.partial_fc import PartialFCHead, shard_range
-from qgface.losses.queue import MIN_HISTORY_STEPS, history_steps, queue_size_for
-from qgface.models import CheckpointError, build_backbone
+from qgface.losses import ContrastOutput, qg_contrastive_loss
+from qgface.models import CheckpointError
 from qgface.train import checkpoint as ckpt
 from qgface.train import dist
 from qgface.train import sharded_checkpoint as shards
+from qgface.train.components import build_model, build_optimizer, build_queue, step_counts, train_data_root
 from qgface.train.determinism import configure_determinism
-from qgface.train.heads import build_head
 from qgface.train.monitor import ProgressReport, build_monitor, norm_similarity_heatmap, pair_grid, progress
 from qgface.train.precision import build_autocast, build_scaler, resolve_precision
 from qgface.train.schedule import EpochSchedule, epoch_schedule
-from qgface.train.sharded_head import ShardedForward, check_partial_fc, kernel_param_index
+from qgface.train.sharded_head import ShardedForward, check_partial_fc
 from qgface.train.signals import REQUEUE_EXIT_CODE, StopFlag
 from qgface.train.validation import Validator, write_best_json
 
 log = logging.getLogger(__name__)
 
-FUSED_SGD_DEVICES = ("cuda", "cpu")
-"""device types with a fused SGD kernel (torch >= 2.4); others use the default (foreach) one"""
-
 
 class NonFiniteLossError(FloatingPointError):
     """The loss became NaN/Inf; raised before the optimiser step, so last.pt is the last good state."""
-
-
-class FaceModel(nn.Module):
-    """Backbone + margin head as one module, so DDP also averages the class proxies' gradients."""
-
-    def __init__(self, backbone: nn.Module, head: MarginHead | PartialFCHead) -> None:
-        super().__init__()
-        self.backbone, self.head = backbone, head
-
-    def forward(
-        self, x: torch.Tensor, labels: torch.Tensor, quality_scale: float | None = None
-    ) -> tuple[torch.Tensor, ...]:
-        emb, norms = self.backbone(x)
-        emb, norms = emb.float(), norms.float()  # the loss heads run in fp32 (docs/method.md §5)
-        loss_cls, g_hat = self.head(emb, norms, labels, quality_scale)
-        return emb, norms, loss_cls, g_hat
 
 
 class StepOutput(NamedTuple):
@@ -80,17 +59,6 @@ class StepOutput(NamedTuple):
     emb: torch.Tensor  # [V*B, D] detached, [H_1..H_B, L_1..L_B]
     norms: torch.Tensor  # [V*B, 1] detached
     stop: bool  # a stop signal arrived on some rank: every rank saves last.pt after this step and exits
-
-
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """Weight decay on every parameter (convs, linear, PReLU, class proxies) except BN's (docs/method.md §5).
-
-    The same split as AdaFace's ``split_parameters``: parameters of BatchNorm layers get none.
-    """
-    bn = {id(p) for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) for p in m.parameters()}
-    decay = [p for p in model.parameters() if id(p) not in bn]
-    no_decay = [p for p in model.parameters() if id(p) in bn]
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
 def _merge_micro_outputs(outs: list[StepOutput], num_views: int) -> StepOutput:
@@ -108,54 +76,6 @@ def _merge_micro_outputs(outs: list[StepOutput], num_views: int) -> StepOutput:
         contrast = ContrastOutput(*(torch.stack([o.contrast[i] for o in outs]).mean() for i in range(4)))
     stop = any(o.stop for o in outs)
     return StepOutput(mean("loss"), mean("loss_cls"), mean("loss_con"), contrast, rows("emb"), rows("norms"), stop)
-
-
-def train_data_root(cfg: Config) -> str:
-    """``data.root``, or the synthetic training set (generated once, under a file lock) when it is empty."""
-    if cfg.data.root:
-        return cfg.data.root
-    from qgface.data.synthetic import ensure_synthetic
-
-    return str(ensure_synthetic(cfg))
-
-
-def step_counts(cfg: Config, per_rank: int, root: str) -> tuple[int, int]:
-    """(optimiser steps per epoch, in total) for ``per_rank`` training images per rank in ``root``."""
-    batch = cfg.data.batch_size
-    if batch % cfg.train.grad_accum:
-        raise ConfigError(f"data.batch_size={batch} must be a multiple of train.grad_accum={cfg.train.grad_accum}")
-    epoch_steps = per_rank // batch
-    if epoch_steps == 0:
-        raise ConfigError(f"data.batch_size={batch} exceeds the {per_rank} images per rank of {root}")
-    if cfg.train.steps_per_epoch:
-        epoch_steps = min(epoch_steps, cfg.train.steps_per_epoch)
-    total_steps = cfg.optim.epochs * epoch_steps
-    if cfg.train.max_steps:
-        total_steps = min(total_steps, cfg.train.max_steps)
-    return epoch_steps, total_steps
-
-
-def build_model(cfg: Config, num_classes: int, device: torch.device, channels_last: bool) -> FaceModel:
-    """Backbone and margin head (docs/method.md §1, §3) on ``device``, with the train.* memory knobs."""
-    head = build_head(cfg, num_classes)  # first: the backbone's initial weights come from the seeded stream
-    backbone = build_backbone(cfg.model.backbone)
-    backbone.activation_checkpointing = cfg.train.activation_checkpointing
-    model = FaceModel(backbone, head).to(device)
-    if channels_last:
-        model.backbone.to(memory_format=torch.channels_last)
-    if cfg.train.compile:
-        model.backbone.compile()  # in place: parameter names (and checkpoints) stay the same
-    return model
-
-
-def build_optimizer(
-    model: nn.Module, cfg: Config, device: torch.device
-) -> tuple[torch.optim.SGD, torch.optim.lr_scheduler.MultiStepLR]:
-    """SGD with momentum and the BN-free weight decay, stepped down at ``optim.milestones`` (docs/method.md §5)."""
-    o = cfg.optim
-    fused = cfg.train.fused_optimizer and device.type in FUSED_SGD_DEVICES
-    optimizer = torch.optim.SGD(param_groups(model, o.weight_decay), lr=o.lr, momentum=o.momentum, fused=fused or None)
-    return optimizer, torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=o.milestones, gamma=o.gamma)
 
 
 class Trainer:
@@ -200,7 +120,9 @@ class Trainer:
         wrapped = self.ddp if self.ddp is not None else replicated
         # what the step calls: (emb, norms, loss_cls, g_hat) of the whole model
         self.step_model = ShardedForward(wrapped, self.model.head) if cfg.head.partial_fc else wrapped
-        self.queue = self._build_queue()
+        self.queue = build_queue(
+            cfg, self.num_views, self.world_keys, self.dist.world_size, self.dist.is_main, self.device
+        )
 
         # ---- optimiser, schedule, precision (docs/method.md §5)
         self.optimizer, self.scheduler = build_optimizer(self.model, cfg, self.device)
@@ -221,29 +143,6 @@ class Trainer:
         self.monitor = build_monitor(self.run_dir, self.dist.is_main, self.step)
         self._bar = None
         self._last_log = (time.perf_counter(), self.step)
-
-    def _build_queue(self) -> ContrastQueue | None:
-        c = self.cfg.contrast
-        if not c.enabled or self.num_views < 2:
-            return None
-        size = queue_size_for(c.queue_size, c.queue_steps, self.world_keys)
-        if size < self.world_keys:
-            raise ConfigError(
-                f"contrast.queue_size={c.queue_size} cannot hold one step's {self.world_keys} keys "
-                f"(2 views x data.batch_size x {self.dist.world_size} ranks); raise it, or set 0 "
-                "to derive it from contrast.queue_steps"
-            )
-        if self.dist.is_main and history_steps(size, self.world_keys) < MIN_HISTORY_STEPS:
-            log.warning(
-                "contrast.queue_size=%d holds %.1f steps of %d keys (fewer than %d): the negatives are "
-                "mostly this step's own; set contrast.queue_size=0 to keep contrast.queue_steps=%d steps",
-                size,
-                history_steps(size, self.world_keys),
-                self.world_keys,
-                MIN_HISTORY_STEPS,
-                c.queue_steps,
-            )
-        return ContrastQueue(size, mode=c.queue, t_alpha=self.cfg.head.t_alpha).to(self.device)
 
     # ------------------------------------------------------------------ the step (docs/method.md §5)
     def current_schedule(self) -> EpochSchedule:
@@ -461,7 +360,7 @@ class Trainer:
         ckpt.load_module_state(self.model.backbone, state.model, path, "model")
         head_state, momentum = state.head, None
         if self.cfg.head.partial_fc:
-            head_state, momentum = self._load_kernel_shards(path, state)
+            head_state, momentum = shards.load_kernel(path, state, self.model.head)
         ckpt.load_module_state(self.model.head, head_state, path, "head")
         if self.queue is not None:
             ckpt.load_module_state(self.queue, state.queue, path, "queue")
@@ -494,7 +393,7 @@ class Trainer:
         state = self.state_dict()
         folder = ckpt.checkpoint_dir(self.cfg)
         if self.cfg.head.partial_fc:
-            self._save_kernel_shards(folder, epoch_end or best, state)
+            shards.save_kernel(folder, state, self.model.head, self.optimizer, keep=epoch_end or best)
         if not self.dist.is_main:
             return
         # written once. A new best goes to best.pt first and last.pt becomes a hard link to it: a crash
@@ -511,35 +410,6 @@ class Trainer:
         log.info(
             "saved %s at step %d%s", folder / "last.pt", self.step, f" (+ epoch_{self.epoch}.pt)" if epoch_end else ""
         )
-
-    def _save_kernel_shards(self, folder: Path, keep: bool, state: ckpt.TrainingState) -> None:
-        """Every rank writes its kernel slice and momentum (sharded_checkpoint); rank 0, once all are
-        written, the manifest. The kernel and its momentum leave ``state``, which last.pt is made of."""
-        head, index = self.model.head, kernel_param_index(self.optimizer, self.model.head.kernel)
-        momentum = state.optimizer["state"].pop(index, {}).get("momentum_buffer")
-        state.head.pop("kernel")
-        shards.write_shard(folder, self.step, head, momentum)
-        dist.barrier()
-        if self.dist.is_main:
-            ranges = [shard_range(head.num_classes, r, self.dist.world_size) for r in range(self.dist.world_size)]
-            shards.write_manifest(folder, self.step, head, keep, ranges)
-
-    def _load_kernel_shards(self, path: Path, state: ckpt.TrainingState) -> tuple[dict, torch.Tensor | None]:
-        """(head state with this rank's kernel slice, its momentum) from the shards of ``state``'s step,
-        re-sharded when they were written by another number of ranks."""
-        if "kernel" in state.head:
-            raise CheckpointError(
-                f"checkpoint {str(path)!r} holds the whole kernel (written with "
-                "head.partial_fc=false); resume it with head.partial_fc=false"
-            )
-        head, folder = self.model.head, Path(path).parent
-        manifest = shards.read_manifest(folder, state.step, head.num_classes, Path(path))
-        if manifest["world_size"] != self.dist.world_size:
-            log.warning(
-                "%s: kernel written by %d ranks, re-sharded over %d", path, manifest["world_size"], self.dist.world_size
-            )
-        kernel, momentum = shards.load_slice(folder, manifest, head.class_start, head.num_local)
-        return {**state.head, "kernel": kernel}, momentum
 
     # ------------------------------------------------------------------ monitoring (after the step)
     def _log(self, out: StepOutput, views: torch.Tensor, schedule: EpochSchedule, images: bool) -> None:

@@ -29,8 +29,11 @@ from typing import Any
 import torch
 
 from qgface.atomic import atomic_open, atomic_write_text
-from qgface.losses.partial_fc import PartialFCHead
+from qgface.losses.partial_fc import PartialFCHead, shard_range
 from qgface.models import CheckpointError
+from qgface.train import dist
+from qgface.train.checkpoint import TrainingState
+from qgface.train.sharded_head import kernel_param_index
 
 log = logging.getLogger(__name__)
 
@@ -141,3 +144,38 @@ def load_slice(
     if any(m is None for m in momenta):
         return kernel, None
     return kernel, torch.cat(momenta, 1).clone()
+
+
+def save_kernel(
+    checkpoints: Path, state: TrainingState, head: PartialFCHead, optimizer: torch.optim.Optimizer, keep: bool
+) -> None:
+    """Every rank writes its kernel slice and momentum; rank 0, once all are written, the manifest.
+    The kernel and its momentum leave ``state`` (the trainer's, which ``last.pt`` is made of)."""
+    index = kernel_param_index(optimizer, head.kernel)
+    momentum = state.optimizer["state"].pop(index, {}).get("momentum_buffer")
+    state.head.pop("kernel")
+    write_shard(checkpoints, state.step, head, momentum)
+    dist.barrier()
+    if head.comm.rank == 0:
+        world = head.comm.world_size
+        write_manifest(
+            checkpoints, state.step, head, keep, [shard_range(head.num_classes, r, world) for r in range(world)]
+        )
+
+
+def load_kernel(path: Path, state: TrainingState, head: PartialFCHead) -> tuple[dict, torch.Tensor | None]:
+    """(head state with this rank's kernel slice, its momentum) from the shards of ``state``'s step
+    beside the checkpoint ``path``, re-sharded when they were written by another number of ranks."""
+    if "kernel" in state.head:
+        raise CheckpointError(
+            f"checkpoint {str(path)!r} holds the whole kernel (written with "
+            "head.partial_fc=false); resume it with head.partial_fc=false"
+        )
+    folder = Path(path).parent
+    manifest = read_manifest(folder, state.step, head.num_classes, Path(path))
+    if manifest["world_size"] != head.comm.world_size:
+        log.warning(
+            "%s: kernel written by %d ranks, re-sharded over %d", path, manifest["world_size"], head.comm.world_size
+        )
+    kernel, momentum = load_slice(folder, manifest, head.class_start, head.num_local)
+    return {**state.head, "kernel": kernel}, momentum
