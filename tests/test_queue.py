@@ -10,6 +10,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from qgface.losses import ContrastQueue, gather_own_first, qg_contrastive_loss
+from qgface.losses.queue import as_held_by_rank
 
 
 def _keys(n: int, dim: int, start: float = 0.0) -> torch.Tensor:
@@ -148,3 +149,37 @@ def test_gather_and_enqueue_order_in_a_real_two_process_group(tmp_path):
         w = torch.arange(3 * 20, dtype=torch.float32).reshape(3, 20)
         torch.testing.assert_close(res["proxies"][:4], w[:, res["labels"][:4]].t())
         assert res["ptr"].item() == 4
+
+
+def _ranks_queues(size: int, world: int, per_rank: int, steps: int) -> list[ContrastQueue]:
+    """Every rank's queue after ``steps`` enqueues of ``per_rank`` keys per rank, gathered own first as
+    gather_own_first does across processes."""
+    queues = [ContrastQueue(size, dim=3, mode="proxy") for _ in range(world)]
+    kernel = torch.randn(3, 50, generator=torch.Generator().manual_seed(0))
+    for step in range(steps):
+        keys = [_keys(per_rank, 3, 1000.0 * step + 100.0 * r) for r in range(world)]
+        labels = [torch.arange(per_rank) + 10 * r + step for r in range(world)]
+        for r, queue in enumerate(queues):
+            order = [r, *range(r), *range(r + 1, world)]
+
+            def gather(t: torch.Tensor, order: list[int] = order, keys=keys, labels=labels) -> torch.Tensor:
+                return torch.cat([(keys if t.is_floating_point() else labels)[i] for i in order])
+
+            queue.enqueue(keys[r], labels[r], kernel, gather=gather)
+    return queues
+
+
+@pytest.mark.parametrize("world", [2, 3])
+def test_rank_zeros_queue_becomes_each_ranks_own(world):
+    """A resumed rank r gets its own queue back from rank 0's (same entries, own-first order per block)."""
+    per_rank, steps = 2, 7  # 7 steps into a queue of 3 blocks: wrapped twice
+    block = world * per_rank
+    queues = _ranks_queues(3 * block, world, per_rank, steps)
+    saved = queues[0].state_dict()
+    for r in range(world):
+        held = as_held_by_rank(saved, r, world, block)
+        for name, value in queues[r].state_dict().items():
+            assert torch.equal(held[name], value), (r, name)
+    assert not torch.equal(queues[1].keys, queues[0].keys)  # the ranks' orders do differ
+    with pytest.raises(ValueError, match="not made of whole blocks"):
+        as_held_by_rank(_ranks_queues(3 * block + 1, world, per_rank, 1)[0].state_dict(), 1, world, block)

@@ -7,8 +7,12 @@ and ``dynamic_margin``.
 
 Order and distribution: ``enqueue`` gathers the entries of all ranks with :func:`gather_own_first`
 (own rank first, then the others in rank order), so on every rank the local entries occupy the
-slots ``ptr, ptr+1, …`` and ``enqueue`` can return their slot indices. Rank queues therefore hold
-the same entries in a rank-specific slot order, which the loss does not depend on.
+slots ``ptr, ptr+1, …`` and ``enqueue`` can return their slot indices. Every rank writes each
+step's block of keys at the same slots, each in its own order. When ``size`` is a multiple of the
+block, blocks are never cut by the wrap, so rank queues hold the same entries, in a rank-specific
+order within each block (the loss depends on it only through the order of its float sums), and
+:func:`as_held_by_rank` turns rank 0's state into any rank's; otherwise the oldest, partly
+overwritten block keeps other entries on each rank.
 
 Views: :meth:`ContrastQueue.current` returns the usable entries in ascending slot order (empty
 slots dropped, and with ``effective_size`` only the most recent entries, for progressive growth);
@@ -70,6 +74,24 @@ def gather_own_first(t: torch.Tensor) -> torch.Tensor:
     parts = [torch.empty_like(t) for _ in range(world)]
     dist.all_gather(parts, t)
     return torch.cat([t] + parts[:rank] + parts[rank + 1 :])
+
+
+def as_held_by_rank(state: dict[str, torch.Tensor], rank: int, world_size: int, block: int) -> dict[str, torch.Tensor]:
+    """Rank 0's queue ``state_dict`` as rank ``rank`` of ``world_size`` holds it, where every enqueue
+    writes ``block`` keys (``block / world_size`` per rank); needs ``size`` to be a multiple of ``block``.
+
+    Within a block rank 0 holds the ranks' keys in the order 0, 1, …, W-1 and rank r in the order r,
+    0, …, r-1, r+1, … (:func:`gather_own_first`): the per-rank chunks of every block are permuted.
+    """
+    size = state["labels"].shape[0]
+    if block % world_size or size % block:
+        raise ValueError(f"a queue of {size} slots is not made of whole blocks of {block} keys from {world_size} ranks")
+    order = [rank, *range(rank), *range(rank + 1, world_size)]
+    held = dict(state)
+    for name in ("keys", "labels", "proxies"):
+        chunks = state[name].reshape(size // block, world_size, block // world_size, *state[name].shape[1:])
+        held[name] = chunks[:, order].reshape(state[name].shape)
+    return held
 
 
 class ContrastQueue(nn.Module):

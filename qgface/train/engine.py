@@ -31,6 +31,7 @@ from qgface.data.images import to_network_input
 from qgface.data.loader import build_train_loader
 from qgface.history import record_config
 from qgface.losses import ContrastOutput, qg_contrastive_loss
+from qgface.losses.queue import as_held_by_rank
 from qgface.models import CheckpointError
 from qgface.train import checkpoint as ckpt
 from qgface.train import dist
@@ -363,7 +364,7 @@ class Trainer:
             head_state, momentum = shards.load_kernel(path, state, self.model.head)
         ckpt.load_module_state(self.model.head, head_state, path, "head")
         if self.queue is not None:
-            ckpt.load_module_state(self.queue, state.queue, path, "queue")
+            ckpt.load_module_state(self.queue, self._queue_state(state, path), path, "queue")
         self.optimizer.load_state_dict(state.optimizer)
         if momentum is not None:  # the sharded kernel's momentum: this rank's slice
             self.optimizer.state[self.model.head.kernel]["momentum_buffer"] = momentum.to(self.model.head.kernel)
@@ -381,6 +382,24 @@ class Trainer:
                 len(state.rng),
                 self.dist.world_size,
             )
+
+    def _queue_state(self, state: ckpt.TrainingState, path: Path) -> dict[str, torch.Tensor]:
+        """The saved queue (rank 0's) in the order this rank held it, so that a resume on as many
+        ranks repeats the run exactly (losses/queue.py: the ranks' orders differ)."""
+        world, block = self.dist.world_size, self.world_keys // self.cfg.train.grad_accum  # keys per enqueue
+        if world == 1 or len(state.rng) != world:  # another world size: every rank continues rank 0's
+            return state.queue
+        if self.queue.size % block:
+            if self.dist.is_main:
+                log.warning(
+                    "%s: the queue's %d slots are no multiple of the %d keys one step writes, so each rank "
+                    "held other oldest entries; every rank continues with rank 0's (not a bit-exact resume)",
+                    path,
+                    self.queue.size,
+                    block,
+                )
+            return state.queue
+        return as_held_by_rank(state.queue, self.dist.rank, world, block)
 
     def _resume(self) -> None:
         path = ckpt.resume_path(self.cfg)
