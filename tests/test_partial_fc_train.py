@@ -279,7 +279,7 @@ def test_shards_of_three_ranks_reshard_to_any_world(tmp_path, new_world):
         head = _head(c, r, 3)
         head.kernel.data.copy_(full[:, start : start + n])
         shards.write_shard(tmp_path, 7, head, full_m[:, start : start + n])
-    shards.write_manifest(tmp_path, 7, _head(c, 0, 3), keep=False, ranges=ranges)
+    shards.write_manifest(tmp_path, 7, _head(c, 0, 3), keep=None, ranges=ranges)
     manifest = shards.read_manifest(tmp_path, 7, c, tmp_path / "last.pt")
     got = [shards.load_slice(tmp_path, manifest, *shard_range(c, r, new_world)) for r in range(new_world)]
     assert torch.equal(torch.cat([k for k, _ in got], 1), full)
@@ -291,7 +291,7 @@ def test_shard_errors_name_the_file(tmp_path):
         shards.read_manifest(tmp_path, 3, 10, tmp_path / "last.pt")
     head = _head(10, 0, 1)
     shards.write_shard(tmp_path, 3, head, None)
-    shards.write_manifest(tmp_path, 3, head, keep=True, ranges=[(0, 10)])
+    shards.write_manifest(tmp_path, 3, head, keep="epoch", ranges=[(0, 10)])
     with pytest.raises(CheckpointError, match="holds 10 classes, this run's data has 11"):
         shards.read_manifest(tmp_path, 3, 11, tmp_path / "last.pt")
     (shards.shard_dir(tmp_path, 3) / "rank_0.pt").write_bytes(b"truncated")
@@ -299,14 +299,19 @@ def test_shard_errors_name_the_file(tmp_path):
         shards.load_slice(tmp_path, shards.read_manifest(tmp_path, 3, 10, tmp_path / "last.pt"), 0, 10)
 
 
-def test_prune_keeps_the_current_step_and_epoch_ends(tmp_path):
+def test_prune_keeps_the_current_step_epoch_ends_and_the_current_best(tmp_path):
     head = _head(10, 0, 1)
-    for step, keep in ((2, False), (3, True), (4, False)):
+    for step, keep in ((2, None), (3, "epoch"), (4, "best"), (5, "best"), (6, None)):
         shards.write_shard(tmp_path, step, head, None)
         shards.write_manifest(tmp_path, step, head, keep=keep, ranges=[(0, 10)])
-    shards.write_shard(tmp_path, 6, head, None)  # a save that died before its manifest
-    shards.prune_shards(tmp_path, keep_step=4)
-    assert sorted(p.name for p in (tmp_path / shards.SHARDS).iterdir()) == ["step_000000003", "step_000000004"]
+    shards.write_shard(tmp_path, 7, head, None)  # a save that died before its manifest
+    (shards.shard_dir(tmp_path, 1)).mkdir()  # a manifest written before keep reasons: keep = true
+    (shards.shard_dir(tmp_path, 1) / "manifest.json").write_text('{"keep": true}')
+    shards.prune_shards(tmp_path, keep_step=6, best_step=5)  # step 4's best was superseded by step 5's
+    left = sorted(p.name for p in (tmp_path / shards.SHARDS).iterdir())
+    assert left == ["step_000000001", "step_000000003", "step_000000005", "step_000000006"]
+    with pytest.raises(ValueError, match="keep must be None or one of"):
+        shards.write_manifest(tmp_path, 8, head, keep="maybe", ranges=[(0, 10)])
 
 
 def test_initial_proxies_do_not_depend_on_the_world_size():

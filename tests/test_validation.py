@@ -30,6 +30,7 @@ from qgface.eval.embed import embed_benchmark
 from qgface.eval.run import checkpoints_to_evaluate, evaluate
 from qgface.eval.sharded import gather_shards, shard_bounds
 from qgface.models import load_backbone
+from qgface.train import sharded_checkpoint as shards
 from qgface.train.engine import Trainer
 from qgface.train.validation import BestMetric, best_metric_benchmark
 
@@ -331,3 +332,26 @@ def test_best_pt_is_the_best_step_and_a_resumed_run_remembers_it(root, tmp_path)
     assert (run / "eval" / "best" / "hq.json").is_file()
     (row,) = aggregate(run, tensorboard=False).rows
     assert Path(row["checkpoint"]).name == "best.pt" and row["step"] == best_step
+
+
+@pytest.mark.slow
+def test_a_sharded_head_run_keeps_the_kernel_shards_of_last_pt_and_best_pt_only(root, tmp_path):
+    """head.partial_fc: the shards of a superseded best are removed, best.pt's stay and it resumes."""
+    run = tmp_path / "run"
+    extra = ["head.partial_fc=true", "eval.every_steps=1", "eval.val_benchmarks=[hq]", "train.max_steps=4"]
+    trainer = Trainer(load_config(None, _args(root, run, *extra)))
+    try:
+        assert trainer.train() == 0
+    finally:
+        trainer.close()
+    folder = run / "checkpoints"
+    best_step = json.loads((folder / "best.json").read_text())["step"]
+    left = sorted(p.name for p in (folder / shards.SHARDS).iterdir())
+    assert left == sorted({shards.shard_dir(folder, s).name for s in (best_step, 4)})
+    resumed = Trainer(
+        load_config(None, _args(root, tmp_path / "from_best", *extra, f"train.resume={folder / 'best.pt'}"))
+    )
+    try:
+        assert resumed.step == best_step
+    finally:
+        resumed.close()

@@ -412,7 +412,8 @@ class Trainer:
         state = self.state_dict()
         folder = ckpt.checkpoint_dir(self.cfg)
         if self.cfg.head.partial_fc:
-            shards.save_kernel(folder, state, self.model.head, self.optimizer, keep=epoch_end or best)
+            keep = "epoch" if epoch_end else "best" if best else None
+            shards.save_kernel(folder, state, self.model.head, self.optimizer, keep=keep)
         if not self.dist.is_main:
             return
         # written once. A new best goes to best.pt first and last.pt becomes a hard link to it: a crash
@@ -423,7 +424,7 @@ class Trainer:
             ckpt.link_or_copy(folder / "best.pt", folder / "last.pt")
             write_best_json(folder, self.validator.best)
         if self.cfg.head.partial_fc:
-            shards.prune_shards(folder, self.step)
+            shards.prune_shards(folder, self.step, self.validator.best.step if self.validator is not None else None)
         if epoch_end:  # the epoch's copy is a hard link to last.pt
             ckpt.link_or_copy(folder / "last.pt", folder / f"epoch_{self.epoch}.pt")
         log.info(

@@ -12,7 +12,8 @@ kernel and its SGD momentum are written by every rank, in parallel, each file at
 
 Order of a save: every rank writes its shard; a barrier; rank 0 writes the manifest, then
 ``last.pt`` (whose ``step`` names the shard folder), then removes the shard folders of earlier steps
-that are not kept: those of epoch ends and of new bests are (``epoch_<N>.pt``, ``best.pt`` point at them).
+that no checkpoint refers to: those of epoch ends and of the current best stay (``epoch_<N>.pt``,
+``best.pt`` point at them), a superseded best's go.
 A crash anywhere leaves the previous ``last.pt`` and its complete folder in place. Resuming reads the manifest of
 ``last.pt``'s step: with the same world size each rank loads its own file; with another, each rank
 cuts its new contiguous slice (``shard_range``) out of the old shards it overlaps (memory-mapped).
@@ -58,11 +59,17 @@ def write_shard(checkpoints: Path, step: int, head: PartialFCHead, momentum: tor
         torch.save(state, f)
 
 
+KEEP_REASONS = ("epoch", "best")
+"""why a step's shards outlive the next save: an epoch end (``epoch_<N>.pt``) or a new best (``best.pt``)"""
+
+
 def write_manifest(
-    checkpoints: Path, step: int, head: PartialFCHead, keep: bool, ranges: list[tuple[int, int]]
+    checkpoints: Path, step: int, head: PartialFCHead, keep: str | None, ranges: list[tuple[int, int]]
 ) -> None:
-    """Rank 0, after every rank's shard is written: what the step's folder holds; ``keep`` (an epoch
-    end or a new best) exempts it from :func:`prune_shards`."""
+    """Rank 0, after every rank's shard is written: what the step's folder holds; ``keep`` (one of
+    ``KEEP_REASONS``, or None) is what :func:`prune_shards` spares it for."""
+    if keep is not None and keep not in KEEP_REASONS:
+        raise ValueError(f"keep must be None or one of {KEEP_REASONS}, got {keep!r}")
     manifest = {
         "step": step,
         "world_size": len(ranges),
@@ -74,17 +81,20 @@ def write_manifest(
     atomic_write_text(shard_dir(checkpoints, step) / "manifest.json", json.dumps(manifest, indent=1) + "\n")
 
 
-def prune_shards(checkpoints: Path, keep_step: int) -> None:
-    """Remove the shard folders other than ``keep_step``'s, except those written with ``keep``."""
+def prune_shards(checkpoints: Path, keep_step: int, best_step: int | None) -> None:
+    """Remove the shard folders no checkpoint refers to: all but ``keep_step``'s (last.pt's), the
+    epoch ends' and ``best_step``'s (best.pt's; the folders of superseded bests go)."""
     root = checkpoints / SHARDS
     for folder in sorted(root.glob("step_*")):
-        if folder == shard_dir(checkpoints, keep_step):
+        if folder == shard_dir(checkpoints, keep_step) or (
+            best_step is not None and folder == shard_dir(checkpoints, best_step)
+        ):
             continue
         try:
             keep = json.loads((folder / "manifest.json").read_text())["keep"]
         except (OSError, ValueError, KeyError):
-            keep = False  # an unfinished save (no manifest): never referenced by a checkpoint
-        if not keep:
+            keep = None  # an unfinished save (no manifest): never referenced by a checkpoint
+        if keep not in ("epoch", True):  # True: an epoch end or a best in manifests before KEEP_REASONS
             shutil.rmtree(folder, ignore_errors=True)
 
 
@@ -147,7 +157,7 @@ def load_slice(
 
 
 def save_kernel(
-    checkpoints: Path, state: TrainingState, head: PartialFCHead, optimizer: torch.optim.Optimizer, keep: bool
+    checkpoints: Path, state: TrainingState, head: PartialFCHead, optimizer: torch.optim.Optimizer, keep: str | None
 ) -> None:
     """Every rank writes its kernel slice and momentum; rank 0, once all are written, the manifest.
     The kernel and its momentum leave ``state`` (the trainer's, which ``last.pt`` is made of)."""
