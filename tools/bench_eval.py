@@ -27,7 +27,7 @@ import time
 import numpy as np
 import torch
 
-from fresh_process import run_case  # beside this script (tools/)
+from bench_support.fresh_process import run_case  # tools/bench_support/
 
 MIB = 1024 * 1024
 DIM = 512

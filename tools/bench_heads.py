@@ -44,7 +44,7 @@ from collections.abc import Callable
 
 import torch
 
-from fresh_process import run_case  # beside this script (tools/)
+from bench_support.fresh_process import run_case  # tools/bench_support/
 
 MIB = 1024 * 1024
 
