@@ -174,6 +174,8 @@ def test_ctrl_c_saves_last_pt_and_prints_the_command_that_continues(tmp_path, tr
         stderr=subprocess.PIPE,
         text=True,
         start_new_session=True,
+        # SIGINT as in a terminal: started by a script in the background (``cmd &``), pytest inherits it ignored
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     lines = []
     deadline = time.monotonic() + 240
