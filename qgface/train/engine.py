@@ -53,6 +53,9 @@ class NonFiniteLossError(FloatingPointError):
 
 
 class StepOutput(NamedTuple):
+    """What one optimiser step computed (losses and statistics as detached tensors, on the device) and
+    decided (whether to stop); the loop logs, checkpoints and stops from it alone."""
+
     loss: torch.Tensor
     loss_cls: torch.Tensor
     loss_con: torch.Tensor
