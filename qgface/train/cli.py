@@ -78,11 +78,12 @@ def main(argv: Sequence[str]) -> int:
     from qgface.data.datasets import DatasetLayoutError
     from qgface.train.engine import NonFiniteLossError, Trainer
 
-    trainer = None
+    trainer, code = None, None
     try:
         cfg = load_config(config, overrides)
         trainer = Trainer(cfg, config_source=config or "python -m qgface.train", allow_changes=args.allow_changes)
-        return trainer.train()
+        code = trainer.train()
+        return code
     except (ConfigError, CheckpointError, DatasetLayoutError, NonFiniteLossError, RecordIOError) as err:
         log.error("%s", err)
         _record_error(err, deterministic=True)
@@ -93,4 +94,5 @@ def main(argv: Sequence[str]) -> int:
     finally:
         if trainer is not None:
             trainer.close()
-        dist.destroy()
+        trainer = None  # its DDP reducer holds the process group: freed before the group (dist.destroy)
+        dist.destroy(after_success=code is not None)

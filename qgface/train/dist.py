@@ -10,6 +10,7 @@ same trainer code runs as one process and under torchrun.
 from __future__ import annotations
 
 import datetime
+import gc
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -85,10 +86,23 @@ def wrap_ddp(model: torch.nn.Module, device: torch.device, static_graph: bool, c
     return ddp
 
 
-def destroy() -> None:
-    """Leave the process group (safe to call when there is none)."""
-    if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
+def destroy(after_success: bool) -> None:
+    """Leave the process group (safe to call when there is none), before the interpreter shuts down.
+
+    Left to interpreter shutdown, the group is destroyed when DDP's reducer (which holds it) is freed
+    with the GIL held, and that joins gloo's worker threads; one still releasing its last collective's
+    tensors waits for the GIL, which shutdown never gives back, so the rank never exits (seen on the
+    2-node test cluster: py-spy showed ``~ProcessGroupGloo`` joining a thread in ``~AsyncAllgatherWork``).
+    So: after a successful run, a barrier lets the workers finish and drop their work while this
+    thread waits without the GIL (not after a failure: a dead rank would never arrive); garbage
+    collection frees the reducer (the caller has dropped its trainer); then the group goes.
+    """
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    if after_success and _active():
+        dist.barrier()
+    gc.collect()
+    dist.destroy_process_group()
 
 
 def _active() -> bool:
