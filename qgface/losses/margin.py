@@ -67,6 +67,13 @@ def quality_scale_factor(g_hat: torch.Tensor, tau_q: float, s: float) -> torch.T
     return torch.sigmoid(s * (g_hat + 2.0 * (0.5 - tau_q)))
 
 
+def logit_scales(g_hat: torch.Tensor, s: float, tau_q: float) -> torch.Tensor:
+    """The scale of each row's logits [N, 1]: s, times the QS factor when τ_q != 0 (docs/method.md §3)."""
+    if tau_q == 0.0:
+        return torch.full_like(g_hat, s)
+    return s * quality_scale_factor(g_hat, tau_q, s)
+
+
 def _target_and_slope(
     kind: str, cos_y: torch.Tensor, g_hat: torch.Tensor, m: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -208,10 +215,7 @@ class MarginHead(nn.Module):
             self.batch_std.mul_(1 - a).add_(a * safe.std())
 
     def _row_scale(self, g_hat: torch.Tensor, quality_scale: float | None = None) -> torch.Tensor:
-        tau = self.quality_scale if quality_scale is None else quality_scale
-        if tau == 0.0:
-            return torch.full_like(g_hat, self.s)
-        return self.s * quality_scale_factor(g_hat, tau, self.s)
+        return logit_scales(g_hat, self.s, self.quality_scale if quality_scale is None else quality_scale)
 
     def current_g_hat(self, norms: torch.Tensor) -> torch.Tensor:
         """ĝ [N, 1] by :func:`margin_scaler` from the current running statistics (no update)."""

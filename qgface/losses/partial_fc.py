@@ -44,8 +44,8 @@ from torch import nn
 from qgface.losses.margin import (
     EPS,
     MARGIN_KINDS,
+    logit_scales,
     margin_scaler,
-    quality_scale_factor,
     target_logit,
 )
 
@@ -215,8 +215,7 @@ class PartialFCHead(nn.Module):
             if self.training:
                 self._update_stats(norms)
             g_hat = margin_scaler(norms, self.batch_mean.to(dtype), self.batch_std.to(dtype), self.h)
-            tau = self.quality_scale if quality_scale is None else quality_scale
-            row_scale = self.s if tau == 0.0 else self.s * quality_scale_factor(g_hat, tau, self.s)
+            row_scale = logit_scales(g_hat, self.s, self.quality_scale if quality_scale is None else quality_scale)
 
             cols = self._sampled(labels)
             weight = self.kernel.to(dtype)
