@@ -26,7 +26,7 @@ from qgface.losses.partial_fc import (
     shard_range,
 )
 from qgface.losses.queue import ContrastQueue
-from qgface.train.dist import ProcessGroupCollectives
+from qgface.train.dist import ProcessGroupCollectives, destroy
 
 C, D, N_LOCAL, LR = 37, 16, 6, 5.0  # 37 classes: uneven slices on 2 and 4 ranks
 TOL = {"rtol": 1e-7, "atol": 1e-8}
@@ -143,12 +143,14 @@ def _check_proxies(world: int) -> None:
 
 def _worker(rank: int, world: int, init_file: str) -> None:
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    passed = False
     try:
         _check_equal_to_replicated(world)
         _check_sampling(world)
         _check_proxies(world)
+        passed = True
     finally:
-        dist.destroy_process_group()
+        destroy(after_success=passed)  # the trainer's teardown: gloo aborted here now and then otherwise
 
 
 @pytest.mark.slow  # about 10 s: spawning the ranks imports torch once per rank
